@@ -1,0 +1,44 @@
+# Common tasks. `make demo` and `make test` each set up .venv on a fresh machine first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow test-all lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,quickstart]"
+	touch $(STAMP)
+
+# The main job on the embedded defaults: bundled sample data, the offline extractive teacher,
+# the pretrained MiniLM encoder, the DuckDB warehouse under ./warehouse.
+demo: $(STAMP)
+	$(BIN)/tacorl-offline quickstart
+
+# The default test run (under ~10 minutes on 2 cores).
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# Slower tests (DDP, kill/resume, full parity sweeps); CI runs them too.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+test-all: test test-slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/compress_speed.py
+	$(BIN)/python bench/fill_speed.py
+	$(BIN)/python bench/api_savings.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

