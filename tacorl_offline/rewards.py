@@ -1,0 +1,309 @@
+"""Reward families, as pure functions of token counts and metric values.
+
+A reward is a float; ``NaN`` means *unscorable* (the teacher failed, or the original
+prompt's answer is missing). An unscorable sample never earns a reward: the advantage code
+keeps it out of every baseline and out of the gradient.
+
+Families:
+
+- **taco** (TACO-RL): ``over_reward`` (-0.4) when ``n_comp <= over_ratio * n_orig``;
+  ``outside_reward`` (-0.1) when ``|n_comp - rate * n_orig| > tolerance_tokens``; otherwise
+  the task metric of teacher(compressed) against teacher(original). Both length checks are
+  decided *before* any teacher call (:func:`needs_teacher`); upstream paid for the call and
+  then threw the answer away when the tolerance check failed. A failed teacher call is NaN,
+  never upstream's +0.4, which paid the policy for triggering content filters.
+- **pcrl** (PCRL): ``1 - (n_comp - n_fixed) / (n_orig - n_fixed)`` when ROUGE-L of the two
+  answers is ``>= tau`` (upstream used ``>``), else ``lam``. No length gate: every sample
+  needs the teacher.
+- **grpo** (RL-Prompt-Compression style): ``w_c * correct + w_s * similarity +
+  w_k * compression`` with correct = SQuAD exact match against the gold reference (or the
+  teacher's answer to the original when there is no gold), similarity = ROUGE-L against
+  the teacher's answer to the original, compression = ``1 - n_comp / n_orig``. No gate.
+
+The trainer calls :func:`needs_teacher` first (which samples need a teacher call at all),
+then :func:`score` once the answers are in. Token counts include only the compressible
+text (never-compressed fields are not counted), so ``n_fixed`` is 0 in the batch API.
+An original prompt with no tokens (``n_orig <= 0``) is unscorable in every family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tacorl_offline import metrics
+
+if TYPE_CHECKING:
+    from tacorl_offline.config import TrainConfig
+
+NAN = float("nan")
+# Token counts are integers; this slack only absorbs float rounding in ``rate * n_orig``
+# (0.3 * 100 == 30.000000000000004), so the boundaries are inclusive as documented.
+_SLACK = 1e-9
+GRPO_KEYS = ("correct", "similarity", "compression")
+DEFAULT_GRPO_WEIGHTS: Mapping[str, float] = {
+    "correct": 0.5,
+    "similarity": 0.35,
+    "compression": 0.15,
+}
+
+
+# ---------------------------------------------------------------------------- scalar rewards
+
+
+def taco_length_gate(
+    n_orig: int,
+    n_comp: int,
+    *,
+    rate: float,
+    tolerance_tokens: float,
+    over_ratio: float = 0.1,
+    over_reward: float = -0.4,
+    outside_reward: float = -0.1,
+) -> float | None:
+    """The reward decided by length alone, or ``None`` when the teacher must be asked.
+
+    Over-compression is checked first (as upstream): ``n_comp <= over_ratio * n_orig``
+    (inclusive) gives ``over_reward``. Then ``|n_comp - rate * n_orig| > tolerance_tokens``
+    gives ``outside_reward``; exactly at the tolerance edge is inside. ``n_orig <= 0`` is
+    unscorable (NaN, no call).
+    """
+    if n_comp < 0:
+        raise ValueError(f"n_comp must be >= 0, got {n_comp}")
+    if n_orig <= 0:
+        return NAN
+    if n_comp <= over_ratio * n_orig + _SLACK:
+        return float(over_reward)
+    if abs(n_comp - rate * n_orig) > tolerance_tokens + _SLACK:
+        return float(outside_reward)
+    return None
+
+
+def taco_reward(gate: float | None, metric_value: float) -> float:
+    """The gate's reward if it decided, else the metric. A NaN metric (teacher failure) is NaN."""
+    if gate is not None:
+        return float(gate)
+    return float(metric_value)
+
+
+def compression_ratio(n_orig: int, n_comp: int, n_fixed: int = 0) -> float:
+    """Share of the compressible tokens removed: ``1 - (n_comp - n_fixed) / (n_orig - n_fixed)``.
+
+    0 when nothing is compressible (``n_orig <= n_fixed``); negative if the compressed text
+    came out longer (a re-tokenisation artefact), which the reward then penalises.
+    """
+    denom = n_orig - n_fixed
+    if denom <= 0:
+        return 0.0
+    return 1.0 - (n_comp - n_fixed) / denom
+
+
+def pcrl_reward(
+    n_orig: int,
+    n_comp: int,
+    rouge_l: float,
+    *,
+    tau: float = 0.9,
+    lam: float = -0.01,
+    n_fixed: int = 0,
+) -> float:
+    """PCRL: the compression ratio if ROUGE-L >= tau, else ``lam``. NaN ROUGE-L is NaN."""
+    if math.isnan(rouge_l):
+        return NAN
+    if rouge_l >= tau:
+        return compression_ratio(n_orig, n_comp, n_fixed)
+    return float(lam)
+
+
+def grpo_reward(
+    correct: float,
+    similarity: float,
+    compression: float,
+    weights: Mapping[str, float] | None = None,
+) -> float:
+    """Weighted composite. Missing weight keys count 0; unknown keys raise. NaN propagates."""
+    w = dict(DEFAULT_GRPO_WEIGHTS if weights is None else weights)
+    unknown = set(w) - set(GRPO_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown grpo weight(s) {sorted(unknown)}; valid keys: {', '.join(GRPO_KEYS)}"
+        )
+    parts = {"correct": correct, "similarity": similarity, "compression": compression}
+    return float(sum(w.get(k, 0.0) * float(v) for k, v in parts.items()))
+
+
+# ---------------------------------------------------------------------------- batch API
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """Everything the reward needs, flattened from ``TrainConfig`` (+ its ``reward`` section)."""
+
+    family: str = "taco"
+    metric: str = "bleu"
+    rate: float = 0.5
+    tolerance_tokens: int = 30
+    over_ratio: float = 0.1
+    over_reward: float = -0.4
+    outside_reward: float = -0.1
+    pcrl_tau: float = 0.9
+    pcrl_lambda: float = -0.01
+    grpo_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GRPO_WEIGHTS))
+    bertscore_model: str | None = None
+    bertscore_layers: int = 6
+
+    def __post_init__(self) -> None:
+        if self.family not in ("taco", "pcrl", "grpo"):
+            raise ValueError(f"unknown reward family {self.family!r}; choose taco, pcrl or grpo")
+        if self.family == "taco":
+            metrics.parse_metric_spec(self.metric)  # fail at startup, not at the first step
+        if self.family == "grpo":
+            grpo_reward(0.0, 0.0, 0.0, self.grpo_weights)
+
+    @classmethod
+    def from_config(cls, train: TrainConfig) -> RewardSettings:
+        r = train.reward
+        return cls(
+            family=r.family,
+            metric=r.metric,
+            rate=train.compression_rate,
+            tolerance_tokens=train.tolerance_tokens,
+            over_ratio=r.over_compression_ratio,
+            over_reward=r.over_compression_reward,
+            outside_reward=r.outside_tolerance_reward,
+            pcrl_tau=r.pcrl_tau,
+            pcrl_lambda=r.pcrl_lambda,
+            grpo_weights=dict(r.grpo_weights),
+            bertscore_model=r.bertscore_model,
+            bertscore_layers=r.bertscore_layers,
+        )
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    rewards: list[float]  # NaN = unscorable
+    metrics: list[dict[str, float]]  # per-sample components; {} when short-circuited or unscorable
+    short_circuited: list[bool]  # decided without a teacher answer
+    kept_ratio: list[
+        float
+    ]  # n_comp / n_orig (upstream's "Comp Ratio" log column); NaN if n_orig <= 0
+
+    @property
+    def unscorable(self) -> list[bool]:
+        return [math.isnan(r) for r in self.rewards]
+
+    @property
+    def n_unscorable(self) -> int:
+        return sum(self.unscorable)
+
+
+def needs_teacher(
+    settings: RewardSettings, n_orig: Sequence[int], n_comp: Sequence[int]
+) -> tuple[list[float | None], list[bool]]:
+    """Per sample: the reward decided without a teacher (or None), and whether to call one.
+
+    Only taco has a length gate; pcrl and grpo ask the teacher for every sample with a
+    non-empty original.
+    """
+    if len(n_orig) != len(n_comp):
+        raise ValueError(f"{len(n_orig)} original counts but {len(n_comp)} compressed counts")
+    gates: list[float | None] = []
+    for no, nc in zip(n_orig, n_comp, strict=True):
+        if settings.family == "taco":
+            gates.append(
+                taco_length_gate(
+                    no,
+                    nc,
+                    rate=settings.rate,
+                    tolerance_tokens=settings.tolerance_tokens,
+                    over_ratio=settings.over_ratio,
+                    over_reward=settings.over_reward,
+                    outside_reward=settings.outside_reward,
+                )
+            )
+        else:
+            if nc < 0:
+                raise ValueError(f"n_comp must be >= 0, got {nc}")
+            gates.append(NAN if no <= 0 else None)
+    return gates, [g is None for g in gates]
+
+
+def _usable(text: str | None) -> bool:
+    # An empty answer is a failed call (teachers report it ok=False, permanent); never 0 or +0.4.
+    return text is not None and bool(text.strip())
+
+
+def score(
+    settings: RewardSettings,
+    n_orig: Sequence[int],
+    n_comp: Sequence[int],
+    answers: Sequence[str | None],
+    references: Sequence[str | None],
+    gold: Sequence[str | None] | None = None,
+) -> RewardBatch:
+    """Rewards for one step.
+
+    ``answers[i]`` is the teacher's answer to compressed prompt i (None: not asked, or the
+    call failed); ``references[i]`` is its answer to the original (None: missing);
+    ``gold[i]`` an optional reference answer from the data (used by grpo's correctness).
+    Samples the gate decided keep the gate's reward whatever their answer. A sample that
+    needed the teacher but has no usable answer or reference is NaN. Metrics run once over
+    the scorable samples of the batch.
+    """
+    n = len(n_orig)
+    gold = [None] * n if gold is None else list(gold)
+    if not (len(n_comp) == len(answers) == len(references) == len(gold) == n):
+        raise ValueError(
+            f"batch lengths differ: n_orig={n}, n_comp={len(n_comp)}, answers={len(answers)}, "
+            f"references={len(references)}, gold={len(gold)}"
+        )
+    gates, need = needs_teacher(settings, n_orig, n_comp)
+    rewards: list[float] = [NAN if g is None else g for g in gates]
+    rows: list[dict[str, float]] = [{} for _ in range(n)]
+    todo = [i for i in range(n) if need[i] and _usable(answers[i]) and _usable(references[i])]
+    preds = [str(answers[i]) for i in todo]
+    refs = [str(references[i]) for i in todo]
+
+    if settings.family == "taco" and todo:
+        scored = metrics.score_pairs(
+            settings.metric,
+            preds,
+            refs,
+            bertscore_model=settings.bertscore_model,
+            bertscore_layers=settings.bertscore_layers,
+        )
+        for i, row in zip(todo, scored, strict=True):
+            rows[i] = row
+            rewards[i] = taco_reward(gates[i], row["metric"])
+    elif settings.family == "pcrl" and todo:
+        scored = metrics.score_pairs("rougeL", preds, refs)
+        for i, row in zip(todo, scored, strict=True):
+            comp = compression_ratio(n_orig[i], n_comp[i])
+            rows[i] = {"rougeL": row["rougeL"], "compression": comp}
+            rewards[i] = pcrl_reward(
+                n_orig[i], n_comp[i], row["rougeL"], tau=settings.pcrl_tau, lam=settings.pcrl_lambda
+            )
+    elif settings.family == "grpo" and todo:
+        sims = metrics.score_pairs("rougeL", preds, refs)
+        for i, pred, ref, sim in zip(todo, preds, refs, sims, strict=True):
+            g = gold[i]
+            target = g if g is not None and g.strip() else ref
+            row = {
+                "correct": metrics.exact_match(pred, target),
+                "similarity": sim["rougeL"],
+                "compression": compression_ratio(n_orig[i], n_comp[i]),
+            }
+            rows[i] = row
+            rewards[i] = grpo_reward(
+                row["correct"], row["similarity"], row["compression"], settings.grpo_weights
+            )
+
+    kept = [nc / no if no > 0 else NAN for no, nc in zip(n_orig, n_comp, strict=True)]
+    return RewardBatch(
+        rewards=rewards,
+        metrics=rows,
+        short_circuited=[not m for m in need],
+        kept_ratio=kept,
+    )
