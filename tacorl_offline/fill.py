@@ -1,0 +1,228 @@
+"""Phase one: ``teacher-fill`` answers every original prompt once under the current teacher key.
+
+Idempotent and resumable by construction: the work list is "prompts of the split with no
+stored answer under this teacher key" (or an imported one, when ``teacher.use_imported``),
+computed from the warehouse at start. Answers are journaled as they arrive
+(:mod:`tacorl_offline.calls`), and a flusher moves them into DuckDB about once a second, so
+readers get the lock between flushes. A rerun pays 0; a budget stop resumes where it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tacorl_offline.calls import Budget, Caller, Job, hit_ledger_rows
+from tacorl_offline.config import Config
+from tacorl_offline.errors import UserError
+from tacorl_offline.hashing import request_hash, teacher_key
+from tacorl_offline.pricing import PriceTable
+from tacorl_offline.teachers import build_teacher, render_messages
+from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
+from tacorl_offline.warehouse import Warehouse, insert_rows
+
+
+@dataclass
+class FillSummary:
+    run_id: str
+    dataset: str
+    split: str
+    teacher_key: str
+    prompts: int = 0
+    already: int = 0
+    imported: int = 0
+    todo: int = 0
+    filled: int = 0
+    permanent_failures: int = 0
+    transient_failures: int = 0
+    attempts: int = 0
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    budget_stopped: bool = False
+    price_known: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def answers_per_s(self) -> float:
+        return self.filled / self.seconds if self.seconds > 0 else 0.0
+
+
+def prices_from_config(cfg: Config) -> PriceTable:
+    return PriceTable({k: v.model_dump() for k, v in cfg.prices.items()})
+
+
+def _plan(
+    con, dataset: str, split: str, tkey: str, use_imported: bool
+) -> tuple[list[tuple], list[tuple], int]:
+    """(todo rows, hits (request_hash, cost), imported count) for the split."""
+    rows = con.execute(
+        """
+        SELECT d.prompt_id, p.text, p.fields,
+               (SELECT r.request_hash FROM responses r
+                 WHERE r.prompt_id = d.prompt_id AND r.kind = 'original' AND r.teacher_key = ?
+                 LIMIT 1) AS own,
+               (SELECT r.cost_usd FROM responses r
+                 WHERE r.prompt_id = d.prompt_id AND r.kind = 'original' AND r.teacher_key = ?
+                 LIMIT 1) AS own_cost,
+               EXISTS (SELECT 1 FROM responses r
+                 WHERE r.prompt_id = d.prompt_id AND r.kind = 'original'
+                   AND r.source = 'import' AND r.ok) AS has_import
+        FROM dataset_items d JOIN prompts p USING (prompt_id)
+        WHERE d.dataset = ? AND d.split = ?
+        ORDER BY d.row_number
+        """,
+        [tkey, tkey, dataset, split],
+    ).fetchall()
+    todo, hits, imported = [], [], 0
+    for pid, text, fields, own, own_cost, has_import in rows:
+        if own is not None:
+            hits.append((own, own_cost or 0.0))
+        elif use_imported and has_import:
+            imported += 1
+        else:
+            todo.append((pid, text, json.loads(fields) if fields else {}))
+    return todo, hits, len(rows)
+
+
+async def _flusher(warehouse: Warehouse, every_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+        except asyncio.TimeoutError:
+            await asyncio.to_thread(warehouse.flush)
+
+
+async def run_fill(
+    cfg: Config,
+    *,
+    warehouse: Warehouse,
+    split: str | None = None,
+    concurrency: int | None = None,
+    budget: Budget | None = None,
+    on_progress: Callable[[FillSummary, int], None] | None = None,
+    flush_every_s: float = 1.0,
+) -> FillSummary:
+    split = split or cfg.data.split
+    tcfg = cfg.teacher
+    tkey = teacher_key(tcfg.key_settings())
+    prices = prices_from_config(cfg)
+    run_id = "fill-" + uuid.uuid4().hex[:12]
+    summary = FillSummary(run_id=run_id, dataset=cfg.data.dataset, split=split, teacher_key=tkey)
+    teacher = build_teacher(tcfg)
+    if not prices.known(teacher.backend, teacher.model):
+        summary.price_known = False
+        summary.notes.append(
+            f"no price known for model '{teacher.model}': its cost is reported as $0; add prices.{teacher.model} to the config"
+        )
+    budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
+
+    with warehouse.connect() as con:
+        n_items = con.execute(
+            "SELECT count(*) FROM dataset_items WHERE dataset = ? AND split = ?",
+            [cfg.data.dataset, split],
+        ).fetchall()[0][0]
+        if n_items == 0:
+            raise UserError(
+                f"no prompts for dataset '{cfg.data.dataset}' split '{split}' in {warehouse.path}; "
+                "run 'tacorl-offline ingest' first"
+            )
+        todo, hits, summary.prompts = _plan(con, cfg.data.dataset, split, tkey, tcfg.use_imported)
+        summary.already = len(hits)
+        summary.imported = summary.prompts - len(todo) - len(hits)
+        summary.todo = len(todo)
+        summary.saved_usd = sum(c for _, c in hits)
+        # Render every request before the run row exists: a template error changes nothing.
+        jobs = []
+        for pid, text, fields in todo:
+            messages = render_messages(tcfg, text, fields)
+            rh = request_hash(tkey, messages)
+            jobs.append(
+                Job(TeacherRequest(rh, messages, text=text, fields=fields), "original", pid)
+            )
+        # An identical request stored under another prompt id is replayed, not paid.
+        known = warehouse.lookup_responses(con, [j.request.request_hash for j in jobs])
+        con.execute("BEGIN TRANSACTION")
+        Warehouse.start_run(
+            con,
+            {
+                "run_id": run_id,
+                "kind": "fill",
+                "dataset": cfg.data.dataset,
+                "split": split,
+                "teacher_key": tkey,
+                "config": cfg.model_dump(mode="json"),
+            },
+        )
+        insert_rows(
+            con,
+            "api_calls",
+            hit_ledger_rows(
+                run_id=run_id,
+                phase="fill",
+                teacher_key=tkey,
+                backend=teacher.backend,
+                model=teacher.model,
+                hits=hits + [(rh, known[rh]["cost_usd"]) for rh in known],
+            ),
+        )
+        con.execute("COMMIT")
+    jobs = [j for j in jobs if j.request.request_hash not in known]
+    summary.already += len(known)
+    summary.todo = len(jobs)
+
+    caller = Caller(warehouse, teacher, tkey, prices, "fill", run_id, budget)
+    t0 = time.perf_counter()
+
+    def progress(job: Job, res: TeacherResult) -> None:
+        st = caller.stats
+        summary.filled, summary.cost_usd = st.ok, st.cost_usd
+        summary.seconds = time.perf_counter() - t0
+        if on_progress:
+            on_progress(summary, st.ok + st.permanent_failures + st.transient_failures)
+
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(_flusher(warehouse, flush_every_s, stop))
+    status, message = "finished", None
+    try:
+        await caller.run(jobs, concurrency=concurrency or tcfg.concurrency, on_result=progress)
+    except UserError as e:
+        status, message = "failed", str(e)
+        raise
+    except BaseException as e:  # KeyboardInterrupt, cancellation: answers are in the journal
+        status, message = "interrupted", type(e).__name__
+        raise
+    finally:
+        stop.set()
+        await flusher
+        await teacher.aclose()
+        st = caller.stats
+        summary.seconds = time.perf_counter() - t0
+        summary.filled = st.ok
+        summary.permanent_failures = st.permanent_failures
+        summary.transient_failures = st.transient_failures
+        summary.attempts = st.attempts
+        summary.cost_usd = st.cost_usd
+        summary.input_tokens, summary.output_tokens = st.input_tokens, st.output_tokens
+        summary.budget_stopped = st.budget_stopped
+        if status == "finished" and st.budget_stopped:
+            status, message = (
+                "budget",
+                f"budget reached ({budget.remaining_text()}); rerun to resume",
+            )
+        unreachable_untouched = status == "failed" and st.ok + st.permanent_failures == 0
+        with warehouse.transaction() as con:
+            if unreachable_untouched:
+                # Nothing was paid for: leave the warehouse as it was.
+                con.execute("DELETE FROM api_calls WHERE run_id = ?", [run_id])
+                con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            else:
+                caller.write_pending_ledger(con)
+                Warehouse.finish_run(con, run_id, status, message)
+    return summary
