@@ -1,0 +1,102 @@
+"""Read-only access for users: ``sql``, named queries, the cost report, Parquet export.
+
+User SQL runs on a read-only connection with external access disabled, after a statement
+type check, so it can neither write the warehouse nor read or write other files. Named
+queries are ``.sql`` files under ``warehouse/queries`` shipped with the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as pads
+
+from tacorl_offline.errors import UserError
+from tacorl_offline.resources import resource_dir
+from tacorl_offline.warehouse import Warehouse, table_names
+
+_ALLOWED = {"SELECT", "EXPLAIN"}
+
+# Partition columns for `warehouse export`; tables not listed are written unpartitioned.
+EXPORT_PARTITIONS: dict[str, list[str]] = {
+    "dataset_items": ["dataset"],
+    "responses": ["kind"],
+    "api_calls": ["phase"],
+    "steps": ["run_id"],
+    "samples": ["run_id"],
+}
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def named_queries() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(resource_dir("warehouse/queries").glob("*.sql"))}
+
+
+def load_named_query(name: str) -> str:
+    q = named_queries()
+    if name not in q:
+        raise UserError(f"no named query '{name}'; available: {', '.join(q) or '(none)'}")
+    return q[name].read_text(encoding="utf-8")
+
+
+def check_read_only(query: str) -> None:
+    try:
+        stmts = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise UserError(f"SQL does not parse: {str(e).splitlines()[0]}") from None
+    if not stmts:
+        raise UserError("empty SQL; pass a SELECT statement")
+    for s in stmts:
+        kind = str(s.type).rsplit(".", 1)[-1].upper()
+        if kind not in _ALLOWED:
+            raise UserError(
+                f"refused: '{kind}' statements are not allowed; 'sql' is read-only (SELECT only)"
+            )
+
+
+def run_query(warehouse: Warehouse, query: str, params: list[Any] | None = None) -> QueryResult:
+    check_read_only(query)
+    with warehouse.connect(read_only=True, safe=True) as con:
+        try:
+            cur = con.execute(query, params or [])
+        except duckdb.Error as e:
+            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return QueryResult(cols, cur.fetchall())
+
+
+def cost_report(warehouse: Warehouse, run: str | None = None) -> QueryResult:
+    """Calls, hits, tokens, dollars spent and saved, by phase and run (optionally one run)."""
+    base = load_named_query("cost_by_run").strip().rstrip(";")
+    if run is None:
+        return run_query(warehouse, base)
+    return run_query(warehouse, f"SELECT * FROM ({base}) WHERE run_id = ?", [run])
+
+
+def export_parquet(warehouse: Warehouse, out_dir: str | Path) -> dict[str, int]:
+    """Every table as Parquet under out_dir/<table>/, hive-partitioned where it helps."""
+    out = Path(out_dir)
+    counts: dict[str, int] = {}
+    with warehouse.connect(read_only=True) as con:
+        for table in table_names(con):
+            tbl = con.sql(f'SELECT * FROM "{table}"').to_arrow_table()
+            counts[table] = tbl.num_rows
+            parts = [c for c in EXPORT_PARTITIONS.get(table, []) if c in tbl.column_names]
+            pads.write_dataset(
+                tbl,
+                out / table,
+                format="parquet",
+                partitioning=parts or None,
+                partitioning_flavor="hive" if parts else None,
+                existing_data_behavior="delete_matching",
+                basename_template="part-{i}.parquet",
+            )
+    return counts
