@@ -318,7 +318,10 @@ def map_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
         if k in hp:
             val = hp[k]
             if name == "lr":
-                val = float(val)  # YAML reads "1e-5" as a string
+                try:
+                    val = float(val)  # YAML reads "1e-5" as a string
+                except (TypeError, ValueError):
+                    raise UserError(f"hyperparams.policy_lr: not a number: {val!r}") from None
             out[sec][name] = val
     if "force_tokens" in hp:
         out["compressor"]["force_tokens"] = _split_force_tokens(hp["force_tokens"])
@@ -334,6 +337,19 @@ def map_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
     if dev.get("use_cuda"):
         out["compressor"]["device"] = "cuda"
     return {k: v for k, v in out.items() if v}
+
+
+_OUR_SECTIONS = ("warehouse", "teacher", "prices", "budget", "compressor", "train")
+
+
+def merge_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream file, mapped; any of our own sections present in it win over the mapping."""
+    mapped = map_upstream(raw)
+    ours: dict[str, Any] = {k: raw[k] for k in _OUR_SECTIONS if k in raw}
+    data = {k: v for k, v in (raw.get("data") or {}).items() if k != "train_file_path"}
+    if data:
+        ours["data"] = data
+    return _deep_merge(mapped, ours)
 
 
 def is_upstream(raw: Mapping[str, Any]) -> bool:
@@ -363,22 +379,30 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _env_value(v: str) -> Any:
+    """Environment values stay strings (pydantic coerces numbers and booleans where a field
+    wants them), except YAML lists/maps and null, which a string cannot express."""
+    stripped = v.strip()
+    if stripped in ("", "null", "~"):
+        return None
+    if stripped[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(stripped)
+        except yaml.YAMLError:
+            return v
+    return v
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``TACORL_TEACHER__MODEL=gpt-4o`` -> {"teacher": {"model": "gpt-4o"}}. Values are YAML-parsed."""
+    """``TACORL_TEACHER__MODEL=gpt-4o`` -> {"teacher": {"model": "gpt-4o"}}; ``TACORL_WAREHOUSE`` too."""
     out: dict[str, Any] = {}
     for k, v in environ.items():
-        if (
-            not k.startswith(ENV_PREFIX)
-            or ("__" not in k[len(ENV_PREFIX) :]
-            and k != "TACORL_WAREHOUSE")
-        ):
+        if not k.startswith(ENV_PREFIX):
             continue
-        dotted = k[len(ENV_PREFIX) :].lower().replace("__", ".")
-        try:
-            val = yaml.safe_load(v) if v != "" else None
-        except yaml.YAMLError:
-            val = v
-        _set_dotted(out, dotted, val)
+        rest = k[len(ENV_PREFIX) :]
+        if "__" not in rest and rest != "WAREHOUSE":
+            continue
+        _set_dotted(out, rest.lower().replace("__", "."), _env_value(v))
     return out
 
 
@@ -399,7 +423,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
     if is_upstream(raw):
-        raw = map_upstream(raw)
+        raw = merge_upstream(raw)
     return raw
 
 

@@ -92,11 +92,16 @@ def _plan(
 
 
 async def _flusher(warehouse: Warehouse, every_s: float, stop: asyncio.Event) -> None:
+    """Move journaled answers into DuckDB about once a second. A failed flush (say, a reader
+    holding the lock for long) is retried on the next tick: the answers stay in the journal."""
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=every_s)
         except asyncio.TimeoutError:
-            await asyncio.to_thread(warehouse.flush)
+            try:
+                await asyncio.to_thread(warehouse.flush)
+            except UserError:
+                continue
 
 
 async def run_fill(
@@ -111,6 +116,8 @@ async def run_fill(
 ) -> FillSummary:
     split = split or cfg.data.split
     tcfg = cfg.teacher
+    if concurrency:  # the teacher's own semaphore must allow what the caller asks for
+        tcfg = tcfg.model_copy(update={"concurrency": concurrency})
     tkey = teacher_key(tcfg.key_settings())
     prices = prices_from_config(cfg)
     run_id = "fill-" + uuid.uuid4().hex[:12]

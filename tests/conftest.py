@@ -13,6 +13,14 @@ from tests.loopback import LoopbackServer, loopback_server  # noqa: F401  (fixtu
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight BERT token classifier with a WordPiece tokenizer trained here."""
+    from tests.tiny_models import build_bert
+
+    return build_bert(tmp_path_factory.mktemp("models") / "tiny-bert-base-multilingual-cased")
+
+
 @pytest.fixture
 def wh_path(tmp_path: Path) -> Path:
     return tmp_path / "wh" / "tacorl.duckdb"

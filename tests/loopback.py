@@ -47,6 +47,8 @@ def answer_for(messages: list[dict[str, Any]]) -> str:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Headers and body go out in two writes; with Nagle on, the body waits ~40 ms for a delayed ACK.
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server: _Server
 
