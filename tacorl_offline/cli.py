@@ -1,0 +1,501 @@
+"""The ``tacorl-offline`` command line: a thin layer.
+
+Each command parses its options, resolves the config once (file < environment < flags, see
+:func:`tacorl_offline.config.resolve`) and calls one library function. A
+:class:`~tacorl_offline.errors.UserError` becomes one line on stderr and a non-zero exit;
+anything else is a bug and keeps its traceback (without local variables, which could hold
+secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import io
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tacorl_offline.config import Config, resolve
+from tacorl_offline.errors import UserError
+
+# Library chatter (load reports, shard-writing progress bars) is not ours to print.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="Fine-tune LLMLingua-2 prompt compressors with TACO-RL, paying each teacher answer once.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+report_app = typer.Typer(help="Reports over the warehouse.", no_args_is_help=True)
+warehouse_app = typer.Typer(help="Warehouse maintenance.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+app.add_typer(warehouse_app, name="warehouse")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config (ours or upstream train_reinforce.yaml)."),
+]
+WarehouseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--warehouse",
+        "-w",
+        help="DuckDB warehouse file.",
+        envvar="TACORL_WAREHOUSE",
+        show_envvar=True,
+    ),
+]
+
+
+def user_errors(fn: F) -> F:
+    """One line and a non-zero exit for user errors; tracebacks stay for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"error: {e}", markup=False)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print(
+                "interrupted: answers received so far are committed; rerun to resume", markup=False
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(config: Path | None, **overrides: Any) -> Config:
+    return resolve(config, overrides=overrides)
+
+
+def _warehouse(cfg_or_path: Config | str):
+    from tacorl_offline.warehouse import Warehouse
+
+    return Warehouse(cfg_or_path.warehouse if isinstance(cfg_or_path, Config) else cfg_or_path)
+
+
+def _default_warehouse(flag: str | None) -> str:
+    return flag or resolve(None).warehouse
+
+
+def _render(columns: list[str], rows: list[tuple], fmt: str, title: str | None = None) -> None:
+    if fmt == "json":
+        out.print(
+            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2),
+            markup=False,
+        )
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(columns)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        t = Table(title=title)
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*["" if v is None else str(v) for v in r])
+        out.print(t)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@app.command()
+@user_errors
+def ingest(
+    path: Annotated[
+        Path, typer.Argument(help="JSON (upstream layout), JSONL, Parquet or CSV file.")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name (default: data.dataset).")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Split name (default: data.split).")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="json, jsonl, parquet or csv (default: by extension)."),
+    ] = None,
+    text_field: Annotated[
+        str | None, typer.Option(help="Field holding the compressible text.")
+    ] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option("--field", help="A never-compressed field (repeatable), e.g. question."),
+    ] = None,
+    reference_field: Annotated[
+        str | None, typer.Option(help="Field holding a reference answer.")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="Load the valid rows and report the invalid ones.")
+    ] = False,
+    config: ConfigOpt = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Load a dataset split into the warehouse (idempotent: re-ingesting changes nothing)."""
+    from tacorl_offline.ingest import read_records
+    from tacorl_offline.ingest_store import store_records
+
+    cfg = _config(
+        config,
+        **{
+            "warehouse": warehouse,
+            "data.dataset": dataset,
+            "data.split": split,
+            "data.text_field": text_field,
+            "data.fields": field or None,
+            "data.reference_field": reference_field,
+        },
+    )
+    records, errors = read_records(path, cfg.data, fmt=fmt, skip_invalid=skip_invalid)
+    s = store_records(
+        _warehouse(cfg), records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=path
+    )
+    for e in errors[:20]:
+        err.print(f"skipped row {e.row}: {e.reason}", markup=False)
+    if len(errors) > 20:
+        err.print(f"... and {len(errors) - 20} more invalid rows", markup=False)
+    out.print(
+        f"ingested {s.records} records into {cfg.data.dataset}/{cfg.data.split}: "
+        f"{s.new_prompts} new prompts, {s.new_items} new items, {s.imported_answers} imported answers"
+        + (f", {len(errors)} invalid rows skipped" if errors else ""),
+        markup=False,
+    )
+
+
+# --------------------------------------------------------------------------- teacher-fill
+
+
+def print_fill_summary(s: Any) -> None:
+    t = Table(title=f"teacher-fill {s.dataset}/{s.split} ({s.run_id})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rows = [
+        ("prompts in split", s.prompts),
+        ("already answered (replayed, $0)", s.already),
+        ("answered by imported data", s.imported),
+        ("to fill", s.todo),
+        ("filled now", s.filled),
+        ("permanent failures (empty/filtered)", s.permanent_failures),
+        ("transient failures (retry on rerun)", s.transient_failures),
+        ("HTTP attempts", s.attempts),
+        ("tokens in / out", f"{s.input_tokens} / {s.output_tokens}"),
+        ("spent", f"${s.cost_usd:.6f}"),
+        ("saved by the cache", f"${s.saved_usd:.6f}"),
+        ("seconds", f"{s.seconds:.2f}"),
+        ("answers / s", f"{s.answers_per_s:.1f}"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+    for n in s.notes:
+        err.print(f"note: {n}", markup=False)
+
+
+@app.command("teacher-fill")
+@user_errors
+def teacher_fill(
+    config: ConfigOpt = None,
+    split: Annotated[str | None, typer.Option(help="Split to fill (default: data.split).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: data.dataset).")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(min=0, help="Stop once this much is spent.")
+    ] = None,
+    max_calls: Annotated[
+        int | None, typer.Option(min=0, help="Stop after this many paid calls.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Answer every original prompt once (a rerun pays nothing; a budget stop resumes)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tacorl_offline.fill import run_fill
+
+    cfg = _config(
+        config,
+        **{
+            "warehouse": warehouse,
+            "data.split": split,
+            "data.dataset": dataset,
+            "teacher.concurrency": concurrency,
+            "budget.max_cost_usd": max_cost_usd,
+            "budget.max_calls": max_calls,
+        },
+    )
+    bar = Progress(
+        TextColumn("[bold]teacher-fill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "calls {task.fields[calls]}  ${task.fields[usd]:.4f}  {task.fields[rate]:.1f}/s"
+        ),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not progress,
+        transient=True,
+    )
+    task = None
+
+    def on_progress(s: Any, done: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task("fill", total=s.todo, calls=0, usd=0.0, rate=0.0)
+        bar.update(task, completed=done, calls=done, usd=s.cost_usd, rate=s.answers_per_s)
+
+    with bar:
+        summary = asyncio.run(run_fill(cfg, warehouse=_warehouse(cfg), on_progress=on_progress))
+    print_fill_summary(summary)
+    if summary.budget_stopped:
+        err.print("budget reached: stopped cleanly; rerun teacher-fill to resume", markup=False)
+        raise typer.Exit(3)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def print_train_summary(s: Any) -> None:
+    t = Table(
+        title=f"train {s.run_id}"
+        + (f" (resumed at step {s.resumed_from})" if s.resumed_from else "")
+    )
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    last = s.last
+    rows = [
+        ("world size", s.world_size),
+        ("steps run", s.steps),
+        ("paid teacher calls", s.calls),
+        ("cache hits (replayed, $0)", s.hits),
+        ("short-circuited (length only, no call)", s.short_circuits),
+        ("unscorable samples", s.unscorable),
+        ("spent", f"${s.cost_usd:.6f}"),
+        ("saved by the cache", f"${s.saved_usd:.6f}"),
+        (
+            "first / last step mean reward",
+            f"{s.rewards[0]:.4f} / {s.rewards[-1]:.4f}" if s.rewards else "-",
+        ),
+        ("last step compression", f"{last.compression:.3f}" if last else "-"),
+        ("seconds", f"{s.seconds:.1f}"),
+        ("final model", str(s.final_model) if s.final_model else "(not yet: resume to finish)"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+def train_with_progress(cfg: Config, *, resume: str | None, progress: bool) -> Any:
+    """Run training with a live display on rank 0 (used by `train` and the pipelines)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tacorl_offline.distributed import init_from_env, shutdown
+    from tacorl_offline.trainer import Trainer
+
+    d = init_from_env(cfg.compressor.device)
+    try:
+        if d.enabled and d.is_main:
+            err.print(f"distributed training: world size {d.world_size}", markup=False)
+        bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "reward {task.fields[reward]:+.3f}  comp {task.fields[comp]:.2f}  "
+                "hits {task.fields[hit]:.0%}  ${task.fields[usd]:.4f}"
+            ),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not progress or not d.is_main,
+            transient=True,
+        )
+        trainer = Trainer(cfg, warehouse=_warehouse(cfg), resume=resume, dist=d)
+        task = bar.add_task(
+            "train",
+            total=trainer.total_steps,
+            completed=trainer.pos.step,
+            reward=0.0,
+            comp=0.0,
+            hit=0.0,
+            usd=0.0,
+        )
+
+        def on_step(log: Any, s: Any) -> None:
+            seen = s.hits + s.calls
+            bar.update(
+                task,
+                completed=log.step,
+                reward=log.reward_mean if log.reward_mean == log.reward_mean else 0.0,
+                comp=log.compression if log.compression == log.compression else 0.0,
+                hit=s.hits / seen if seen else 0.0,
+                usd=s.cost_usd,
+            )
+
+        trainer.on_step = on_step
+        with bar:
+            return asyncio.run(trainer.run()), d
+    finally:
+        shutdown(d)
+
+
+@app.command()
+@user_errors
+def train(
+    config: ConfigOpt = None,
+    resume: Annotated[str | None, typer.Option(help="Continue a run: its id, or 'latest'.")] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option(min=0, help="Stop cleanly once this much is spent.")
+    ] = None,
+    max_calls: Annotated[
+        int | None, typer.Option(min=0, help="Stop cleanly after this many paid calls.")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many steps.")
+    ] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Run directory root (train.output_dir).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress display.")] = True,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """REINFORCE on the compressor, replaying cached teacher answers and paying only misses."""
+    cfg = _config(
+        config,
+        **{
+            "warehouse": warehouse,
+            "budget.max_cost_usd": max_cost_usd,
+            "budget.max_calls": max_calls,
+            "train.max_steps": max_steps,
+            "train.output_dir": output_dir,
+        },
+    )
+    summary, d = train_with_progress(cfg, resume=resume, progress=progress)
+    if not d.is_main:
+        return
+    print_train_summary(summary)
+    if summary.budget_stopped:
+        err.print(
+            f"budget reached: checkpoint saved; resume with --resume {summary.run_id}", markup=False
+        )
+        raise typer.Exit(3)
+
+
+# --------------------------------------------------------------------------- sql / report / warehouse
+
+Fmt = Literal["table", "csv", "json"]
+
+
+@app.command()
+@user_errors
+def sql(
+    query: Annotated[str | None, typer.Argument(help="A read-only SQL query (SELECT).")] = None,
+    named: Annotated[
+        str | None, typer.Option("--query", "-q", help="Run a named query from warehouse/queries.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    list_queries: Annotated[bool, typer.Option("--list", help="List the named queries.")] = False,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Query the warehouse read-only. Any write is refused."""
+    from tacorl_offline.reports import load_named_query, named_queries, run_query
+
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format must be table, csv or json, not '{fmt}'")
+    if list_queries:
+        for name, p in named_queries().items():
+            first = p.read_text(encoding="utf-8").splitlines()[0].lstrip("- ")
+            out.print(f"{name}: {first}", markup=False)
+        return
+    if (query is None) == (named is None):
+        raise UserError("pass either a SQL query or --query NAME (see --list)")
+    text = load_named_query(named) if named else query
+    res = run_query(_warehouse(_default_warehouse(warehouse)), text or "")
+    _render(res.columns, res.rows, fmt, title=named)
+
+
+@report_app.command("cost")
+@user_errors
+def report_cost(
+    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Calls, cache hits, tokens, dollars spent and saved, by phase and run."""
+    from tacorl_offline.reports import cost_report
+
+    res = cost_report(_warehouse(_default_warehouse(warehouse)), run)
+    if not res.rows:
+        out.print("no teacher calls recorded yet", markup=False)
+        return
+    _render(res.columns, res.rows, fmt, title="cost by phase and run")
+
+
+@warehouse_app.command("export")
+@user_errors
+def warehouse_export(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the Parquet export.")],
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Write every table as partitioned Parquet."""
+    from tacorl_offline.reports import export_parquet
+
+    counts = export_parquet(_warehouse(_default_warehouse(warehouse)), out_dir)
+    for t, n in counts.items():
+        out.print(f"{t}: {n} rows", markup=False)
+    out.print(f"exported to {out_dir}", markup=False)
+
+
+@warehouse_app.command("migrate")
+@user_errors
+def warehouse_migrate(warehouse: WarehouseOpt = None) -> None:
+    """Create the warehouse or bring its schema up to date (also done on every write)."""
+    w = _warehouse(_default_warehouse(warehouse))
+    w.flush()
+    out.print(f"warehouse {w.path} is up to date", markup=False)
+
+
+@app.command("config")
+@user_errors
+def show_config(config: ConfigOpt = None) -> None:
+    """Print the resolved config (defaults < file < environment) as YAML."""
+    import yaml
+
+    cfg = _config(config)
+    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), markup=False)
+
+
+def _register_compress() -> None:
+    # The compress command lives beside the compressor; imported here, registered once.
+    from tacorl_offline.cli_compress import compress
+
+    app.command("compress")(user_errors(compress))
+
+
+_register_compress()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

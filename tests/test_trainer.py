@@ -1,0 +1,228 @@
+"""The trainer end to end: a tiny real BERT, the real openai client, a loopback teacher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tacorl_offline.config import Config, resolve
+from tacorl_offline.errors import UserError
+from tacorl_offline.fill import run_fill
+from tacorl_offline.ingest import read_records
+from tacorl_offline.ingest_store import store_records
+from tacorl_offline.trainer import Trainer
+from tacorl_offline.warehouse import Warehouse
+from tests.loopback import LoopbackServer
+from tests.tiny_models import WORDS
+
+
+def write_data(path: Path, n: int = 12, words: int = 40, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    data = {}
+    for i in range(n):
+        sents = []
+        for _ in range(words // 10):
+            sents.append(" ".join(rng.choice(WORDS) for _ in range(9)).capitalize() + ".")
+        data[str(i)] = {"original_prompt": f"Item {i}. " + " ".join(sents)}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def make_cfg(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
+    overrides = {
+        "warehouse": str(tmp / "wh.duckdb"),
+        "teacher.backend": "openai",
+        "teacher.model": "gpt-4o-mini",
+        "teacher.base_url": server.base_url,
+        "teacher.concurrency": 8,
+        "teacher.timeout_s": 5,
+        "teacher.max_retries": 1,
+        "compressor.model": str(model),
+        "train.batch_size": 4,
+        "train.samples_per_prompt": 2,
+        "train.baseline": "rloo",
+        "train.lr": 1e-3,
+        "train.max_steps": 4,
+        "train.checkpoint_every": 2,
+        "train.output_dir": str(tmp / "runs"),
+        "train.tolerance_tokens": 8,
+        "train.reward.metric": "rougeL",
+        "train.seed": 3,
+    }
+    overrides.update({f"train.{k}": v for k, v in train.items()})
+    return resolve(None, environ={}, overrides=overrides)
+
+
+def prepare(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
+    cfg = make_cfg(tmp, server, model, **train)
+    data = write_data(tmp / "d.json")
+    records, _ = read_records(data, cfg.data)
+    w = Warehouse(cfg.warehouse)
+    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
+    asyncio.run(run_fill(cfg, warehouse=w))
+    return cfg
+
+
+def train(cfg: Config, **kw):
+    return asyncio.run(Trainer(cfg, warehouse=Warehouse(cfg.warehouse), **kw).run())
+
+
+def q(cfg: Config, sql: str, params=None):
+    con = duckdb.connect(cfg.warehouse, read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) -> None:
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, csv_logs=True)
+    loopback_server.reset()
+    before = load_file(str(tiny_bert / "model.safetensors"))
+    s = train(cfg)
+    assert s.steps == 4 and s.final_model is not None
+    after = load_file(str(s.final_model / "model.safetensors"))
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == [], f"parameters that did not change: {unchanged}"
+
+    # Steps and samples were written; every sample is accounted for.
+    assert q(cfg, "SELECT count(*) FROM steps WHERE run_id = ?", [s.run_id]) == [(4,)]
+    assert q(cfg, "SELECT count(*) FROM samples WHERE run_id = ?", [s.run_id]) == [(4 * 4 * 2,)]
+    paid, sc = q(
+        cfg,
+        "SELECT count(DISTINCT request_hash) FILTER (WHERE NOT short_circuit), count(*) FILTER (WHERE short_circuit)"
+        " FROM samples WHERE run_id = ?",
+        [s.run_id],
+    )[0]
+    # Each distinct compressed prompt that needed the teacher was paid once; nothing else was.
+    assert loopback_server.calls == paid == s.calls
+    assert (
+        sc == s.short_circuits and sc > 0
+    )  # tolerance 8 tokens: some samples are decided by length
+    assert q(
+        cfg, "SELECT count(*) FROM samples WHERE short_circuit AND request_hash IS NOT NULL"
+    ) == [(0,)]
+    assert q(
+        cfg, "SELECT count(*) FROM samples WHERE short_circuit AND reward NOT IN (-0.4, -0.1)"
+    ) == [(0,)]
+    # Upstream-compatible CSV logs.
+    head = (s.run_dir / "reinforce_logs_updated.csv").read_text().splitlines()[0]
+    assert head == "Train/Val,Epoch,Step,Policy Loss,LR"
+    assert len((s.run_dir / "rewards_logs_updated.csv").read_text().splitlines()) == 5
+    # The final model loads back in the compressor.
+    from tacorl_offline.compressor import Compressor
+
+    Compressor.from_pretrained(s.final_model).compress(["Item 1. The city council met."], rate=0.5)
+
+    # An identical second run pays nothing: every answer is replayed from the warehouse.
+    loopback_server.reset()
+    s2 = train(cfg)
+    needed = q(
+        cfg, "SELECT count(*) FROM samples WHERE run_id = ? AND NOT short_circuit", [s.run_id]
+    )[0][0]
+    assert loopback_server.calls == 0 and s2.calls == 0 and s2.hits == needed
+    a = q(
+        cfg, "SELECT step, reward_mean, loss FROM steps WHERE run_id = ? ORDER BY step", [s.run_id]
+    )
+    b = q(
+        cfg, "SELECT step, reward_mean, loss FROM steps WHERE run_id = ? ORDER BY step", [s2.run_id]
+    )
+    assert a == b
+    hits = q(
+        cfg,
+        "SELECT count(*), sum(cost_usd) FROM api_calls WHERE run_id = ? AND status = 'hit'",
+        [s2.run_id],
+    )
+    assert hits[0][0] > 0 and hits[0][1] == 0
+
+
+class Crash(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_ends_with_same_weights(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=5, checkpoint_every=2)
+    ref = train(cfg)  # uninterrupted; also warms the warehouse
+    loopback_server.reset()
+
+    def crash_after_3(log, _s) -> None:
+        if log.step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, on_step=crash_after_3)
+    run_id = q(cfg, "SELECT run_id FROM runs WHERE kind='train' ORDER BY started_at DESC LIMIT 1")[
+        0
+    ][0]
+    assert q(cfg, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("failed",)]
+    resumed = train(cfg, resume=run_id)
+    assert resumed.resumed_from == 2 and resumed.run_id == run_id
+    assert loopback_server.calls == 0  # warm warehouse: the replayed steps pay nothing
+    a = load_file(str(ref.final_model / "model.safetensors"))
+    b = load_file(str(resumed.final_model / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert q(cfg, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("finished",)]
+    assert q(cfg, "SELECT count(*) FROM steps WHERE run_id = ?", [run_id]) == [(5,)]
+
+
+def test_budget_stops_checkpoints_and_resumes(tmp_path, loopback_server, tiny_bert) -> None:
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=4)
+    cfg.budget.max_calls = 5
+    loopback_server.reset()
+    s = train(cfg)
+    assert s.budget_stopped and s.final_model is None
+    assert loopback_server.calls == 5
+    assert q(cfg, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("budget",)]
+    # Samples whose call the budget did not allow are unscorable, never rewarded.
+    assert q(
+        cfg,
+        "SELECT count(*) FROM samples WHERE run_id = ? AND unscorable AND reward IS NOT NULL",
+        [s.run_id],
+    ) == [(0,)]
+    cfg.budget.max_calls = None
+    s2 = train(cfg, resume=s.run_id)
+    assert s2.final_model is not None and not s2.budget_stopped
+
+
+def test_short_circuit_only_run_makes_no_calls(tmp_path, loopback_server, tiny_bert) -> None:
+    # Tolerance 0 and a rate no mask can hit exactly: every sample is decided by length.
+    cfg = prepare(
+        tmp_path,
+        loopback_server,
+        tiny_bert,
+        max_steps=2,
+        tolerance_tokens=0,
+        compression_rate=0.999,
+    )
+    loopback_server.reset()
+    s = train(cfg)
+    assert loopback_server.calls == 0 and s.calls == 0
+    assert s.short_circuits == 2 * 4 * 2
+
+
+def test_invalid_baseline_explains_itself(tmp_path, loopback_server, tiny_bert) -> None:
+    with pytest.raises(UserError) as e:
+        make_cfg(tmp_path, loopback_server, tiny_bert, samples_per_prompt=1)
+    assert "at least 2 samples per prompt" in str(e.value)
+
+
+def test_train_requires_filled_originals(tmp_path, loopback_server, tiny_bert) -> None:
+    cfg = make_cfg(tmp_path, loopback_server, tiny_bert)
+    data = write_data(tmp_path / "d.json")
+    records, _ = read_records(data, cfg.data)
+    store_records(
+        Warehouse(cfg.warehouse), records, dataset="sample", split="train", source_path=data
+    )
+    with pytest.raises(UserError) as e:
+        Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
+    assert "teacher-fill" in str(e.value)
