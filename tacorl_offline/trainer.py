@@ -34,16 +34,16 @@ from typing import Any
 import torch
 
 from tacorl_offline.advantages import compute_advantages, policy_loss, validate_baseline
-from tacorl_offline.calls import Budget, Caller, Job, hit_ledger_rows
+from tacorl_offline.calls import Budget, Caller, hit_ledger_rows
 from tacorl_offline.config import Config
 from tacorl_offline.distributed import Dist
 from tacorl_offline.errors import UserError
 from tacorl_offline.fill import prices_from_config
 from tacorl_offline.hashing import request_hash, teacher_key
 from tacorl_offline.ingest_store import import_request_hash
+from tacorl_offline.replay import ReplayStats, Wanted, resolve
 from tacorl_offline.rewards import RewardSettings, needs_teacher, score
 from tacorl_offline.teachers import build_teacher, render_messages
-from tacorl_offline.teachers.base import TeacherRequest
 from tacorl_offline.warehouse import Warehouse, insert_rows
 
 STATE_FILE = "trainer_state.pt"
@@ -338,80 +338,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ teacher side (rank 0)
 
-    async def _answers(self, records: list[dict[str, Any]], caller: Caller) -> dict[str, Any]:
-        """Resolve answers for records that need the teacher: replay hits, pay misses."""
-        stats = {"calls": 0, "hits": 0, "saved": 0.0, "cost": 0.0, "teacher_seconds": 0.0}
-        need = [r for r in records if r["needs_teacher"]]
-        hits_ledger: list[tuple[str, float]] = []
-        new_masks: list[dict[str, Any]] = []
-        with self.warehouse.connect() as con:
-            by_mask = Warehouse.lookup_masks(
-                con, [(r["prompt_id"], r["mask_hash"]) for r in need], self.tkey
-            )
-            for r in need:
-                r["request_hash"] = by_mask.get((r["prompt_id"], r["mask_hash"]))
-            unresolved = [r for r in need if r["request_hash"] is None]
-            for r in unresolved:  # render only what the mask index did not resolve
-                item = self.items[r["item"]]
-                r["messages"] = render_messages(self.cfg.teacher, r["text"], item.fields)
-                r["request_hash"] = request_hash(self.tkey, r["messages"])
-                r["new_mask"] = True
-            stored = Warehouse.lookup_responses(con, [r["request_hash"] for r in need])
-        jobs: dict[str, Job] = {}
-        seen_hit: set[str] = set()
-        for r in need:
-            rh = r["request_hash"]
-            if rh in stored:
-                r["cache_hit"] = True
-                if rh not in seen_hit:
-                    seen_hit.add(rh)
-                    hits_ledger.append((rh, stored[rh]["cost_usd"] or 0.0))
-                if r.get("new_mask"):
-                    new_masks.append(
-                        {
-                            "prompt_id": r["prompt_id"],
-                            "mask_hash": r["mask_hash"],
-                            "teacher_key": self.tkey,
-                            "request_hash": rh,
-                        }
-                    )
-            elif rh not in jobs:
-                item = self.items[r["item"]]
-                jobs[rh] = Job(
-                    TeacherRequest(rh, r["messages"], text=r["text"], fields=item.fields),
-                    "compressed",
-                    r["prompt_id"],
-                    r["mask_hash"],
-                )
-        before = (
-            caller.stats.ok + caller.stats.permanent_failures,
-            caller.stats.cost_usd,
-            caller.stats.teacher_seconds,
-        )
-        t0 = time.perf_counter()
-        results = (
-            await caller.run(list(jobs.values()), concurrency=self.cfg.teacher.concurrency)
-            if jobs
-            else {}
-        )
-        stats["teacher_wall"] = time.perf_counter() - t0
-        answers: dict[str, str | None] = {
-            rh: (row["answer"] if row["ok"] else None) for rh, row in stored.items()
-        }
-        for rh, res in results.items():
-            answers[rh] = res.answer if res.ok else None
-        stats["calls"] = len(results)
-        stats["hits"] = sum(1 for r in need if r.get("cache_hit"))
-        stats["saved"] = sum(c for _, c in hits_ledger)
-        stats["cost"] = caller.stats.cost_usd - before[1]
-        stats["teacher_seconds"] = stats["teacher_wall"]
-        for r in need:
-            r["answer"] = answers.get(r["request_hash"])
-            r["paid"] = r["request_hash"] in results
-        stats["hits_ledger"] = hits_ledger
-        stats["new_masks"] = new_masks
-        return stats
-
     # ------------------------------------------------------------------ one step
 
     async def step(self, caller: Caller | None) -> StepLog:
@@ -470,7 +396,27 @@ class Trainer:
                 r["needs_teacher"] = n
                 r["cache_hit"] = False
                 r["answer"] = None
-            stats = await self._answers(all_records, caller) if caller else {}
+            need_recs = [r for r in all_records if r["needs_teacher"]]
+            wanted = [
+                Wanted(r["prompt_id"], r["mask_hash"], r["text"], self.items[r["item"]].fields)
+                for r in need_recs
+            ]
+            stats = ReplayStats()
+            if caller is not None and wanted:
+                stats = await resolve(
+                    wanted,
+                    warehouse=self.warehouse,
+                    caller=caller,
+                    teacher_key=self.tkey,
+                    render=lambda text, fields: render_messages(self.cfg.teacher, text, fields),
+                    concurrency=self.cfg.teacher.concurrency,
+                )
+            for r, w in zip(need_recs, wanted, strict=True):
+                r["request_hash"], r["answer"], r["cache_hit"] = (
+                    w.request_hash,
+                    w.answer,
+                    w.cache_hit,
+                )
             batch = score(
                 self.settings,
                 [r["n_orig"] for r in all_records],
@@ -571,13 +517,13 @@ class Trainer:
             lr=lr,
             n_samples=len(train_recs),
             n_unscorable=sum(1 for r in all_records if math.isnan(r["reward"])),
-            calls=stats.get("calls", 0),
-            hits=stats.get("hits", 0),
+            calls=stats.calls,
+            hits=stats.hits,
             short_circuits=sum(1 for r in all_records if r["short_circuit"]),
-            cost_usd=stats.get("cost", 0.0),
-            saved_usd=stats.get("saved", 0.0),
+            cost_usd=stats.cost_usd,
+            saved_usd=stats.saved_usd,
             seconds=time.perf_counter() - t_start,
-            teacher_seconds=stats.get("teacher_seconds", 0.0),
+            teacher_seconds=stats.teacher_seconds,
         )
         self._write_step(log, all_records, stats, caller)
         return log
@@ -586,7 +532,7 @@ class Trainer:
         self,
         log: StepLog,
         records: list[dict[str, Any]],
-        stats: dict[str, Any],
+        stats: ReplayStats,
         caller: Caller | None,
     ) -> None:
         def nan_none(x: float) -> float | None:
@@ -616,7 +562,7 @@ class Trainer:
         with self.warehouse.transaction() as con:
             insert_rows(con, "samples", sample_rows, on_conflict="replace")
             insert_rows(con, "steps", [step_row], on_conflict="replace")
-            insert_rows(con, "masks", stats.get("new_masks", []), on_conflict="ignore")
+            insert_rows(con, "masks", stats.new_masks, on_conflict="ignore")
             insert_rows(
                 con,
                 "api_calls",
@@ -626,7 +572,7 @@ class Trainer:
                     teacher_key=self.tkey,
                     backend=self.cfg.teacher.backend,
                     model=self.cfg.teacher.model,
-                    hits=stats.get("hits_ledger", []),
+                    hits=stats.hits_ledger,
                 ),
             )
             if caller is not None:

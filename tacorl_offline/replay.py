@@ -1,0 +1,116 @@
+"""Answers for compressed prompts: replay what the warehouse holds, pay only for misses.
+
+Shared by ``train`` and ``evaluate``. A compression is looked up by ``(prompt id, mask
+hash)`` first, which needs no re-rendering of the prompt; what that misses is rendered,
+hashed and looked up by request hash (the same compressed text reached by another mask, or
+by another run). Only the remaining requests are sent, once each however many samples share
+them, through :class:`~tacorl_offline.calls.Caller`, which journals every answer before it
+is returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tacorl_offline.calls import Caller, Job
+from tacorl_offline.hashing import request_hash
+from tacorl_offline.teachers.base import TeacherRequest
+from tacorl_offline.warehouse import Warehouse
+
+
+@dataclass
+class Wanted:
+    """One compressed prompt whose teacher answer is needed."""
+
+    prompt_id: str
+    mask_hash: str
+    text: str  # the compressed text
+    fields: Mapping[str, Any]
+    # Filled in by resolve():
+    request_hash: str | None = None
+    answer: str | None = None  # None: failed (or not started because of the budget)
+    cache_hit: bool = False
+    paid: bool = False
+
+
+@dataclass
+class ReplayStats:
+    calls: int = 0
+    hits: int = 0
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+    teacher_seconds: float = 0.0
+    hits_ledger: list[tuple[str, float]] = field(
+        default_factory=list
+    )  # (request hash, its original cost)
+    new_masks: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def resolve(
+    wanted: Sequence[Wanted],
+    *,
+    warehouse: Warehouse,
+    caller: Caller,
+    teacher_key: str,
+    render: Callable[[str, Mapping[str, Any]], list[dict[str, str]]],
+    concurrency: int,
+) -> ReplayStats:
+    st = ReplayStats()
+    fresh: set[int] = set()  # positions resolved by request hash, not by the mask index
+    messages: dict[int, list[dict[str, str]]] = {}
+    with warehouse.connect() as con:
+        by_mask = Warehouse.lookup_masks(
+            con, [(w.prompt_id, w.mask_hash) for w in wanted], teacher_key
+        )
+        for i, w in enumerate(wanted):
+            w.request_hash = by_mask.get((w.prompt_id, w.mask_hash))
+            if w.request_hash is None:  # render only what the mask index did not resolve
+                messages[i] = render(w.text, w.fields)
+                w.request_hash = request_hash(teacher_key, messages[i])
+                fresh.add(i)
+        stored = Warehouse.lookup_responses(con, [w.request_hash for w in wanted if w.request_hash])
+    jobs: dict[str, Job] = {}
+    counted: set[str] = set()
+    for i, w in enumerate(wanted):
+        rh = w.request_hash
+        assert rh is not None
+        if rh in stored:
+            w.cache_hit = True
+            if rh not in counted:
+                counted.add(rh)
+                st.hits_ledger.append((rh, stored[rh]["cost_usd"] or 0.0))
+            if i in fresh:
+                st.new_masks.append(
+                    {
+                        "prompt_id": w.prompt_id,
+                        "mask_hash": w.mask_hash,
+                        "teacher_key": teacher_key,
+                        "request_hash": rh,
+                    }
+                )
+        elif rh not in jobs:
+            jobs[rh] = Job(
+                TeacherRequest(rh, messages[i], text=w.text, fields=w.fields),
+                "compressed",
+                w.prompt_id,
+                w.mask_hash,
+            )
+    cost_before = caller.stats.cost_usd
+    t0 = time.perf_counter()
+    results = await caller.run(list(jobs.values()), concurrency=concurrency) if jobs else {}
+    st.teacher_seconds = time.perf_counter() - t0
+    for w in wanted:
+        rh = w.request_hash
+        if rh in stored:
+            w.answer = stored[rh]["answer"] if stored[rh]["ok"] else None
+        elif rh in results:
+            w.answer = results[rh].answer if results[rh].ok else None
+            w.paid = True
+    st.calls = len(results)
+    st.hits = sum(1 for w in wanted if w.cache_hit)
+    st.saved_usd = sum(c for _, c in st.hits_ledger)
+    st.cost_usd = caller.stats.cost_usd - cost_before
+    return st
