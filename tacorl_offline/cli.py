@@ -399,6 +399,120 @@ def train(
         raise typer.Exit(3)
 
 
+def print_eval_summaries(summaries: list[Any]) -> None:
+    t = Table(title="evaluation: teacher(compressed) vs teacher(original)")
+    for c in (
+        "model",
+        "metric",
+        "score",
+        "compressed/original tokens",
+        "unscorable",
+        "paid calls",
+        "hits",
+        "spent",
+    ):
+        t.add_column(c)
+    for e in summaries:
+        t.add_row(
+            e.model,
+            e.metric,
+            f"{e.score:.4f}",
+            f"{e.compression:.3f}",
+            str(e.unscorable),
+            str(e.calls),
+            str(e.hits),
+            f"${e.cost_usd:.6f}",
+        )
+    out.print(t)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model", "-m", help="Compressor to evaluate (repeatable): a directory or 'minilm'."
+        ),
+    ],
+    config: ConfigOpt = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Keep rate (default: compressor.rate).")
+    ] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Greedy-compress the split and score teacher answers against the original's (cached)."""
+    from tacorl_offline.evaluate import run_eval
+
+    cfg = _config(config, **{"warehouse": warehouse})
+    print_eval_summaries(
+        [asyncio.run(run_eval(cfg, warehouse=_warehouse(cfg), model=m, rate=rate)) for m in model]
+    )
+
+
+# --------------------------------------------------------------------------- pipelines
+
+PIPELINES = ("summarization", "qa", "code")
+
+
+def _show_stage(stage: str, result: Any) -> None:
+    if stage == "ingest":
+        out.print(
+            f"      {result.records} records: {result.new_prompts} new prompts, {result.imported_answers} imported answers",
+            markup=False,
+        )
+    elif stage == "fill":
+        print_fill_summary(result)
+    elif stage == "train":
+        print_train_summary(result)
+    elif stage == "eval":
+        print_eval_summaries(result)
+    elif stage == "cost":
+        _render(result.columns, result.rows, "table", title="cost by phase and run")
+
+
+def _run_pipeline(name: str, max_steps: int | None, warehouse: str | None, progress: bool) -> None:
+    from pipelines import run_recipe
+
+    run_recipe(
+        name,
+        overrides={"warehouse": warehouse, "train.max_steps": max_steps},
+        say=lambda line: out.print(line, markup=False),
+        show=_show_stage,
+        progress=progress,
+    )
+    out.print("done: rerun the same command and it pays for no teacher answer again", markup=False)
+
+
+@app.command()
+@user_errors
+def pipeline(
+    task: Annotated[str, typer.Argument(help="summarization, qa or code.")],
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Training steps (default: the task config's).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Run a task recipe on its bundled sample: ingest, teacher-fill, evaluate, train, evaluate, report."""
+    if task not in PIPELINES:
+        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(PIPELINES)}")
+    _run_pipeline(task, max_steps, warehouse, progress)
+
+
+@app.command()
+@user_errors
+def quickstart(
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Training steps (default 10).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """The main job on embedded defaults: bundled sample, offline extractive teacher, MiniLM, DuckDB."""
+    _run_pipeline("summarization", max_steps, warehouse, progress)
+
+
 # --------------------------------------------------------------------------- sql / report / warehouse
 
 Fmt = Literal["table", "csv", "json"]

@@ -169,6 +169,22 @@ class CompressorConfig(_Section):
     )
     batch_size: int = Field(32, ge=1, description="Chunks per forward pass.")
 
+    def options(self) -> Any:
+        """The compressor's own options object for these settings."""
+        from tacorl_offline.compressor import CompressOptions
+
+        return CompressOptions(
+            rate=self.rate,
+            target_token=self.target_token,
+            force_tokens=list(self.force_tokens),
+            force_reserve_digit=self.force_reserve_digit,
+            drop_consecutive=self.drop_consecutive,
+            token_to_word=self.word_prob,
+            chunk_end_tokens=list(self.chunk_end_tokens),
+            max_seq_len=self.max_seq_len,
+            batch_size=self.batch_size,
+        )
+
 
 class RewardConfig(_Section):
     family: Literal["taco", "pcrl", "grpo"] = Field("taco", description="Reward family.")

@@ -217,7 +217,7 @@ class Trainer:
         dist: Dist | None = None,
         on_step: Callable[[StepLog, TrainSummary], None] | None = None,
     ) -> None:
-        from tacorl_offline.compressor import CompressOptions, Compressor
+        from tacorl_offline.compressor import Compressor
 
         self.dist = dist or Dist()
         self.warehouse = warehouse
@@ -242,17 +242,7 @@ class Trainer:
         self.budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
 
         cc = cfg.compressor
-        options = CompressOptions(
-            rate=cc.rate,
-            target_token=cc.target_token,
-            force_tokens=list(cc.force_tokens),
-            force_reserve_digit=cc.force_reserve_digit,
-            drop_consecutive=cc.drop_consecutive,
-            token_to_word=cc.word_prob,
-            chunk_end_tokens=list(cc.chunk_end_tokens),
-            max_seq_len=cc.max_seq_len,
-            batch_size=cc.batch_size,
-        )
+        options = cc.options()
         device = cc.device
         if self.dist.enabled and device.startswith("cuda"):
             device = f"cuda:{self.dist.local_rank}"

@@ -127,7 +127,10 @@ def test_lock_held_by_another_process_gives_one_line_then_retry_succeeds(wh_path
     p.start()
     try:
         assert ready.wait(30)
-        with pytest.raises(UserError) as e, Warehouse(wh_path, lock_timeout_s=0.3).connect(read_only=True):
+        with (
+            pytest.raises(UserError) as e,
+            Warehouse(wh_path, lock_timeout_s=0.3).connect(read_only=True),
+        ):
             pass
         msg = str(e.value)
         assert "locked by another process" in msg and "\n" not in msg

@@ -1,0 +1,145 @@
+"""Evaluate a compressor: greedy-compress a split, ask the teacher, score against the original.
+
+The score is the task metric of teacher(compressed) against teacher(original), the quantity
+TACO-RL optimises, together with the compression actually reached. Answers come through the
+same replay path as training (:mod:`tacorl_offline.replay`), so evaluating a model twice, or
+evaluating masks the trainer already paid for, costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from tacorl_offline import metrics
+from tacorl_offline.calls import Budget, Caller, hit_ledger_rows
+from tacorl_offline.config import Config
+from tacorl_offline.fill import prices_from_config
+from tacorl_offline.hashing import teacher_key
+from tacorl_offline.replay import Wanted, resolve
+from tacorl_offline.teachers import build_teacher, render_messages
+from tacorl_offline.trainer import load_items, make_token_counter
+from tacorl_offline.warehouse import Warehouse, insert_rows
+
+
+@dataclass
+class EvalSummary:
+    run_id: str
+    model: str
+    prompts: int
+    metric: str
+    score: float  # mean metric over scorable prompts
+    compression: float  # mean compressed / original tokens
+    unscorable: int
+    calls: int
+    hits: int
+    cost_usd: float
+    seconds: float
+
+
+async def run_eval(
+    cfg: Config, *, warehouse: Warehouse, model: str, rate: float | None = None
+) -> EvalSummary:
+    from tacorl_offline.compressor import Compressor
+
+    t0 = time.perf_counter()
+    tkey = teacher_key(cfg.teacher.key_settings())
+    with warehouse.connect() as con:
+        items = load_items(con, cfg, tkey)
+    comp = Compressor.from_pretrained(
+        model, device=cfg.compressor.device, options=cfg.compressor.options()
+    )
+    results = comp.compress([i.text for i in items], rate=rate or cfg.compressor.rate)
+    count = make_token_counter(cfg.train.token_counter, comp.tokenizer)
+    wanted = [
+        Wanted(i.prompt_id, r.mask_hash, r.compressed_prompt, i.fields)
+        for i, r in zip(items, results, strict=True)
+    ]
+    run_id = "eval-" + uuid.uuid4().hex[:12]
+    teacher = build_teacher(cfg.teacher)
+    caller = Caller(
+        warehouse,
+        teacher,
+        tkey,
+        prices_from_config(cfg),
+        "eval",
+        run_id,
+        Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls),
+    )
+    with warehouse.transaction() as con:
+        Warehouse.start_run(
+            con,
+            {
+                "run_id": run_id,
+                "kind": "eval",
+                "dataset": cfg.data.dataset,
+                "split": cfg.data.split,
+                "teacher_key": tkey,
+                "config": {**cfg.model_dump(mode="json"), "eval_model": model},
+                "message": model,
+            },
+        )
+    status = "failed"
+    try:
+        st = await resolve(
+            wanted,
+            warehouse=warehouse,
+            caller=caller,
+            teacher_key=tkey,
+            render=lambda text, fields: render_messages(cfg.teacher, text, fields),
+            concurrency=cfg.teacher.concurrency,
+        )
+        status = "finished"
+    finally:
+        await teacher.aclose()
+        with warehouse.transaction() as con:
+            caller.write_pending_ledger(con)
+            if status == "finished":
+                insert_rows(con, "masks", st.new_masks, on_conflict="ignore")
+                insert_rows(
+                    con,
+                    "api_calls",
+                    hit_ledger_rows(
+                        run_id=run_id,
+                        phase="eval",
+                        teacher_key=tkey,
+                        backend=teacher.backend,
+                        model=teacher.model,
+                        hits=st.hits_ledger,
+                    ),
+                )
+            Warehouse.finish_run(con, run_id, status, model)
+    spec = cfg.train.reward.metric if cfg.train.reward.family == "taco" else "rougeL"
+    pairs = [
+        (w.answer, i.reference)
+        for w, i in zip(wanted, items, strict=True)
+        if w.answer and i.reference
+    ]
+    scored = metrics.score_pairs(
+        spec,
+        [p for p, _ in pairs],
+        [r for _, r in pairs],
+        bertscore_model=cfg.train.reward.bertscore_model,
+        bertscore_layers=cfg.train.reward.bertscore_layers,
+    )
+    values = [row["metric"] for row in scored]
+    ratios = [
+        count(r.compressed_prompt) / n
+        for r, i in zip(results, items, strict=True)
+        if (n := count(i.text)) > 0
+    ]
+    return EvalSummary(
+        run_id=run_id,
+        model=model,
+        prompts=len(items),
+        metric=spec,
+        score=sum(values) / len(values) if values else math.nan,
+        compression=sum(ratios) / len(ratios) if ratios else math.nan,
+        unscorable=len(items) - len(values),
+        calls=st.calls,
+        hits=st.hits,
+        cost_usd=st.cost_usd,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,53 @@
+"""The README's main job, end to end on the real MiniLM: twice, and the second run pays nothing."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+from typer.testing import CliRunner
+
+from tacorl_offline.cli import app
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quickstart_chain_then_rerun_pays_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    wh = tmp_path / "w.duckdb"
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        ["quickstart", "--max-steps", "2", "--no-progress", "-w", str(wh)],
+        catch_exceptions=False,
+    )
+    assert r.exit_code == 0, r.output
+    for stage in (
+        "[1/6] ingest",
+        "[2/6] teacher-fill",
+        "stand-in",
+        "[4/6] train",
+        "[6/6] cost report",
+    ):
+        assert stage in r.output
+    con = duckdb.connect(str(wh), read_only=True)
+    first = con.execute("SELECT count(*) FROM api_calls WHERE status <> 'hit'").fetchall()[0][0]
+    runs = con.execute("SELECT kind, status FROM runs ORDER BY started_at").fetchall()
+    con.close()
+    assert [k for k, _ in runs] == ["fill", "eval", "train", "eval"] and {s for _, s in runs} == {
+        "finished"
+    }
+    assert first > 0
+    final = list((tmp_path / "runs" / "summarization").glob("train-*/final/model.safetensors"))
+    assert len(final) == 1
+
+    r = runner.invoke(
+        app,
+        ["quickstart", "--max-steps", "2", "--no-progress", "-w", str(wh)],
+        catch_exceptions=False,
+    )
+    assert r.exit_code == 0, r.output
+    con = duckdb.connect(str(wh), read_only=True)
+    again = con.execute("SELECT count(*) FROM api_calls WHERE status <> 'hit'").fetchall()[0][0]
+    hits = con.execute("SELECT count(*) FROM api_calls WHERE status = 'hit'").fetchall()[0][0]
+    con.close()
+    assert again == first and hits > 0
