@@ -226,3 +226,64 @@ def test_train_requires_filled_originals(tmp_path, loopback_server, tiny_bert) -
     with pytest.raises(UserError) as e:
         Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
     assert "teacher-fill" in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkilled_training_process_resumes_to_the_same_weights(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    """A real SIGKILL of `tacorl-offline train` mid-run; --resume finishes it identically, paying nothing."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=8, checkpoint_every=2)
+    ref = train(cfg)  # uninterrupted reference; warms the warehouse
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+    loopback_server.reset()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tacorl_offline.cli",
+        "train",
+        "-c",
+        str(cfg_path),
+        "--no-progress",
+    ]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    runs = Path(cfg.train.output_dir)
+    while time.monotonic() < deadline and child.poll() is None:
+        latest = [
+            p
+            for p in runs.glob("train-*/checkpoints/latest")
+            if p.read_text().strip() >= "step-0000004"
+        ]
+        if any(p.parent.parent.name != ref.run_id for p in latest):
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run finished before it could be killed: " + (
+        child.stderr.read() if child.stderr else ""
+    )
+    child.kill()
+    child.wait()
+    run_id = q(
+        cfg, "SELECT run_id FROM runs WHERE kind = 'train' ORDER BY started_at DESC LIMIT 1"
+    )[0][0]
+    assert run_id != ref.run_id
+    assert q(cfg, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [
+        ("running",)
+    ]  # it never got to say
+    resumed = train(cfg, resume="latest")
+    assert (
+        resumed.run_id == run_id and resumed.resumed_from is not None and resumed.resumed_from >= 4
+    )
+    assert loopback_server.calls == 0
+    a = load_file(str(ref.final_model / "model.safetensors"))
+    b = load_file(str(resumed.final_model / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
