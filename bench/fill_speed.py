@@ -229,22 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tmpdir", default=None, help="where the temp warehouses go (default: system temp)"
     )
-    ap.add_argument(
-        "--nodelay",
-        action="store_true",
-        help="set TCP_NODELAY on the loopback server's sockets (removes its ~40 ms "
-        "Nagle/delayed-ACK stall per keep-alive request)",
-    )
     args = ap.parse_args(argv)
     if args.latency <= 0:
         ap.error("--latency must be > 0 (the ideal rate is concurrency / latency)")
-
-    if args.nodelay:
-        # The loopback server writes headers and body in two sends; with Nagle on, the body
-        # waits for the client's delayed ACK. StreamRequestHandler's switch turns Nagle off.
-        from tests import loopback
-
-        loopback._Handler.disable_nagle_algorithm = True
 
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
     n_arrow, n_many = (10_000, 500) if args.quick else (50_000, 2_000)
@@ -254,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {cmd}")
     print(
         f"cpus: {os.cpu_count()}  latency: {args.latency * 1000:.0f} ms  quick: {args.quick}"
-        f"  server TCP_NODELAY: {args.nodelay}"
+        "  (the loopback server sends with TCP_NODELAY)"
     )
     print()
 
