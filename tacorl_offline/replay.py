@@ -102,13 +102,27 @@ async def resolve(
     t0 = time.perf_counter()
     results = await caller.run(list(jobs.values()), concurrency=concurrency) if jobs else {}
     st.teacher_seconds = time.perf_counter() - t0
+    paid_once: set[str] = set()
     for w in wanted:
         rh = w.request_hash
         if rh in stored:
             w.answer = stored[rh]["answer"] if stored[rh]["ok"] else None
         elif rh in results:
             w.answer = results[rh].answer if results[rh].ok else None
-            w.paid = True
+            if rh in paid_once:
+                # The same compression twice in one batch: paid once, replayed here.
+                w.cache_hit = True
+                res = results[rh]
+                price = caller.prices.cost(
+                    caller.teacher.backend,
+                    caller.teacher.model,
+                    res.input_tokens,
+                    res.output_tokens,
+                )
+                st.hits_ledger.append((rh, price))
+            else:
+                paid_once.add(rh)
+                w.paid = True
     st.calls = len(results)
     st.hits = sum(1 for w in wanted if w.cache_hit)
     st.saved_usd = sum(c for _, c in st.hits_ledger)

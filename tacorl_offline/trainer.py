@@ -550,6 +550,14 @@ class Trainer:
         ]
         step_row = {"run_id": self.run_id, **{k: nan_none(v) for k, v in log.__dict__.items()}}
         with self.warehouse.transaction() as con:
+            # A step replayed after a resume keeps the calls its first execution paid for.
+            prev = con.execute(
+                "SELECT calls, cost_usd FROM steps WHERE run_id = ? AND step = ?",
+                [self.run_id, log.step],
+            ).fetchall()
+            if prev:
+                step_row["calls"] = (step_row["calls"] or 0) + (prev[0][0] or 0)
+                step_row["cost_usd"] = (step_row["cost_usd"] or 0.0) + (prev[0][1] or 0.0)
             insert_rows(con, "samples", sample_rows, on_conflict="replace")
             insert_rows(con, "steps", [step_row], on_conflict="replace")
             insert_rows(con, "masks", stats.new_masks, on_conflict="ignore")
