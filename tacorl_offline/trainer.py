@@ -127,7 +127,13 @@ def make_token_counter(kind: str, tokenizer: Any) -> Callable[[str], int]:
                 "set TIKTOKEN_CACHE_DIR to a folder holding it, or use token_counter: policy"
             ) from None
         return lambda text: len(enc.encode(text, disallowed_special=()))
-    backend = tokenizer.backend_tokenizer
+    # A private copy without truncation or padding: some tokenizer.json files (MiniLM's among
+    # them) truncate to 128 tokens, which would cap every count.
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
     return lambda text: len(backend.encode(text, add_special_tokens=False).ids)
 
 

