@@ -132,12 +132,13 @@ class CompatPlan:
         chunk_texts: list[str] = []
         for ci, (m, enc) in enumerate(zip(maps, encs, strict=False)):
             toks = enc.tokens
+            offsets = enc.offsets  # a property that rebuilds the whole list: read it once
             is_end = np.fromiter((t in ends for t in toks), dtype=bool, count=len(toks))
             self.chunks.append([])
             for a, b in llmlingua_chunks(is_end, max_seq_len - 2):
                 sl = toks[a:b]
                 chunk_texts.append(tokenizer.convert_tokens_to_string(sl))
-                pending.append((ci, sl, [m.span(*enc.offsets[k]) for k in range(a, b)]))
+                pending.append((ci, sl, [m.span(*offsets[k]) for k in range(a, b)]))
         re_encs = (
             tokenizer(chunk_texts, add_special_tokens=False, verbose=False).encodings
             if chunk_texts

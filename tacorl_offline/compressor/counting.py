@@ -13,16 +13,43 @@ from typing import Any
 TokenCounter = Callable[[str], int]
 
 
+class ModelTokenCounter:
+    """Counts a Rust tokenizer's tokens (no special tokens). The compressor recognises it and
+    reuses the token ids it already has instead of tokenizing the text again."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def __call__(self, text: str) -> int:
+        return len(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def many(self, texts: list[str]) -> list[int]:
+        encs = self.backend.encode_batch(texts, add_special_tokens=False) if texts else []
+        return [len(e.ids) for e in encs]
+
+
+class TiktokenCounter:
+    """Counts a tiktoken ``Encoding``'s tokens, special-token text counted as ordinary text
+    (``encode_ordinary`` is ``encode(text, disallowed_special=())``, without its checks)."""
+
+    def __init__(self, encoding: Any) -> None:
+        self.encoding = encoding
+
+    def __call__(self, text: str) -> int:
+        return len(self.encoding.encode_ordinary(text))
+
+
+#: counters whose work runs in Rust without the GIL and that are safe to call from a thread
+THREAD_SAFE = (ModelTokenCounter, TiktokenCounter)
+
+
 def make_counter(spec: Any, tokenizer: Any) -> TokenCounter:
+    """``tokenizer``: a transformers fast tokenizer or a ``tokenizers.Tokenizer`` (used when
+    ``spec`` is None; pass one without truncation/padding)."""
     if spec is None:
-        backend = tokenizer.backend_tokenizer
-
-        def count(text: str) -> int:
-            return len(backend.encode(text, add_special_tokens=False).ids)
-
-        return count
-    if hasattr(spec, "encode") and hasattr(spec, "n_vocab"):  # tiktoken.Encoding
-        return lambda text: len(spec.encode(text, disallowed_special=()))
+        return ModelTokenCounter(getattr(tokenizer, "backend_tokenizer", tokenizer))
+    if hasattr(spec, "encode_ordinary") and hasattr(spec, "n_vocab"):  # tiktoken.Encoding
+        return TiktokenCounter(spec)
     if callable(spec):
         return spec
     raise TypeError(

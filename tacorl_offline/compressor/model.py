@@ -8,6 +8,13 @@ Three ways to use it:
 
 - :meth:`Compressor.compress`: greedy compression, batched across chunks and prompts under
   ``torch.inference_mode``; ``options.compat=True`` reproduces llmlingua 0.2.2's kept words.
+  The greedy path is built for speed with unchanged results: one batched Rust tokenizer call
+  (ids + offsets, word/chunk features looked up per token id), chunks sorted by length and
+  each batch padded only to its longest chunk (``length_bucketing``; compat mode keeps
+  llmlingua's pad-to-512 input order), the padding mask handed to SDPA as a ``[B,1,1,L]``
+  bool mask (bitwise-equal output, no per-batch mask building), token counts from the ids
+  already at hand when the counter is the model tokenizer (else counted on a thread while the
+  model runs), numpy word probabilities, selection and text rebuild.
 - :meth:`Compressor.sample`: G keep-masks per prompt from ONE forward pass with gradient,
   a Bernoulli per deciding word (see :mod:`.sampling`).
 - :meth:`Compressor.greedy`: the same ``Sample`` structure for the greedy mask (SCST baseline).
@@ -27,10 +34,12 @@ Byte-level BPE tokenizers get no such view: llmlingua has no rule for them.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,12 +52,18 @@ from tacorl_offline.hashing import mask_hash
 
 from . import sampling, selection
 from .compat import CompatPlan, chunk_word_probs, py_float_words
-from .counting import CachedCounter, TokenCounter, make_counter
+from .counting import (
+    THREAD_SAFE,
+    CachedCounter,
+    ModelTokenCounter,
+    TokenCounter,
+    make_counter,
+)
 from .layout import Layout, build_layout
 from .options import CompressOptions
 from .result import CompressResult, Sample
 from .text import rebuild, split_at
-from .words import LLMLINGUA_MAGIC, Scheme, detect_scheme, pure
+from .words import LLMLINGUA_MAGIC, Scheme, TokenFeatures, detect_scheme, pure, vocab_features
 
 CONFIG_NAME = "tacorl_compressor.json"
 BUILTIN_MINILM = "minilm"
@@ -59,6 +74,18 @@ def _as_prompts(texts: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
     if isinstance(texts, str):
         return [[texts]]
     return [[t] if isinstance(t, str) else list(t) for t in texts]
+
+
+def _mask_arg(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask to pass: for SDPA models, the padding mask as a broadcastable 4D bool
+    mask ``[B, 1, 1, L]``, which transformers passes through untouched instead of building a
+    ``[B, 1, L, L]`` mask per batch (tens of ms per batch on CPU). SDPA computes the very same
+    numbers (bitwise: tests/test_compressor.py checks it); other attention kernels get the 2D mask.
+    """
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "_attn_implementation", None) == "sdpa" and mask.dim() == 2:
+        return mask.bool()[:, None, None, :]
+    return mask
 
 
 @contextmanager
@@ -98,6 +125,11 @@ class Compressor:
         self.scheme: Scheme = detect_scheme(tj, tokenizer.get_vocab())
         self.token_counter = token_counter
         self._twin: tuple[Any, torch.nn.Module] | None = None
+        self._backend: tuple[Any, Any] | None = None
+        #: greedy mode: sort chunks by length and pad each batch to its longest (see
+        #: :meth:`_token_probs_np`); False pads every chunk to max_seq_len in input order
+        self.length_bucketing = True
+        self._feat_cache: dict[Any, tuple[Any, TokenFeatures]] = {}
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -187,7 +219,8 @@ class Compressor:
         return self.options.replace(**overrides) if overrides else self.options
 
     def _counter(self, spec: Any = None) -> TokenCounter:
-        return make_counter(spec if spec is not None else self.token_counter, self.tokenizer)
+        spec = spec if spec is not None else self.token_counter
+        return make_counter(spec, self.backend) if spec is None else make_counter(spec, None)
 
     def _multi_piece(self, force_tokens: Sequence[str]) -> list[str]:
         """Force strings that are not one token of their own (e.g. "\n"): become pseudo-words."""
@@ -198,34 +231,65 @@ class Compressor:
                 out.append(t)
         return out
 
+    @property
+    def backend(self) -> Any:
+        """The Rust tokenizer, copied without the truncation/padding tokenizer.json may carry
+        (MiniLM's pads and truncates to 128): we tokenize whole texts and chunk ourselves."""
+        key = (self.tokenizer, len(self.tokenizer))
+        if self._backend is None or self._backend[0] != key:
+            from tokenizers import Tokenizer
+
+            bk = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+            bk.no_truncation()
+            bk.no_padding()
+            self._backend = (key, bk)
+        return self._backend[1]
+
+    def _vocab_features(self, force: Sequence[str], ends: Sequence[str]) -> TokenFeatures:
+        """Word-start / chunk-end features of every token id, cached per (force, ends)."""
+        key = (self.backend, frozenset(force), frozenset(ends))
+        hit = self._feat_cache.get(key[1:])
+        if hit is None or hit[0] is not key[0]:
+            bk = key[0]
+            n = bk.get_vocab_size(with_added_tokens=True)
+            inv = bk.get_vocab(with_added_tokens=True)
+            vocab = [""] * max(n, max(inv.values(), default=-1) + 1)
+            for t, i in inv.items():
+                vocab[i] = t
+            hit = (bk, vocab_features(vocab, self.scheme, key[1], key[2]))
+            self._feat_cache[key[1:]] = hit
+        return hit[1]
+
     def layouts(self, contexts: Sequence[str], opts: CompressOptions) -> list[Layout]:
-        """Tokenize (one batched call) and lay out each context."""
+        """Tokenize (one batched Rust call, ids and offsets) and lay out each context."""
         needles = self._multi_piece(opts.force_tokens)
         segs = [split_at(t, needles) for t in contexts]
-        pieces = [t[s:e] for t, ss in zip(contexts, segs, strict=False) for s, e, n in ss if not n]
-        encs = (
-            self.tokenizer(
-                pieces, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-            ).encodings
-            if pieces
-            else []
-        )
+        pieces = [t[s:e] for t, ss in zip(contexts, segs, strict=True) for s, e, n in ss if not n]
+        encs = self.backend.encode_batch(pieces, add_special_tokens=False) if pieces else []
+        table = self._vocab_features(opts.force_tokens, opts.chunk_end_tokens)
         it = iter(encs)
         out = []
-        for t, ss in zip(contexts, segs, strict=False):
-            e = [(x.tokens, x.ids, x.offsets) for x in (next(it) for s in ss if not s[2])]
-            out.append(
-                build_layout(
-                    t,
-                    ss,
-                    e,
-                    self.scheme,
-                    opts.force_tokens,
-                    opts.chunk_end_tokens,
-                    opts.force_reserve_digit,
-                    opts.max_seq_len - 2,
-                )
+        for t, ss in zip(contexts, segs, strict=True):
+            e = []
+            for _ in range(sum(1 for s in ss if not s[2])):
+                x = next(it)
+                ids = np.asarray(x.ids, dtype=np.int64)
+                offs = np.fromiter(
+                    itertools.chain.from_iterable(x.offsets), dtype=np.int64, count=2 * len(ids)
+                ).reshape(len(ids), 2)
+                e.append((ids, offs, table.take(ids)))
+            lay = build_layout(
+                t,
+                ss,
+                e,
+                self.scheme,
+                opts.force_tokens,
+                opts.chunk_end_tokens,
+                opts.force_reserve_digit,
+                opts.max_seq_len - 2,
             )
+            lay.plain = not any(n for _, _, n in ss)
+            out.append(lay)
         return out
 
     def _rows(
@@ -279,9 +343,10 @@ class Compressor:
             for r, i in enumerate(idx):
                 ids[r, : len(rows[i])] = torch.as_tensor(rows[i])
                 mask[r, : len(rows[i])] = torch.as_tensor(attn[i]) if attn is not None else 1
-            logits = model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-            ).logits
+            mask = mask.to(self.device)
+            if not torch.is_grad_enabled():  # inference (compat mode): the cheap SDPA mask
+                mask = _mask_arg(model, mask)
+            logits = model(input_ids=ids.to(self.device), attention_mask=mask).logits
             probs = torch.softmax(logits.float(), dim=-1)[..., 1]
             for r, i in enumerate(idx):
                 out[i] = probs[r, : len(rows[i])]
@@ -297,6 +362,57 @@ class Compressor:
         for p, (li, a, b) in zip(probs, where, strict=False):
             parts[li].append(p[self._lead : self._lead + (b - a)])
         return [torch.cat(ps) if ps else torch.zeros(0, device=self.device) for ps in parts]
+
+    def _special_ids(self) -> tuple[int | None, int | None]:
+        tk = self.tokenizer
+        cls_id = tk.cls_token_id if tk.cls_token_id is not None else tk.bos_token_id
+        sep_id = tk.sep_token_id if tk.sep_token_id is not None else tk.eos_token_id
+        return cls_id, sep_id
+
+    def _token_probs_np(
+        self, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int, max_seq_len: int
+    ) -> list[np.ndarray]:
+        """Greedy path of :meth:`_token_probs` (same rows, order, batches and float ops), built
+        in numpy. With ``self.length_bucketing`` (default) rows are sorted by length (longest
+        first) and each batch is padded to its longest row; without it, rows go in input order
+        padded to ``max_seq_len`` as llmlingua does. The attention mask makes both equal up to
+        float noise (kept words identical in the tests and the benchmark).
+        Returns float32 keep-probabilities per layout token."""
+        cls_id, sep_id = self._special_ids()
+        lead = 1 if cls_id is not None else 0
+        extra = lead + (1 if sep_id is not None else 0)
+        where = [(li, a, b) for li, lay in enumerate(layouts) for a, b in lay.chunks]
+        out = [np.zeros(len(lay.ids), dtype=np.float32) for lay in layouts]
+        lens = [b - a + extra for _, a, b in where]
+        if self.length_bucketing:
+            order = sorted(range(len(where)), key=lambda i: -lens[i])
+        else:
+            order = list(range(len(where)))
+        pid = self._pad_id()
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            width = max(lens[i] for i in idx)
+            if not self.length_bucketing:
+                width = max(width, max_seq_len)
+            ids = np.full((len(idx), width), pid, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for r, i in enumerate(idx):
+                li, a, b = where[i]
+                ids[r, lead : lead + b - a] = layouts[li].ids[a:b]
+                mask[r, : lens[i]] = 1
+                if cls_id is not None:
+                    ids[r, 0] = cls_id
+                if sep_id is not None:
+                    ids[r, lens[i] - 1] = sep_id
+            logits = model(
+                input_ids=torch.from_numpy(ids).to(self.device),
+                attention_mask=_mask_arg(model, torch.from_numpy(mask).to(self.device)),
+            ).logits
+            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
+            for r, i in enumerate(idx):
+                li, a, b = where[i]
+                out[li][a:b] = probs[r, lead : lead + b - a]
+        return out
 
     @staticmethod
     def _word_probs_t(lay: Layout, tp: torch.Tensor, mode: str) -> torch.Tensor:
@@ -341,17 +457,31 @@ class Compressor:
         model: torch.nn.Module,
     ) -> list[CompressResult]:
         flat = [c for p in prompts for c in p]
+        own = isinstance(counter, ModelTokenCounter) and counter.backend is self.backend
+        pending = None
+        if not own and isinstance(counter, THREAD_SAFE) and len(flat) > 1:
+            # count the originals (Rust, GIL released) while the model runs
+            pool = ThreadPoolExecutor(max_workers=1)
+            pending = pool.submit(lambda: [counter(c) for c in flat])
+            pool.shutdown(wait=False)
         lays = self.layouts(flat, opts)
-        tps = self._token_probs(lays, model, opts.batch_size)
+        tps = self._token_probs_np(lays, model, opts.batch_size, opts.max_seq_len)
+        if own:  # the model tokenizer counts: reuse the ids we have (exact for plain layouts)
+            counts = [len(lay.ids) if lay.plain else counter(lay.text) for lay in lays]
+        elif pending is not None:
+            counts = pending.result()
+        else:
+            counts = [counter(c) for c in flat]
         results = []
         k = 0
         for ctxs in prompts:
             ls, ts = lays[k : k + len(ctxs)], tps[k : k + len(ctxs)]
+            c_counts = counts[k : k + len(ctxs)]
             k += len(ctxs)
-            origin = sum(counter(c) for c in ctxs)
+            origin = sum(c_counts)
             probs = []
-            for lay, tp in zip(ls, ts, strict=False):
-                tpn = tp.detach().cpu().numpy().astype(np.float64)
+            for lay, tp in zip(ls, ts, strict=True):
+                tpn = tp.astype(np.float64)
                 if opts.token_to_word == "first":
                     wp = selection.segment_first(tpn, lay.word_of_token, lay.n_words)
                 else:
@@ -368,39 +498,33 @@ class Compressor:
                 scores = [float(np.mean(p)) if len(p) else 0.0 for p in probs]
                 ctx_keep = selection.llmlingua_context_keep(scores, c_rate)
             if opts.target_token > 0:
-                kept_origin = sum(counter(c) for c, k_ in zip(ctxs, ctx_keep, strict=False) if k_)
+                kept_origin = sum(n for n, k_ in zip(c_counts, ctx_keep, strict=True) if k_)
                 rate = min(opts.target_token / max(kept_origin, 1), 1.0)
             # one budget over the kept contexts' words
-            all_p = (
-                np.concatenate([p for p, k_ in zip(probs, ctx_keep, strict=False) if k_])
-                if ctx_keep.any()
-                else np.zeros(0)
-            )
-            all_w = (
-                np.concatenate([lay.weights for lay, k_ in zip(ls, ctx_keep, strict=False) if k_])
-                if ctx_keep.any()
-                else np.zeros(0)
-            )
-            all_f = (
-                np.concatenate([lay.forced for lay, k_ in zip(ls, ctx_keep, strict=False) if k_])
-                if ctx_keep.any()
-                else np.zeros(0, bool)
-            )
+            sel = [i for i in range(len(ctxs)) if ctx_keep[i]]
+            all_p = np.concatenate([probs[i] for i in sel]) if sel else np.zeros(0)
+            all_w = np.concatenate([ls[i].weights for i in sel]) if sel else np.zeros(0)
+            all_f = np.concatenate([ls[i].forced for i in sel]) if sel else np.zeros(0, bool)
             if opts.threshold is not None:
                 keep_all = selection.keep_by_threshold(all_p, opts.threshold, all_f)
             else:
                 keep_all = selection.keep_by_rate(all_p, all_w, rate, all_f)
-            results.append(
-                self._assemble(ctxs, ls, probs, ctx_keep, keep_all, opts, counter, origin)
-            )
+            results.append(self._assemble(ctxs, ls, probs, ctx_keep, keep_all, opts, origin))
+        outs = [r.compressed_prompt for r in results]
+        n_out = counter.many(outs) if own else [counter(t) if t else 0 for t in outs]
+        for r, n in zip(results, n_out, strict=True):
+            r.compressed_tokens = n if r.compressed_prompt else 0
         return results
 
-    def _assemble(
-        self, ctxs, ls, probs, ctx_keep, keep_all, opts, counter, origin
-    ) -> CompressResult:
-        words, keep, spans, wps, texts = [], [], [], [], []
+    def _assemble(self, ctxs, ls, probs, ctx_keep, keep_all, opts, origin) -> CompressResult:
+        """One prompt's result; ``compressed_tokens`` is filled in by the caller."""
+        words: list[str] = []
+        keep: list[bool] = []
+        spans: list[tuple[int, int]] = []
+        wps: list[float] = []
+        texts = []
         off, j = 0, 0
-        for c, lay, p, ck in zip(ctxs, ls, probs, ctx_keep, strict=False):
+        for c, lay, p, ck in zip(ctxs, ls, probs, ctx_keep, strict=True):
             if ck:
                 kk = keep_all[j : j + lay.n_words]
                 j += lay.n_words
@@ -410,16 +534,19 @@ class Compressor:
             else:
                 kk = np.zeros(lay.n_words, dtype=bool)
             words.extend(lay.words)
-            keep.extend(bool(x) for x in kk)
-            spans.extend((a + off, b + off) for a, b in lay.spans)
-            wps.extend(float(x) for x in p)
+            keep.extend(np.asarray(kk, dtype=bool).tolist())
+            if off:
+                sp = np.asarray(lay.spans, dtype=np.int64).reshape(-1, 2) + off
+                spans.extend(zip(sp[:, 0].tolist(), sp[:, 1].tolist(), strict=True))
+            else:
+                spans.extend(lay.spans)
+            wps.extend(np.asarray(p, dtype=np.float64).tolist())
             off += len(c) + 2
-        out = "\n\n".join(texts)
         return CompressResult(
-            compressed_prompt=out,
+            compressed_prompt="\n\n".join(texts),
             compressed_prompt_list=texts,
             origin_tokens=origin,
-            compressed_tokens=counter(out) if out else 0,
+            compressed_tokens=0,
             words=words,
             keep=keep,
             word_spans=spans,

@@ -15,33 +15,63 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .words import space_mask
 
-def rebuild(text: str, spans: Sequence[tuple[int, int]], keep: Sequence[bool] | np.ndarray) -> str:
-    """The compressed text: kept words' original substrings, joined as described above."""
-    idx = np.flatnonzero(np.asarray(keep, dtype=bool))
+
+def rebuild(
+    text: str,
+    spans: Sequence[tuple[int, int]] | np.ndarray,
+    keep: Sequence[bool] | np.ndarray,
+    spaces: np.ndarray | None = None,
+) -> str:
+    """The compressed text: kept words' original substrings, joined as described above.
+
+    Vectorised: each kept word contributes one character range (its word, preceded by the
+    whole gap or only the gap's trailing whitespace); touching ranges merge before slicing.
+    """
+    keep_a = np.asarray(keep, dtype=bool)
+    idx = np.flatnonzero(keep_a)
     if len(idx) == 0:
         return ""
-    n = len(spans)
-    parts: list[str] = []
+    n = len(keep_a)
+    sp = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    s_all, e_all = sp[:, 0], sp[:, 1]
+    nonempty = s_all < e_all
+    valid = idx[nonempty[idx]]  # kept words with text, in order
+    seg_a: list[np.ndarray] = []
+    seg_b: list[np.ndarray] = []
     if idx[0] == 0:
-        parts.append(text[: spans[0][0]])
-    prev = -1
-    for i in idx:
-        s, e = spans[i]
-        if s >= e:
-            continue
-        if prev >= 0:
-            ps = spans[prev][1]
-            gap = text[ps:s]
-            if i == prev + 1 or not any(spans[k][1] > spans[k][0] for k in range(prev + 1, i)):
-                parts.append(gap)
-            else:
-                parts.append(gap[len(gap.rstrip()) :])
-        parts.append(text[s:e])
-        prev = i
-    if idx[-1] == n - 1 and prev >= 0:
-        parts.append(text[spans[prev][1] :])
-    return "".join(parts)
+        seg_a.append(np.zeros(1, dtype=np.int64))
+        seg_b.append(s_all[:1])
+    if len(valid):
+        s, e = s_all[valid], e_all[valid]
+        gap_a = s.copy()
+        if len(valid) > 1:
+            prev, cur = valid[:-1], valid[1:]
+            cum = np.concatenate([[0], np.cumsum(nonempty)])
+            whole = cum[cur] - cum[prev + 1] == 0  # no word with text dropped in between
+            ps = e_all[prev]
+            # start of the gap's trailing whitespace: after the last non-space before s
+            ws = space_mask(text) if spaces is None else spaces
+            pos = np.arange(len(text), dtype=np.int64)
+            last_ns = np.maximum.accumulate(np.where(ws, -1, pos)) if len(text) else pos
+            trail = np.maximum(ps, last_ns[s[1:] - 1] + 1)
+            gap_a[1:] = np.minimum(np.where(whole, ps, trail), s[1:])
+        seg_a.append(gap_a)
+        seg_b.append(e)
+        if idx[-1] == n - 1:
+            seg_a.append(e[-1:])
+            seg_b.append(np.asarray([len(text)], dtype=np.int64))
+    if not seg_a:
+        return ""
+    a = np.concatenate(seg_a)
+    b = np.concatenate(seg_b)
+    if len(a) > 1:  # merge ranges that touch
+        brk = np.flatnonzero(a[1:] != b[:-1]) + 1
+        starts = np.concatenate([[0], brk])
+        stops = np.concatenate([brk, [len(a)]]) - 1
+        a, b = a[starts], b[stops]
+    return "".join(text[x:y] for x, y in zip(a.tolist(), b.tolist(), strict=True))
 
 
 def split_at(text: str, needles: Sequence[str]) -> list[tuple[int, int, bool]]:

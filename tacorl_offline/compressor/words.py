@@ -11,6 +11,7 @@ hashes are built from. This module is pure: token strings and offsets in, arrays
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -94,9 +95,90 @@ class WordGroups:
     spans: list[tuple[int, int]]
 
 
+@dataclass
+class TokenFeatures:
+    """Per-token boolean features that decide word starts and chunk ends.
+
+    Computed per *vocabulary entry* once (:func:`vocab_features`) and gathered by token id,
+    or per distinct token string (:func:`token_features`); both give the same arrays.
+    """
+
+    has_marker: np.ndarray
+    in_force: np.ndarray
+    punct: np.ndarray
+    newline: np.ndarray
+    is_end: np.ndarray
+
+    def take(self, idx: np.ndarray) -> TokenFeatures:
+        return TokenFeatures(*(a[idx] for a in dataclasses.astuple(self)))
+
+
+_MARKER = {"wordpiece": "##", "sentencepiece": "▁", "bytelevel": "Ġ"}
+
+
+def _features_of(
+    strings: list[str],
+    scheme: Scheme,
+    force: frozenset[str] | set[str],
+    ends: frozenset[str] | set[str] = frozenset(),
+) -> TokenFeatures:
+    n = len(strings)
+    marker = _MARKER[scheme]
+    pures = [pure(t, scheme) for t in strings]
+    return TokenFeatures(
+        has_marker=np.fromiter((t.startswith(marker) for t in strings), dtype=bool, count=n),
+        in_force=np.fromiter(
+            (p in force or t in force for p, t in zip(pures, strings, strict=True)),
+            dtype=bool,
+            count=n,
+        ),
+        punct=np.fromiter((_is_punct(p) for p in pures), dtype=bool, count=n),
+        newline=np.fromiter((t.startswith(("Ċ", "ĉ")) for t in strings), dtype=bool, count=n),
+        is_end=np.fromiter(
+            (p in ends or t in ends for p, t in zip(pures, strings, strict=True)),
+            dtype=bool,
+            count=n,
+        ),
+    )
+
+
+def token_features(
+    tokens: list[str],
+    scheme: Scheme,
+    force: frozenset[str] | set[str] = frozenset(),
+    ends: frozenset[str] | set[str] = frozenset(),
+) -> TokenFeatures:
+    """Features of a token sequence, computed once per distinct token string."""
+    if not tokens:
+        return _features_of([], scheme, force, ends)
+    uniq, inv = np.unique(np.asarray(tokens, dtype=object).astype(str), return_inverse=True)
+    return _features_of([str(t) for t in uniq], scheme, force, ends).take(inv)
+
+
+def vocab_features(
+    vocab: list[str],
+    scheme: Scheme,
+    force: frozenset[str] | set[str] = frozenset(),
+    ends: frozenset[str] | set[str] = frozenset(),
+) -> TokenFeatures:
+    """Features indexed by token id (``vocab[i]`` is the string of id ``i``)."""
+    return _features_of(vocab, scheme, force, ends)
+
+
+# str.isspace() for every code point below 0x3001 (none above is whitespace)
+_WS_LIMIT = 0x3001
+_WS_TABLE = np.fromiter((chr(i).isspace() for i in range(_WS_LIMIT)), dtype=bool, count=_WS_LIMIT)
+
+
+def space_mask(text: str) -> np.ndarray:
+    """``[c.isspace() for c in text]`` as a bool array, vectorised."""
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return _WS_TABLE[np.minimum(cp, _WS_LIMIT - 1)]
+
+
 def group_words(
     tokens: list[str],
-    offsets: list[tuple[int, int]],
+    offsets: list[tuple[int, int]] | np.ndarray,
     text: str,
     scheme: Scheme,
     force: frozenset[str] | set[str] = frozenset(),
@@ -110,15 +192,27 @@ def group_words(
     n = len(tokens)
     if n == 0:
         return WordGroups(np.zeros(0, dtype=np.int64), [])
-    uniq, inv = np.unique(np.asarray(tokens, dtype=object).astype(str), return_inverse=True)
-    u = [str(t) for t in uniq]
-    marker = {"wordpiece": "##", "sentencepiece": "▁", "bytelevel": "Ġ"}[scheme]
-    has_marker = np.fromiter((t.startswith(marker) for t in u), dtype=bool, count=len(u))[inv]
-    in_force = np.fromiter(
-        (pure(t, scheme) in force or t in force for t in u), dtype=bool, count=len(u)
-    )[inv]
-    punct = np.fromiter((_is_punct(pure(t, scheme)) for t in u), dtype=bool, count=len(u))[inv]
     off = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+    wot, s, e = group_words_arrays(token_features(tokens, scheme, force), off, text, scheme)
+    return WordGroups(wot, list(zip(s.tolist(), e.tolist(), strict=True)))
+
+
+def group_words_arrays(
+    feats: TokenFeatures,
+    off: np.ndarray,
+    text: str,
+    scheme: Scheme,
+    spaces: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`group_words` on feature arrays: (word_of_token, span starts, span ends).
+
+    ``spaces`` is ``space_mask(text)`` when the caller has it already.
+    """
+    n = len(off)
+    if n == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z.copy(), z.copy()
+    has_marker, in_force, punct = feats.has_marker, feats.in_force, feats.punct
     start = np.zeros(n, dtype=bool)
     start[0] = True
     prev_force = in_force[:-1]
@@ -127,27 +221,27 @@ def group_words(
     elif scheme == "sentencepiece":
         rule = has_marker[1:] | punct[1:] | prev_force
     else:
-        nl = np.fromiter((t.startswith(("Ċ", "ĉ")) for t in u), dtype=bool, count=len(u))[inv]
-        rule = has_marker[1:] | nl[1:] | punct[1:] | punct[:-1] | prev_force
+        rule = has_marker[1:] | feats.newline[1:] | punct[1:] | punct[:-1] | prev_force
     start[1:] = rule | in_force[1:] | (off[1:, 0] > off[:-1, 1])
     wid = np.cumsum(start) - 1
     firsts = np.flatnonzero(start)
-    s_arr = off[firsts, 0]
+    s_arr = off[firsts, 0].copy()
     e_arr = np.maximum.reduceat(off[:, 1], firsts)
-    word_of_token = np.full(n, -1, dtype=np.int64)
-    spans: list[tuple[int, int]] = []
-    new_id = np.full(len(firsts), -1, dtype=np.int64)
-    for k, (s, e) in enumerate(zip(s_arr.tolist(), e_arr.tolist(), strict=False)):
-        if s < e and (text[s].isspace() or text[e - 1].isspace()):
-            while s < e and text[s].isspace():
+    if len(text):
+        ws = space_mask(text) if spaces is None else spaces
+        ok = s_arr < e_arr
+        lim = len(text) - 1
+        edge = ok & (ws[np.clip(s_arr, 0, lim)] | ws[np.clip(e_arr - 1, 0, lim)])
+        for k in np.flatnonzero(edge).tolist():  # rare: trim whitespace at the span's ends
+            s, e = int(s_arr[k]), int(e_arr[k])
+            while s < e and ws[s]:
                 s += 1
-            while e > s and text[e - 1].isspace():
+            while e > s and ws[e - 1]:
                 e -= 1
-        if e > s:
-            new_id[k] = len(spans)
-            spans.append((s, e))
-    word_of_token = new_id[wid]
-    return WordGroups(word_of_token, spans)
+            s_arr[k], e_arr[k] = s, e
+    keep = e_arr > s_arr
+    new_id = np.where(keep, np.cumsum(keep) - 1, -1)
+    return new_id[wid], s_arr[keep], e_arr[keep]
 
 
 def has_digit(word: str) -> bool:
