@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="number of texts (tiny 50, minilm 10)")
     ap.add_argument("--words", type=int, default=1500, help="words per text")
     ap.add_argument("--rate", type=float, default=0.5)
-    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     ap.add_argument("--hidden", type=int, default=64, help="tiny model: hidden size")
     ap.add_argument("--layers", type=int, default=2, help="tiny model: layers")

@@ -30,7 +30,6 @@ from tacorl_offline.errors import UserError
 # Library chatter (load reports, shard-writing progress bars) is not ours to print.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(
     help="Fine-tune LLMLingua-2 prompt compressors with TACO-RL, paying each teacher answer once.",

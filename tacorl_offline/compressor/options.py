@@ -37,7 +37,7 @@ class CompressOptions:
     """Chunks (<= max_seq_len tokens) are cut after the last of these tokens in the window."""
     max_seq_len: int = 512
     """Model input length, special tokens included."""
-    batch_size: int = 50
+    batch_size: int = 16
     """Chunks per forward pass."""
     use_context_level_filter: bool = False
     """With several contexts, drop whole contexts ranked by their mean word probability."""
