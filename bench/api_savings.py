@@ -562,11 +562,15 @@ def main(argv: list[str] | None = None) -> int:
                 "api_calls WHERE run_id = $1 AND phase = 'train' AND status = 'ok')",
                 [rk.run_id],
             )[0]
+            agree = steps_calls == ledger_ok == calls_c
             notes.append(
                 f"c) after the resume, sum(steps.calls) for the run = {steps_calls}, api_calls ok "
-                f"rows = {ledger_ok}, server saw {calls_c}: the replayed steps' rows in `steps` "
-                "were replaced by their replay (calls 0, hits > 0), so `steps` under-counts what "
-                "the run paid when steps were replayed; the api_calls ledger does not"
+                f"rows = {ledger_ok}, server saw {calls_c}: "
+                + (
+                    "steps, ledger and server agree (a replayed step keeps the calls it first paid)"
+                    if agree
+                    else "MISMATCH: the steps table does not account for what the run paid"
+                )
             )
             close, equal, diff, moved = weights_compare(
                 sa.final_model, rr.summary.final_model, model
