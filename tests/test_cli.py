@@ -236,3 +236,55 @@ def test_sigkill_mid_fill_then_rerun_loses_nothing(tmp_path: Path) -> None:
         assert len(per_prompt) == n and all(c == 1 for _, c in per_prompt)
         # Only the calls in flight at the kill were paid twice.
         assert n <= server.calls <= n + k
+
+
+@pytest.mark.timeout(120)
+def test_readers_work_while_a_fill_is_running(tmp_path: Path) -> None:
+    """`sql` and `report cost` succeed while teacher-fill writes from another process."""
+    import time
+
+    from tests.loopback import LoopbackServer
+
+    with LoopbackServer(latency_s=0.2) as server:
+        data = write_upstream_json(tmp_path / "d.json", 60)
+        wh = tmp_path / "w.duckdb"
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"teacher:\n  backend: openai\n  model: gpt-4o-mini\n  base_url: {server.base_url}\n  concurrency: 4\n",
+            encoding="utf-8",
+        )
+        assert invoke("ingest", str(data), "-w", str(wh)).exit_code == 0
+        cmd = [
+            sys.executable,
+            "-m",
+            "tacorl_offline.cli",
+            "teacher-fill",
+            "-c",
+            str(cfg),
+            "-w",
+            str(wh),
+            "--no-progress",
+        ]
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            while server.calls < 4:
+                time.sleep(0.02)
+            seen = []
+            while child.poll() is None and len(seen) < 12:
+                time.sleep(0.3)
+                r = runner.invoke(
+                    app, ["sql", "SELECT count(*) AS n FROM responses", "-w", str(wh), "-f", "json"]
+                )
+                assert r.exit_code == 0, r.output
+                seen.append(json.loads(r.output)[0]["n"])
+                assert runner.invoke(app, ["report", "cost", "-w", str(wh)]).exit_code == 0
+            assert child.wait(timeout=60) == 0, child.stderr.read() if child.stderr else ""
+        finally:
+            if child.poll() is None:
+                child.kill()
+        # Readers never failed, and saw answers land while the fill was still running.
+        assert seen == sorted(seen) and any(0 < n < 60 for n in seen), seen
+        final = json.loads(
+            invoke("sql", "SELECT count(*) AS n FROM responses", "-w", str(wh), "-f", "json").output
+        )
+        assert final == [{"n": 60}]
