@@ -46,6 +46,14 @@ class Budget:
                 self.exhausted = True
         return not self.exhausted
 
+    def reached(self) -> bool:
+        """True once a cap is met or a call was refused for it."""
+        return (
+            self.exhausted
+            or (self.max_calls is not None and self.calls >= self.max_calls)
+            or (self.max_cost_usd is not None and self.spent_usd >= self.max_cost_usd)
+        )
+
     def remaining_text(self) -> str:
         parts = []
         if self.max_calls is not None:

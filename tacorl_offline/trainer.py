@@ -713,8 +713,9 @@ class Trainer:
                     s.rewards.append(log.reward_mean)
                     if self.on_step:
                         self.on_step(log, s)
-                stop = self.dist.broadcast(bool(caller and caller.budget.exhausted))
-                if stop:
+                # Budgets count this invocation's calls; the last step finishes the run anyway.
+                stop = self.dist.broadcast(bool(caller and caller.budget.reached()))
+                if stop and self.pos.step < self.total_steps:
                     s.budget_stopped = True
                     status, message = (
                         "budget",
