@@ -187,6 +187,25 @@ def test_api_key_never_reaches_warehouse_exports_or_logs(tmp_path: Path, loopbac
         assert SECRET not in o
 
 
+def _ingest_and_fill_cmd(tmp_path: Path, server, n: int, k: int) -> tuple[Path, list[str]]:
+    """Ingest n prompts; return the warehouse and a teacher-fill command line for a subprocess."""
+    data = write_upstream_json(tmp_path / "d.json", n)
+    wh = tmp_path / "w.duckdb"
+    cfg = openai_config(tmp_path / "c.yaml", server, concurrency=k)
+    assert invoke("ingest", str(data), "-w", str(wh)).exit_code == 0
+    return wh, [
+        sys.executable,
+        "-m",
+        "tacorl_offline.cli",
+        "teacher-fill",
+        "-c",
+        str(cfg),
+        "-w",
+        str(wh),
+        "--no-progress",
+    ]
+
+
 @pytest.mark.timeout(120)
 def test_sigkill_mid_fill_then_rerun_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL teacher-fill midway against a slow server; the rerun completes, paying at most K extra."""
@@ -198,25 +217,7 @@ def test_sigkill_mid_fill_then_rerun_loses_nothing(tmp_path: Path) -> None:
 
     n, k = 40, 4
     with LoopbackServer(latency_s=0.25) as server:
-        data = write_upstream_json(tmp_path / "d.json", n)
-        wh = tmp_path / "w.duckdb"
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(
-            f"teacher:\n  backend: openai\n  model: gpt-4o-mini\n  base_url: {server.base_url}\n  concurrency: {k}\n",
-            encoding="utf-8",
-        )
-        assert invoke("ingest", str(data), "-w", str(wh)).exit_code == 0
-        cmd = [
-            sys.executable,
-            "-m",
-            "tacorl_offline.cli",
-            "teacher-fill",
-            "-c",
-            str(cfg),
-            "-w",
-            str(wh),
-            "--no-progress",
-        ]
+        wh, cmd = _ingest_and_fill_cmd(tmp_path, server, n, k)
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and server.calls < n // 2:
@@ -246,25 +247,7 @@ def test_readers_work_while_a_fill_is_running(tmp_path: Path) -> None:
     from tests.loopback import LoopbackServer
 
     with LoopbackServer(latency_s=0.2) as server:
-        data = write_upstream_json(tmp_path / "d.json", 60)
-        wh = tmp_path / "w.duckdb"
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(
-            f"teacher:\n  backend: openai\n  model: gpt-4o-mini\n  base_url: {server.base_url}\n  concurrency: 4\n",
-            encoding="utf-8",
-        )
-        assert invoke("ingest", str(data), "-w", str(wh)).exit_code == 0
-        cmd = [
-            sys.executable,
-            "-m",
-            "tacorl_offline.cli",
-            "teacher-fill",
-            "-c",
-            str(cfg),
-            "-w",
-            str(wh),
-            "--no-progress",
-        ]
+        wh, cmd = _ingest_and_fill_cmd(tmp_path, server, 60, 4)
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             while server.calls < 4:
