@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -514,7 +514,12 @@ def quickstart(
 
 # --------------------------------------------------------------------------- sql / report / warehouse
 
-Fmt = Literal["table", "csv", "json"]
+FORMATS = ("table", "csv", "json")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be table, csv or json, not '{fmt}'")
 
 
 @app.command()
@@ -531,8 +536,7 @@ def sql(
     """Query the warehouse read-only. Any write is refused."""
     from tacorl_offline.reports import load_named_query, named_queries, run_query
 
-    if fmt not in ("table", "csv", "json"):
-        raise UserError(f"--format must be table, csv or json, not '{fmt}'")
+    _check_format(fmt)
     if list_queries:
         for name, p in named_queries().items():
             first = p.read_text(encoding="utf-8").splitlines()[0].lstrip("- ")
@@ -555,6 +559,7 @@ def report_cost(
     """Calls, cache hits, tokens, dollars spent and saved, by phase and run."""
     from tacorl_offline.reports import cost_report
 
+    _check_format(fmt)
     res = cost_report(_warehouse(_default_warehouse(warehouse)), run)
     if not res.rows:
         out.print("no teacher calls recorded yet", markup=False)
