@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from tacorl_offline import metrics
 from tacorl_offline.calls import Budget, Caller, hit_ledger_rows
 from tacorl_offline.config import Config
-from tacorl_offline.fill import prices_from_config
 from tacorl_offline.hashing import teacher_key
+from tacorl_offline.items import load_items
+from tacorl_offline.pricing import prices_from_config
 from tacorl_offline.replay import Wanted, resolve
 from tacorl_offline.teachers import build_teacher, render_messages
-from tacorl_offline.trainer import load_items, make_token_counter
+from tacorl_offline.tokens import make_token_counter
 from tacorl_offline.warehouse import Warehouse, insert_rows
 
 

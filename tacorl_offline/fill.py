@@ -20,7 +20,7 @@ from tacorl_offline.calls import Budget, Caller, Job, hit_ledger_rows
 from tacorl_offline.config import Config
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import request_hash, teacher_key
-from tacorl_offline.pricing import PriceTable
+from tacorl_offline.pricing import prices_from_config
 from tacorl_offline.teachers import build_teacher, render_messages
 from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
 from tacorl_offline.warehouse import Warehouse, insert_rows
@@ -52,10 +52,6 @@ class FillSummary:
     @property
     def answers_per_s(self) -> float:
         return self.filled / self.seconds if self.seconds > 0 else 0.0
-
-
-def prices_from_config(cfg: Config) -> PriceTable:
-    return PriceTable({k: v.model_dump() for k, v in cfg.prices.items()})
 
 
 def _plan(

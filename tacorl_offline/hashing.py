@@ -80,3 +80,8 @@ def mask_hash(text: str, kept_spans: Iterable[tuple[int, int]]) -> str:
             "spans": [[int(s), int(e)] for s, e in kept_spans],
         }
     )
+
+
+def import_request_hash(prompt_id: str) -> str:
+    """The request hash an imported answer (``source='import'``) is stored under."""
+    return hash_obj({"kind": "import", "prompt": prompt_id})

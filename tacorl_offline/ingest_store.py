@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tacorl_offline.hashing import hash_obj
+from tacorl_offline.hashing import import_request_hash
 from tacorl_offline.ingest import Record
 from tacorl_offline.warehouse import Warehouse, insert_rows
 
@@ -25,10 +25,6 @@ class IngestSummary:
     new_prompts: int
     new_items: int
     imported_answers: int
-
-
-def import_request_hash(prompt_id: str) -> str:
-    return hash_obj({"kind": "import", "prompt": prompt_id})
 
 
 def store_records(

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tacorl_offline.config import Config
 
 
 @dataclass(frozen=True)
@@ -74,3 +78,8 @@ class PriceTable:
             return 0.0
         usd = (input_tokens * p.input + output_tokens * p.output) / 1_000_000
         return usd * p.batch_discount if batch else usd
+
+
+def prices_from_config(cfg: Config) -> PriceTable:
+    """The price table with the config's ``prices`` overrides."""
+    return PriceTable({k: v.model_dump() for k, v in cfg.prices.items()})

@@ -38,25 +38,17 @@ from tacorl_offline.calls import Budget, Caller, hit_ledger_rows
 from tacorl_offline.config import Config
 from tacorl_offline.distributed import Dist
 from tacorl_offline.errors import UserError
-from tacorl_offline.fill import prices_from_config
-from tacorl_offline.hashing import request_hash, teacher_key
-from tacorl_offline.ingest_store import import_request_hash
+from tacorl_offline.hashing import teacher_key
+from tacorl_offline.items import Item, load_items
+from tacorl_offline.pricing import prices_from_config
 from tacorl_offline.replay import ReplayStats, Wanted, resolve
 from tacorl_offline.rewards import RewardSettings, needs_teacher, score
 from tacorl_offline.teachers import build_teacher, render_messages
+from tacorl_offline.tokens import make_token_counter
 from tacorl_offline.warehouse import Warehouse, insert_rows
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.json"
-
-
-@dataclass
-class Item:
-    prompt_id: str
-    text: str
-    fields: dict[str, Any]
-    reference: str | None  # the teacher's answer to the original prompt
-    gold: str | None  # the data's reference answer, if any
 
 
 @dataclass
@@ -113,76 +105,12 @@ class TrainSummary:
 # ----------------------------------------------------------------------------- helpers
 
 
-def make_token_counter(kind: str, tokenizer: Any) -> Callable[[str], int]:
-    if kind == "whitespace":
-        return lambda text: len(text.split())
-    if kind == "tiktoken":
-        try:
-            import tiktoken
-
-            enc = tiktoken.get_encoding("cl100k_base")
-        except Exception as e:  # no cached cl100k file and no network
-            raise UserError(
-                f"train.token_counter 'tiktoken' needs the cl100k_base file ({type(e).__name__}); "
-                "set TIKTOKEN_CACHE_DIR to a folder holding it, or use token_counter: policy"
-            ) from None
-        return lambda text: len(enc.encode(text, disallowed_special=()))
-    # A private copy without truncation or padding: some tokenizer.json files (MiniLM's among
-    # them) truncate to 128 tokens, which would cap every count.
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    return lambda text: len(backend.encode(text, add_special_tokens=False).ids)
-
-
 def weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def load_items(con: Any, cfg: Config, tkey: str) -> list[Item]:
-    rows = con.execute(
-        """
-        SELECT d.prompt_id, p.text, p.fields, p.reference
-        FROM dataset_items d JOIN prompts p USING (prompt_id)
-        WHERE d.dataset = ? AND d.split = ?
-        ORDER BY d.row_number
-        """,
-        [cfg.data.dataset, cfg.data.split],
-    ).fetchall()
-    if not rows:
-        raise UserError(
-            f"no prompts for dataset '{cfg.data.dataset}' split '{cfg.data.split}'; run 'tacorl-offline ingest' first"
-        )
-    items, originals = [], []
-    for pid, text, fields, ref in rows:
-        f = json.loads(fields) if fields else {}
-        items.append(Item(pid, text, f, None, ref))
-        originals.append(request_hash(tkey, render_messages(cfg.teacher, text, f)))
-    keys = originals + (
-        [import_request_hash(i.prompt_id) for i in items] if cfg.teacher.use_imported else []
-    )
-    found = Warehouse.lookup_responses(con, keys)
-    missing = 0
-    for i, item in enumerate(items):
-        own = found.get(originals[i])
-        imp = found.get(import_request_hash(item.prompt_id)) if cfg.teacher.use_imported else None
-        hit = own if own is not None else imp
-        if hit is None:
-            missing += 1
-        elif hit["ok"]:
-            item.reference = hit["answer"]
-    if missing:
-        raise UserError(
-            f"{missing} of {len(items)} prompts have no teacher answer to the original prompt under this teacher; "
-            "run 'tacorl-offline teacher-fill' with the same config first"
-        )
-    return items
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

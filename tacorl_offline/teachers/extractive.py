@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from tacorl_offline.teachers.base import Attempt, TeacherRequest, TeacherResult
-from tacorl_offline.teachers.tokens import count_messages, whitespace_count
+from tacorl_offline.tokens import count_messages, whitespace_count
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*")
 _WORD = re.compile(r"\w+", re.UNICODE)

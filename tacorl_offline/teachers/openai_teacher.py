@@ -30,7 +30,7 @@ import openai
 
 from tacorl_offline.errors import UserError
 from tacorl_offline.teachers.base import Attempt, TeacherRequest, TeacherResult
-from tacorl_offline.teachers.tokens import count_messages, counter_for
+from tacorl_offline.tokens import count_messages, counter_for
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOOPBACK_DUMMY_KEY = "sk-local-no-key"
