@@ -10,21 +10,27 @@ secrets).
 from __future__ import annotations
 
 import asyncio
-import csv
 import functools
-import io
-import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from pipelines import RECIPES
 from tacorl_offline.config import Config, resolve
+from tacorl_offline.display import (
+    err,
+    fill_progress,
+    out,
+    print_eval_summaries,
+    print_fill_summary,
+    print_train_summary,
+    render,
+    show_stage,
+    train_with_progress,
+)
 from tacorl_offline.errors import UserError
 
 # Library chatter (load reports, shard-writing progress bars) is not ours to print.
@@ -41,9 +47,6 @@ report_app = typer.Typer(help="Reports over the warehouse.", no_args_is_help=Tru
 warehouse_app = typer.Typer(help="Warehouse maintenance.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 app.add_typer(warehouse_app, name="warehouse")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,27 +97,6 @@ def _warehouse(cfg_or_path: Config | str):
 
 def _default_warehouse(flag: str | None) -> str:
     return flag or resolve(None).warehouse
-
-
-def _render(columns: list[str], rows: list[tuple], fmt: str, title: str | None = None) -> None:
-    if fmt == "json":
-        out.print(
-            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2),
-            markup=False,
-        )
-    elif fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(columns)
-        w.writerows(rows)
-        sys.stdout.write(buf.getvalue())
-    else:
-        t = Table(title=title)
-        for c in columns:
-            t.add_column(c, overflow="fold")
-        for r in rows:
-            t.add_row(*["" if v is None else str(v) for v in r])
-        out.print(t)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -184,32 +166,6 @@ def ingest(
 # --------------------------------------------------------------------------- teacher-fill
 
 
-def print_fill_summary(s: Any) -> None:
-    t = Table(title=f"teacher-fill {s.dataset}/{s.split} ({s.run_id})")
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    rows = [
-        ("prompts in split", s.prompts),
-        ("already answered (replayed, $0)", s.already),
-        ("answered by imported data", s.imported),
-        ("to fill", s.todo),
-        ("filled now", s.filled),
-        ("permanent failures (empty/filtered)", s.permanent_failures),
-        ("transient failures (retry on rerun)", s.transient_failures),
-        ("HTTP attempts", s.attempts),
-        ("tokens in / out", f"{s.input_tokens} / {s.output_tokens}"),
-        ("spent", f"${s.cost_usd:.6f}"),
-        ("saved by the cache", f"${s.saved_usd:.6f}"),
-        ("seconds", f"{s.seconds:.2f}"),
-        ("answers / s", f"{s.answers_per_s:.1f}"),
-    ]
-    for k, v in rows:
-        t.add_row(k, str(v))
-    out.print(t)
-    for n in s.notes:
-        err.print(f"note: {n}", markup=False)
-
-
 @app.command("teacher-fill")
 @user_errors
 def teacher_fill(
@@ -227,8 +183,6 @@ def teacher_fill(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Answer every original prompt once (a rerun pays nothing; a budget stop resumes)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from tacorl_offline.fill import run_fill
 
     cfg = _config(
@@ -242,26 +196,7 @@ def teacher_fill(
             "budget.max_calls": max_calls,
         },
     )
-    bar = Progress(
-        TextColumn("[bold]teacher-fill"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(
-            "calls {task.fields[calls]}  ${task.fields[usd]:.4f}  {task.fields[rate]:.1f}/s"
-        ),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not progress,
-        transient=True,
-    )
-    task = None
-
-    def on_progress(s: Any, done: int) -> None:
-        nonlocal task
-        if task is None:
-            task = bar.add_task("fill", total=s.todo, calls=0, usd=0.0, rate=0.0)
-        bar.update(task, completed=done, calls=done, usd=s.cost_usd, rate=s.answers_per_s)
-
+    bar, on_progress = fill_progress(progress)
     with bar:
         summary = asyncio.run(run_fill(cfg, warehouse=_warehouse(cfg), on_progress=on_progress))
     print_fill_summary(summary)
@@ -271,89 +206,6 @@ def teacher_fill(
 
 
 # --------------------------------------------------------------------------- train
-
-
-def print_train_summary(s: Any) -> None:
-    t = Table(
-        title=f"train {s.run_id}"
-        + (f" (resumed at step {s.resumed_from})" if s.resumed_from else "")
-    )
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    last = s.last
-    rows = [
-        ("world size", s.world_size),
-        ("steps run", s.steps),
-        ("paid teacher calls", s.calls),
-        ("cache hits (replayed, $0)", s.hits),
-        ("short-circuited (length only, no call)", s.short_circuits),
-        ("unscorable samples", s.unscorable),
-        ("spent", f"${s.cost_usd:.6f}"),
-        ("saved by the cache", f"${s.saved_usd:.6f}"),
-        (
-            "first / last step mean reward",
-            f"{s.rewards[0]:.4f} / {s.rewards[-1]:.4f}" if s.rewards else "-",
-        ),
-        ("last step compression", f"{last.compression:.3f}" if last else "-"),
-        ("seconds", f"{s.seconds:.1f}"),
-        ("final model", str(s.final_model) if s.final_model else "(not yet: resume to finish)"),
-    ]
-    for k, v in rows:
-        t.add_row(k, str(v))
-    out.print(t)
-
-
-def train_with_progress(cfg: Config, *, resume: str | None, progress: bool) -> Any:
-    """Run training with a live display on rank 0 (used by `train` and the pipelines)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from tacorl_offline.distributed import init_from_env, shutdown
-    from tacorl_offline.trainer import Trainer
-
-    d = init_from_env(cfg.compressor.device)
-    try:
-        if d.enabled and d.is_main:
-            err.print(f"distributed training: world size {d.world_size}", markup=False)
-        bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "reward {task.fields[reward]:+.3f}  comp {task.fields[comp]:.2f}  "
-                "hits {task.fields[hit]:.0%}  ${task.fields[usd]:.4f}"
-            ),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not progress or not d.is_main,
-            transient=True,
-        )
-        trainer = Trainer(cfg, warehouse=_warehouse(cfg), resume=resume, dist=d)
-        task = bar.add_task(
-            "train",
-            total=trainer.total_steps,
-            completed=trainer.pos.step,
-            reward=0.0,
-            comp=0.0,
-            hit=0.0,
-            usd=0.0,
-        )
-
-        def on_step(log: Any, s: Any) -> None:
-            seen = s.hits + s.calls
-            bar.update(
-                task,
-                completed=log.step,
-                reward=log.reward_mean if log.reward_mean == log.reward_mean else 0.0,
-                comp=log.compression if log.compression == log.compression else 0.0,
-                hit=s.hits / seen if seen else 0.0,
-                usd=s.cost_usd,
-            )
-
-        trainer.on_step = on_step
-        with bar:
-            return asyncio.run(trainer.run()), d
-    finally:
-        shutdown(d)
 
 
 @app.command()
@@ -398,33 +250,6 @@ def train(
         raise typer.Exit(3)
 
 
-def print_eval_summaries(summaries: list[Any]) -> None:
-    t = Table(title="evaluation: teacher(compressed) vs teacher(original)")
-    for c in (
-        "model",
-        "metric",
-        "score",
-        "compressed/original tokens",
-        "unscorable",
-        "paid calls",
-        "hits",
-        "spent",
-    ):
-        t.add_column(c)
-    for e in summaries:
-        t.add_row(
-            e.model,
-            e.metric,
-            f"{e.score:.4f}",
-            f"{e.compression:.3f}",
-            str(e.unscorable),
-            str(e.calls),
-            str(e.hits),
-            f"${e.cost_usd:.6f}",
-        )
-    out.print(t)
-
-
 @app.command()
 @user_errors
 def evaluate(
@@ -451,34 +276,16 @@ def evaluate(
 
 # --------------------------------------------------------------------------- pipelines
 
-PIPELINES = ("summarization", "qa", "code")
-
-
-def _show_stage(stage: str, result: Any) -> None:
-    if stage == "ingest":
-        out.print(
-            f"      {result.records} records: {result.new_prompts} new prompts, {result.imported_answers} imported answers",
-            markup=False,
-        )
-    elif stage == "fill":
-        print_fill_summary(result)
-    elif stage == "train":
-        print_train_summary(result)
-    elif stage == "eval":
-        print_eval_summaries(result)
-    elif stage == "cost":
-        _render(result.columns, result.rows, "table", title="cost by phase and run")
-
 
 def _run_pipeline(name: str, max_steps: int | None, warehouse: str | None, progress: bool) -> None:
-    from pipelines import run_recipe
+    from tacorl_offline.chain import run_chain
 
-    run_recipe(
-        name,
+    run_chain(
+        RECIPES[name],
+        train=lambda cfg: train_with_progress(cfg, resume=None, progress=progress)[0],
         overrides={"warehouse": warehouse, "train.max_steps": max_steps},
         say=lambda line: out.print(line, markup=False),
-        show=_show_stage,
-        progress=progress,
+        show=show_stage,
     )
     out.print("done: rerun the same command and it pays for no teacher answer again", markup=False)
 
@@ -494,8 +301,8 @@ def pipeline(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Run a task recipe on its bundled sample: ingest, teacher-fill, evaluate, train, evaluate, report."""
-    if task not in PIPELINES:
-        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(PIPELINES)}")
+    if task not in RECIPES:
+        raise UserError(f"unknown task '{task}'; choose one of: {', '.join(RECIPES)}")
     _run_pipeline(task, max_steps, warehouse, progress)
 
 
@@ -546,7 +353,7 @@ def sql(
         raise UserError("pass either a SQL query or --query NAME (see --list)")
     text = load_named_query(named) if named else query
     res = run_query(_warehouse(_default_warehouse(warehouse)), text or "")
-    _render(res.columns, res.rows, fmt, title=named)
+    render(res.columns, res.rows, fmt, title=named)
 
 
 @report_app.command("cost")
@@ -564,7 +371,7 @@ def report_cost(
     if not res.rows:
         out.print("no teacher calls recorded yet", markup=False)
         return
-    _render(res.columns, res.rows, fmt, title="cost by phase and run")
+    render(res.columns, res.rows, fmt, title="cost by phase and run")
 
 
 @warehouse_app.command("export")

@@ -13,6 +13,8 @@ checked and logged so that mistake is visible.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,3 +78,13 @@ def init_from_env(device: str = "cpu") -> Dist:
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(device: str = "cpu") -> Iterator[Dist]:
+    """The process group for one command: set up from torchrun's environment, torn down after."""
+    d = init_from_env(device)
+    try:
+        yield d
+    finally:
+        shutdown(d)

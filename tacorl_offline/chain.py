@@ -1,4 +1,10 @@
-"""The chain every recipe runs, one stage after another, each printing what it did."""
+"""The chain every task recipe runs, one stage after another, each reporting what it did.
+
+A recipe (:class:`Recipe`) names a config under ``configs/`` and a sample under
+``data/sample/``; the recipes themselves are a plain mapping in ``pipelines/``, which only
+the CLI imports. Rendering is not done here: the caller passes ``say`` (a line of progress),
+``show`` (a stage's result) and ``train`` (how to run training, e.g. with a progress display).
+"""
 
 from __future__ import annotations
 
@@ -21,37 +27,26 @@ class Recipe:
     about: str
 
 
-RECIPES: dict[str, Recipe] = {}
-
-
-def register(recipe: Recipe) -> Recipe:
-    RECIPES[recipe.name] = recipe
-    return recipe
-
-
 def recipe_config(recipe: Recipe, overrides: dict[str, Any] | None = None) -> Config:
     return resolve(resource_dir("configs") / recipe.config, overrides=overrides)
 
 
-def run_recipe(
-    name: str,
+def run_chain(
+    recipe: Recipe,
     *,
+    train: Callable[[Config], Any],
     overrides: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
     show: Callable[[str, Any], None] | None = None,
-    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the chain for recipe ``name``. ``show(stage, result)`` renders each stage's result."""
-    import pipelines.code
-    import pipelines.qa
-    import pipelines.summarization  # noqa: F401
+    """Run the chain for ``recipe``. ``train(cfg)`` returns a ``TrainSummary``;
+    ``show(stage, result)`` renders each stage's result."""
     from tacorl_offline.evaluate import run_eval
     from tacorl_offline.fill import run_fill
     from tacorl_offline.ingest import read_records
     from tacorl_offline.ingest_store import store_records
     from tacorl_offline.reports import cost_report
 
-    recipe = RECIPES[name]
     cfg = recipe_config(recipe, overrides)
     wh = Warehouse(cfg.warehouse)
     show = show or (lambda stage, result: say(f"{stage}: {result}"))
@@ -77,9 +72,7 @@ def run_recipe(
     base = asyncio.run(run_eval(cfg, warehouse=wh, model=cfg.compressor.model))
 
     say("[4/6] train (REINFORCE, cached teacher answers)")
-    from tacorl_offline.cli import train_with_progress
-
-    out["train"], _ = train_with_progress(cfg, resume=None, progress=progress)
+    out["train"] = train(cfg)
     show("train", out["train"])
 
     say(f"[5/6] evaluate the trained compressor ({out['train'].final_model})")

@@ -1,0 +1,220 @@
+"""Rendering for the command line: tables, progress bars and the training display.
+
+Kept out of :mod:`tacorl_offline.cli` (which only parses options and calls one function) and
+out of the library (which reports through return values and callbacks, never prints).
+Output goes to ``out`` (stdout: results) and ``err`` (stderr: progress, notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tacorl_offline.config import Config
+from tacorl_offline.distributed import Dist
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def render(columns: list[str], rows: list[tuple], fmt: str, title: str | None = None) -> None:
+    if fmt == "json":
+        out.print(
+            json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2),
+            markup=False,
+        )
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(columns)
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        t = Table(title=title)
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*["" if v is None else str(v) for v in r])
+        out.print(t)
+
+
+def print_fill_summary(s: Any) -> None:
+    t = Table(title=f"teacher-fill {s.dataset}/{s.split} ({s.run_id})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rows = [
+        ("prompts in split", s.prompts),
+        ("already answered (replayed, $0)", s.already),
+        ("answered by imported data", s.imported),
+        ("to fill", s.todo),
+        ("filled now", s.filled),
+        ("permanent failures (empty/filtered)", s.permanent_failures),
+        ("transient failures (retry on rerun)", s.transient_failures),
+        ("HTTP attempts", s.attempts),
+        ("tokens in / out", f"{s.input_tokens} / {s.output_tokens}"),
+        ("spent", f"${s.cost_usd:.6f}"),
+        ("saved by the cache", f"${s.saved_usd:.6f}"),
+        ("seconds", f"{s.seconds:.2f}"),
+        ("answers / s", f"{s.answers_per_s:.1f}"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+    for n in s.notes:
+        err.print(f"note: {n}", markup=False)
+
+
+def fill_progress(progress: bool) -> tuple[Progress, Callable[[Any, int], None]]:
+    """A live bar for teacher-fill and the ``on_progress`` callback that drives it."""
+    bar = Progress(
+        TextColumn("[bold]teacher-fill"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "calls {task.fields[calls]}  ${task.fields[usd]:.4f}  {task.fields[rate]:.1f}/s"
+        ),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not progress,
+        transient=True,
+    )
+    task = None
+
+    def on_progress(s: Any, done: int) -> None:
+        nonlocal task
+        if task is None:
+            task = bar.add_task("fill", total=s.todo, calls=0, usd=0.0, rate=0.0)
+        bar.update(task, completed=done, calls=done, usd=s.cost_usd, rate=s.answers_per_s)
+
+    return bar, on_progress
+
+
+def print_train_summary(s: Any) -> None:
+    t = Table(
+        title=f"train {s.run_id}"
+        + (f" (resumed at step {s.resumed_from})" if s.resumed_from else "")
+    )
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    last = s.last
+    rows = [
+        ("world size", s.world_size),
+        ("steps run", s.steps),
+        ("paid teacher calls", s.calls),
+        ("cache hits (replayed, $0)", s.hits),
+        ("short-circuited (length only, no call)", s.short_circuits),
+        ("unscorable samples", s.unscorable),
+        ("spent", f"${s.cost_usd:.6f}"),
+        ("saved by the cache", f"${s.saved_usd:.6f}"),
+        (
+            "first / last step mean reward",
+            f"{s.rewards[0]:.4f} / {s.rewards[-1]:.4f}" if s.rewards else "-",
+        ),
+        ("last step compression", f"{last.compression:.3f}" if last else "-"),
+        ("seconds", f"{s.seconds:.1f}"),
+        ("final model", str(s.final_model) if s.final_model else "(not yet: resume to finish)"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+def train_with_progress(cfg: Config, *, resume: str | None, progress: bool) -> tuple[Any, Dist]:
+    """Run training with a live display on rank 0 (used by `train` and the pipelines)."""
+    from tacorl_offline.distributed import session
+    from tacorl_offline.trainer import Trainer
+    from tacorl_offline.warehouse import Warehouse
+
+    with session(cfg.compressor.device) as d:
+        if d.enabled and d.is_main:
+            err.print(f"distributed training: world size {d.world_size}", markup=False)
+        bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "reward {task.fields[reward]:+.3f}  comp {task.fields[comp]:.2f}  "
+                "hits {task.fields[hit]:.0%}  ${task.fields[usd]:.4f}"
+            ),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not progress or not d.is_main,
+            transient=True,
+        )
+        trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse), resume=resume, dist=d)
+        task = bar.add_task(
+            "train",
+            total=trainer.total_steps,
+            completed=trainer.pos.step,
+            reward=0.0,
+            comp=0.0,
+            hit=0.0,
+            usd=0.0,
+        )
+
+        def on_step(log: Any, s: Any) -> None:
+            seen = s.hits + s.calls
+            bar.update(
+                task,
+                completed=log.step,
+                reward=log.reward_mean if log.reward_mean == log.reward_mean else 0.0,
+                comp=log.compression if log.compression == log.compression else 0.0,
+                hit=s.hits / seen if seen else 0.0,
+                usd=s.cost_usd,
+            )
+
+        trainer.on_step = on_step
+        with bar:
+            return asyncio.run(trainer.run()), d
+
+
+def print_eval_summaries(summaries: list[Any]) -> None:
+    t = Table(title="evaluation: teacher(compressed) vs teacher(original)")
+    for c in (
+        "model",
+        "metric",
+        "score",
+        "compressed/original tokens",
+        "unscorable",
+        "paid calls",
+        "hits",
+        "spent",
+    ):
+        t.add_column(c)
+    for e in summaries:
+        t.add_row(
+            e.model,
+            e.metric,
+            f"{e.score:.4f}",
+            f"{e.compression:.3f}",
+            str(e.unscorable),
+            str(e.calls),
+            str(e.hits),
+            f"${e.cost_usd:.6f}",
+        )
+    out.print(t)
+
+
+def show_stage(stage: str, result: Any) -> None:
+    if stage == "ingest":
+        out.print(
+            f"      {result.records} records: {result.new_prompts} new prompts, {result.imported_answers} imported answers",
+            markup=False,
+        )
+    elif stage == "fill":
+        print_fill_summary(result)
+    elif stage == "train":
+        print_train_summary(result)
+    elif stage == "eval":
+        print_eval_summaries(result)
+    elif stage == "cost":
+        render(result.columns, result.rows, "table", title="cost by phase and run")
