@@ -140,7 +140,7 @@ def ingest_and_fill(st: Setup, wh: Path) -> dict[str, Any]:
         "calls": st.server.calls,
         "filled": fs.filled,
         "seconds": time.perf_counter() - t0,
-        "cost": fs.cost_usd,
+        "cost": fs.spend.cost_usd,
     }
 
 
@@ -469,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(
                 (
                     "server calls == trainer summary calls (fresh run)",
-                    ra.server_calls == sa.calls,
-                    f"{ra.server_calls} vs {sa.calls}",
+                    ra.server_calls == sa.spend.calls,
+                    f"{ra.server_calls} vs {sa.spend.calls}",
                 )
             )
             notes.append(
@@ -478,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{stats_a['sc_outside']} outside tolerance (-0.1), {stats_a['needed']} needed "
                 f"the teacher, {stats_a['distinct_needed']} distinct masks among them; "
                 f"paid {ra.server_calls}, replayed {row_a.hits} "
-                f"(cross-epoch/in-step repeats of a mask); cost ${sa.cost_usd:.6f}, "
-                f"saved ${sa.saved_usd:.6f}"
+                f"(cross-epoch/in-step repeats of a mask); cost ${sa.spend.cost_usd:.6f}, "
+                f"saved ${sa.spend.saved_usd:.6f}"
             )
 
             dedup_a = stats_a["needed"] - row_a.hits - ra.server_calls

@@ -33,31 +33,7 @@ import torch
 from torch import Tensor
 
 BASELINES = ("none", "moving_average", "group_mean", "group_std", "rloo", "scst")
-_GROUP_BASELINES = {
-    "group_mean": "group mean",
-    "group_std": "group-standardised (GRPO)",
-    "rloo": "leave-one-out (rloo)",
-}
 _STD_ZERO = 1e-12
-
-
-def validate_baseline(
-    baseline: str, samples_per_prompt: int, moving_average_beta: float = 0.9
-) -> None:
-    """Raise ``ValueError`` with a message that says what to change."""
-    if baseline not in BASELINES:
-        raise ValueError(
-            f"unknown baseline {baseline!r}; set train.baseline to one of: {', '.join(BASELINES)}"
-        )
-    if samples_per_prompt < 1:
-        raise ValueError(f"train.samples_per_prompt must be >= 1, got {samples_per_prompt}")
-    if baseline in _GROUP_BASELINES and samples_per_prompt < 2:
-        raise ValueError(
-            f"{_GROUP_BASELINES[baseline]} baseline needs at least 2 samples per prompt; "
-            "set train.samples_per_prompt >= 2"
-        )
-    if baseline == "moving_average" and not 0.0 <= moving_average_beta < 1.0:
-        raise ValueError(f"train.moving_average_beta must be in [0, 1), got {moving_average_beta}")
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,13 @@ class RewardConfig(_Section):
     bertscore_layers: int = Field(6, ge=1, description="Layer used by bertscore.")
 
 
+_GROUP_BASELINES = {
+    "group_mean": "group mean",
+    "group_std": "group-standardised (GRPO)",
+    "rloo": "leave-one-out (rloo)",
+}
+
+
 class TrainConfig(_Section):
     epochs: int = Field(4, ge=1, description="Passes over the split.")
     batch_size: int = Field(8, ge=1, description="Prompts per step.")
@@ -271,9 +278,12 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check_baseline(self) -> TrainConfig:
-        if self.baseline in ("rloo", "group_mean", "group_std") and self.samples_per_prompt < 2:
+        # The one place this rule is checked: a group baseline compares a sample with the
+        # other samples of its prompt, so there must be others.
+        if self.baseline in _GROUP_BASELINES and self.samples_per_prompt < 2:
             raise ValueError(
-                f"baseline '{self.baseline}' needs at least 2 samples per prompt (set train.samples_per_prompt >= 2)"
+                f"{_GROUP_BASELINES[self.baseline]} baseline needs at least 2 samples per prompt; "
+                "set train.samples_per_prompt >= 2"
             )
         return self
 

@@ -61,8 +61,8 @@ def print_fill_summary(s: Any) -> None:
         ("transient failures (retry on rerun)", s.transient_failures),
         ("HTTP attempts", s.attempts),
         ("tokens in / out", f"{s.input_tokens} / {s.output_tokens}"),
-        ("spent", f"${s.cost_usd:.6f}"),
-        ("saved by the cache", f"${s.saved_usd:.6f}"),
+        ("spent", f"${s.spend.cost_usd:.6f}"),
+        ("saved by the cache", f"${s.spend.saved_usd:.6f}"),
         ("seconds", f"{s.seconds:.2f}"),
         ("answers / s", f"{s.answers_per_s:.1f}"),
     ]
@@ -93,7 +93,7 @@ def fill_progress(progress: bool) -> tuple[Progress, Callable[[Any, int], None]]
         nonlocal task
         if task is None:
             task = bar.add_task("fill", total=s.todo, calls=0, usd=0.0, rate=0.0)
-        bar.update(task, completed=done, calls=done, usd=s.cost_usd, rate=s.answers_per_s)
+        bar.update(task, completed=done, calls=done, usd=s.spend.cost_usd, rate=s.answers_per_s)
 
     return bar, on_progress
 
@@ -109,12 +109,12 @@ def print_train_summary(s: Any) -> None:
     rows = [
         ("world size", s.world_size),
         ("steps run", s.steps),
-        ("paid teacher calls", s.calls),
-        ("cache hits (replayed, $0)", s.hits),
+        ("paid teacher calls", s.spend.calls),
+        ("cache hits (replayed, $0)", s.spend.hits),
         ("short-circuited (length only, no call)", s.short_circuits),
         ("unscorable samples", s.unscorable),
-        ("spent", f"${s.cost_usd:.6f}"),
-        ("saved by the cache", f"${s.saved_usd:.6f}"),
+        ("spent", f"${s.spend.cost_usd:.6f}"),
+        ("saved by the cache", f"${s.spend.saved_usd:.6f}"),
         (
             "first / last step mean reward",
             f"{s.rewards[0]:.4f} / {s.rewards[-1]:.4f}" if s.rewards else "-",
@@ -162,14 +162,13 @@ def train_with_progress(cfg: Config, *, resume: str | None, progress: bool) -> t
         )
 
         def on_step(log: Any, s: Any) -> None:
-            seen = s.hits + s.calls
             bar.update(
                 task,
                 completed=log.step,
                 reward=log.reward_mean if log.reward_mean == log.reward_mean else 0.0,
                 comp=log.compression if log.compression == log.compression else 0.0,
-                hit=s.hits / seen if seen else 0.0,
-                usd=s.cost_usd,
+                hit=s.spend.hit_rate,
+                usd=s.spend.cost_usd,
             )
 
         trainer.on_step = on_step
@@ -197,9 +196,9 @@ def print_eval_summaries(summaries: list[Any]) -> None:
             f"{e.score:.4f}",
             f"{e.compression:.3f}",
             str(e.unscorable),
-            str(e.calls),
-            str(e.hits),
-            f"${e.cost_usd:.6f}",
+            str(e.spend.calls),
+            str(e.spend.hits),
+            f"${e.spend.cost_usd:.6f}",
         )
     out.print(t)
 

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from dataclasses import dataclass
 
 from tacorl_offline import metrics
-from tacorl_offline.calls import Budget, Caller, hit_ledger_rows
 from tacorl_offline.config import Config
-from tacorl_offline.hashing import teacher_key
 from tacorl_offline.items import load_items
-from tacorl_offline.pricing import prices_from_config
 from tacorl_offline.replay import Wanted, resolve
-from tacorl_offline.teachers import build_teacher, render_messages
+from tacorl_offline.runs import Spend, key_of, phase_run
+from tacorl_offline.teachers import render_messages
 from tacorl_offline.tokens import make_token_counter
-from tacorl_offline.warehouse import Warehouse, insert_rows
+from tacorl_offline.warehouse import Warehouse
 
 
 @dataclass
@@ -34,9 +31,7 @@ class EvalSummary:
     score: float  # mean metric over scorable prompts
     compression: float  # mean compressed / original tokens
     unscorable: int
-    calls: int
-    hits: int
-    cost_usd: float
+    spend: Spend
     seconds: float
 
 
@@ -46,9 +41,8 @@ async def run_eval(
     from tacorl_offline.compressor import Compressor
 
     t0 = time.perf_counter()
-    tkey = teacher_key(cfg.teacher.key_settings())
     with warehouse.connect() as con:
-        items = load_items(con, cfg, tkey)
+        items = load_items(con, cfg, key_of(cfg.teacher))
     comp = Compressor.from_pretrained(
         model, device=cfg.compressor.device, options=cfg.compressor.options()
     )
@@ -58,60 +52,21 @@ async def run_eval(
         Wanted(i.prompt_id, r.mask_hash, r.compressed_prompt, i.fields)
         for i, r in zip(items, results, strict=True)
     ]
-    run_id = "eval-" + uuid.uuid4().hex[:12]
-    teacher = build_teacher(cfg.teacher)
-    caller = Caller(
-        warehouse,
-        teacher,
-        tkey,
-        prices_from_config(cfg),
-        "eval",
-        run_id,
-        Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls),
-    )
-    with warehouse.transaction() as con:
-        Warehouse.start_run(
-            con,
-            {
-                "run_id": run_id,
-                "kind": "eval",
-                "dataset": cfg.data.dataset,
-                "split": cfg.data.split,
-                "teacher_key": tkey,
-                "config": {**cfg.model_dump(mode="json"), "eval_model": model},
-                "message": model,
-            },
-        )
-    status = "failed"
-    try:
+    async with phase_run(warehouse, cfg, "eval") as run:
+        with warehouse.transaction() as con:
+            run.begin(
+                con, config={**cfg.model_dump(mode="json"), "eval_model": model}, message=model
+            )
         st = await resolve(
             wanted,
             warehouse=warehouse,
-            caller=caller,
-            teacher_key=tkey,
+            caller=run.caller,
+            teacher_key=run.teacher_key,
             render=lambda text, fields: render_messages(cfg.teacher, text, fields),
             concurrency=cfg.teacher.concurrency,
         )
-        status = "finished"
-    finally:
-        await teacher.aclose()
         with warehouse.transaction() as con:
-            caller.write_pending_ledger(con)
-            if status == "finished":
-                insert_rows(con, "masks", st.new_masks, on_conflict="ignore")
-                insert_rows(
-                    con,
-                    "api_calls",
-                    hit_ledger_rows(
-                        run_id=run_id,
-                        phase="eval",
-                        teacher_key=tkey,
-                        backend=teacher.backend,
-                        model=teacher.model,
-                        hits=st.hits_ledger,
-                    ),
-                )
-            Warehouse.finish_run(con, run_id, status, model)
+            run.record(con, hits=st.hits_ledger, masks=st.new_masks)
     spec = cfg.train.reward.metric if cfg.train.reward.family == "taco" else "rougeL"
     pairs = [
         (w.answer, i.reference)
@@ -132,15 +87,13 @@ async def run_eval(
         if (n := count(i.text)) > 0
     ]
     return EvalSummary(
-        run_id=run_id,
+        run_id=run.run_id,
         model=model,
         prompts=len(items),
         metric=spec,
         score=sum(values) / len(values) if values else math.nan,
         compression=sum(ratios) / len(ratios) if ratios else math.nan,
         unscorable=len(items) - len(values),
-        calls=st.calls,
-        hits=st.hits,
-        cost_usd=st.cost_usd,
+        spend=st.spend,
         seconds=time.perf_counter() - t0,
     )

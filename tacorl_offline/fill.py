@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tacorl_offline.calls import Budget, Caller, Job, hit_ledger_rows
+from tacorl_offline.calls import Budget, Job
 from tacorl_offline.config import Config
 from tacorl_offline.errors import UserError
-from tacorl_offline.hashing import request_hash, teacher_key
-from tacorl_offline.pricing import prices_from_config
-from tacorl_offline.teachers import build_teacher, render_messages
+from tacorl_offline.hashing import request_hash
+from tacorl_offline.runs import PhaseRun, Spend, phase_run
+from tacorl_offline.teachers import render_messages
 from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
-from tacorl_offline.warehouse import Warehouse, insert_rows
+from tacorl_offline.warehouse import Warehouse
 
 
 @dataclass
@@ -40,8 +39,7 @@ class FillSummary:
     permanent_failures: int = 0
     transient_failures: int = 0
     attempts: int = 0
-    cost_usd: float = 0.0
-    saved_usd: float = 0.0
+    spend: Spend = field(default_factory=Spend)  # hits: prompts already answered ($0)
     input_tokens: int = 0
     output_tokens: int = 0
     seconds: float = 0.0
@@ -111,22 +109,41 @@ async def run_fill(
     flush_every_s: float = 1.0,
 ) -> FillSummary:
     split = split or cfg.data.split
-    tcfg = cfg.teacher
-    if concurrency:  # the teacher's own semaphore must allow what the caller asks for
-        tcfg = tcfg.model_copy(update={"concurrency": concurrency})
-    tkey = teacher_key(tcfg.key_settings())
-    prices = prices_from_config(cfg)
-    run_id = "fill-" + uuid.uuid4().hex[:12]
-    summary = FillSummary(run_id=run_id, dataset=cfg.data.dataset, split=split, teacher_key=tkey)
-    teacher = build_teacher(tcfg)
-    if not prices.known(teacher.backend, teacher.model):
-        summary.price_known = False
-        summary.notes.append(
-            f"no price known for model '{teacher.model}': its cost is reported as $0; add prices.{teacher.model} to the config"
+    async with phase_run(warehouse, cfg, "fill", budget=budget, forget_unpaid_failure=True) as run:
+        summary = FillSummary(
+            run_id=run.run_id, dataset=cfg.data.dataset, split=split, teacher_key=run.teacher_key
         )
-    budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
+        summary.notes += run.notes
+        summary.price_known = not run.notes
+        try:
+            await _fill(run, summary, split, concurrency, on_progress, flush_every_s)
+        finally:
+            st = run.caller.stats
+            summary.filled = st.ok
+            summary.permanent_failures = st.permanent_failures
+            summary.transient_failures = st.transient_failures
+            summary.attempts = st.attempts
+            summary.spend.calls = st.requests
+            summary.spend.cost_usd = st.cost_usd
+            summary.input_tokens, summary.output_tokens = st.input_tokens, st.output_tokens
+            summary.budget_stopped = st.budget_stopped
+        if st.budget_stopped:
+            run.stop_for_budget(f"budget reached ({run.budget.remaining_text()}); rerun to resume")
+    return summary
 
-    with warehouse.connect() as con:
+
+async def _fill(
+    run: PhaseRun,
+    summary: FillSummary,
+    split: str,
+    concurrency: int | None,
+    on_progress: Callable[[FillSummary, int], None] | None,
+    flush_every_s: float,
+) -> None:
+    cfg, warehouse, tkey = run.cfg, run.warehouse, run.teacher_key
+    # One transaction: the plan is read, every request rendered (a template error changes
+    # nothing), then the run row and the hit ledger rows are written.
+    with warehouse.transaction() as con:
         n_items = con.execute(
             "SELECT count(*) FROM dataset_items WHERE dataset = ? AND split = ?",
             [cfg.data.dataset, split],
@@ -136,96 +153,45 @@ async def run_fill(
                 f"no prompts for dataset '{cfg.data.dataset}' split '{split}' in {warehouse.path}; "
                 "run 'tacorl-offline ingest' first"
             )
-        todo, hits, summary.prompts = _plan(con, cfg.data.dataset, split, tkey, tcfg.use_imported)
-        summary.already = len(hits)
+        todo, hits, summary.prompts = _plan(
+            con, cfg.data.dataset, split, tkey, cfg.teacher.use_imported
+        )
         summary.imported = summary.prompts - len(todo) - len(hits)
-        summary.todo = len(todo)
-        summary.saved_usd = sum(c for _, c in hits)
-        # Render every request before the run row exists: a template error changes nothing.
         jobs = []
         for pid, text, fields in todo:
-            messages = render_messages(tcfg, text, fields)
+            messages = render_messages(cfg.teacher, text, fields)
             rh = request_hash(tkey, messages)
             jobs.append(
                 Job(TeacherRequest(rh, messages, text=text, fields=fields), "original", pid)
             )
         # An identical request stored under another prompt id is replayed, not paid.
         known = warehouse.lookup_responses(con, [j.request.request_hash for j in jobs])
-        con.execute("BEGIN TRANSACTION")
-        Warehouse.start_run(
-            con,
-            {
-                "run_id": run_id,
-                "kind": "fill",
-                "dataset": cfg.data.dataset,
-                "split": split,
-                "teacher_key": tkey,
-                "config": cfg.model_dump(mode="json"),
-            },
-        )
-        insert_rows(
-            con,
-            "api_calls",
-            hit_ledger_rows(
-                run_id=run_id,
-                phase="fill",
-                teacher_key=tkey,
-                backend=teacher.backend,
-                model=teacher.model,
-                hits=hits + [(rh, known[rh]["cost_usd"]) for rh in known],
-            ),
-        )
-        con.execute("COMMIT")
+        hits += [(rh, known[rh]["cost_usd"]) for rh in known]
+        run.begin(con, split=split)
+        run.record(con, hits=hits)
     jobs = [j for j in jobs if j.request.request_hash not in known]
-    summary.already += len(known)
+    summary.already = len(hits)
     summary.todo = len(jobs)
+    summary.spend.hits = len(hits)
+    summary.spend.saved_usd = sum(c or 0.0 for _, c in hits)
 
-    caller = Caller(warehouse, teacher, tkey, prices, "fill", run_id, budget)
+    caller = run.caller
     t0 = time.perf_counter()
 
     def progress(job: Job, res: TeacherResult) -> None:
         st = caller.stats
-        summary.filled, summary.cost_usd = st.ok, st.cost_usd
+        summary.filled, summary.spend.cost_usd = st.ok, st.cost_usd
         summary.seconds = time.perf_counter() - t0
         if on_progress:
             on_progress(summary, st.ok + st.permanent_failures + st.transient_failures)
 
     stop = asyncio.Event()
     flusher = asyncio.create_task(_flusher(warehouse, flush_every_s, stop))
-    status, message = "finished", None
     try:
-        await caller.run(jobs, concurrency=concurrency or tcfg.concurrency, on_result=progress)
-    except UserError as e:
-        status, message = "failed", str(e)
-        raise
-    except BaseException as e:  # KeyboardInterrupt, cancellation: answers are in the journal
-        status, message = "interrupted", type(e).__name__
-        raise
+        await caller.run(
+            jobs, concurrency=concurrency or cfg.teacher.concurrency, on_result=progress
+        )
     finally:
         stop.set()
         await flusher
-        await teacher.aclose()
-        st = caller.stats
         summary.seconds = time.perf_counter() - t0
-        summary.filled = st.ok
-        summary.permanent_failures = st.permanent_failures
-        summary.transient_failures = st.transient_failures
-        summary.attempts = st.attempts
-        summary.cost_usd = st.cost_usd
-        summary.input_tokens, summary.output_tokens = st.input_tokens, st.output_tokens
-        summary.budget_stopped = st.budget_stopped
-        if status == "finished" and st.budget_stopped:
-            status, message = (
-                "budget",
-                f"budget reached ({budget.remaining_text()}); rerun to resume",
-            )
-        unreachable_untouched = status == "failed" and st.ok + st.permanent_failures == 0
-        with warehouse.transaction() as con:
-            if unreachable_untouched:
-                # Nothing was paid for: leave the warehouse as it was.
-                con.execute("DELETE FROM api_calls WHERE run_id = ?", [run_id])
-                con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
-            else:
-                caller.write_pending_ledger(con)
-                Warehouse.finish_run(con, run_id, status, message)
-    return summary

@@ -17,6 +17,7 @@ from typing import Any
 
 from tacorl_offline.calls import Caller, Job
 from tacorl_offline.hashing import request_hash
+from tacorl_offline.runs import Spend
 from tacorl_offline.teachers.base import TeacherRequest
 from tacorl_offline.warehouse import Warehouse
 
@@ -38,10 +39,7 @@ class Wanted:
 
 @dataclass
 class ReplayStats:
-    calls: int = 0
-    hits: int = 0
-    cost_usd: float = 0.0
-    saved_usd: float = 0.0
+    spend: Spend = field(default_factory=Spend)
     teacher_seconds: float = 0.0
     hits_ledger: list[tuple[str, float]] = field(
         default_factory=list
@@ -123,8 +121,10 @@ async def resolve(
             else:
                 paid_once.add(rh)
                 w.paid = True
-    st.calls = len(results)
-    st.hits = sum(1 for w in wanted if w.cache_hit)
-    st.saved_usd = sum(c for _, c in st.hits_ledger)
-    st.cost_usd = caller.stats.cost_usd - cost_before
+    st.spend = Spend(
+        calls=len(results),
+        hits=sum(1 for w in wanted if w.cache_hit),
+        cost_usd=caller.stats.cost_usd - cost_before,
+        saved_usd=sum(c for _, c in st.hits_ledger),
+    )
     return st

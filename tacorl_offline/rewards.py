@@ -242,6 +242,8 @@ def score(
     answers: Sequence[str | None],
     references: Sequence[str | None],
     gold: Sequence[str | None] | None = None,
+    *,
+    gates: Sequence[float | None] | None = None,
 ) -> RewardBatch:
     """Rewards for one step.
 
@@ -250,7 +252,8 @@ def score(
     ``gold[i]`` an optional reference answer from the data (used by grpo's correctness).
     Samples the gate decided keep the gate's reward whatever their answer. A sample that
     needed the teacher but has no usable answer or reference is NaN. Metrics run once over
-    the scorable samples of the batch.
+    the scorable samples of the batch. ``gates``: the result of :func:`needs_teacher` for
+    these counts when the caller already has it (the length gate is computed once per step).
     """
     n = len(n_orig)
     gold = [None] * n if gold is None else list(gold)
@@ -259,7 +262,12 @@ def score(
             f"batch lengths differ: n_orig={n}, n_comp={len(n_comp)}, answers={len(answers)}, "
             f"references={len(references)}, gold={len(gold)}"
         )
-    gates, need = needs_teacher(settings, n_orig, n_comp)
+    if gates is None:
+        gates, need = needs_teacher(settings, n_orig, n_comp)
+    else:
+        if len(gates) != n:
+            raise ValueError(f"{len(gates)} gates for {n} samples")
+        need = [g is None for g in gates]
     rewards: list[float] = [NAN if g is None else g for g in gates]
     rows: list[dict[str, float]] = [{} for _ in range(n)]
     todo = [i for i in range(n) if need[i] and _usable(answers[i]) and _usable(references[i])]

@@ -40,7 +40,7 @@ def test_fill_all_then_rerun_pays_nothing(tmp_path, loopback_server, monkeypatch
     assert (s.prompts, s.imported, s.filled, s.todo) == (40, 5, 35, 35)
     assert loopback_server.calls == 35
     assert loopback_server.max_in_flight == 8  # K calls really were in flight at once
-    assert s.cost_usd > 0  # gpt-4o-mini has a default price
+    assert s.spend.cost_usd > 0  # gpt-4o-mini has a default price
     answered = _rows(
         w,
         "SELECT count(DISTINCT prompt_id) FROM responses WHERE kind='original' AND ok",
@@ -55,14 +55,14 @@ def test_fill_all_then_rerun_pays_nothing(tmp_path, loopback_server, monkeypatch
     loopback_server.reset()
     s2 = asyncio.run(run_fill(cfg, warehouse=w))
     assert loopback_server.calls == 0
-    assert (s2.filled, s2.already, s2.cost_usd) == (0, 35, 0.0)
-    assert s2.saved_usd == pytest.approx(s.cost_usd)
+    assert (s2.filled, s2.already, s2.spend.cost_usd) == (0, 35, 0.0)
+    assert s2.spend.saved_usd == pytest.approx(s.spend.cost_usd)
     hits = _rows(
         w,
         "SELECT count(*), sum(saved_usd), sum(cost_usd) FROM api_calls WHERE run_id = ? AND status='hit'",
         [s2.run_id],
     )
-    assert hits[0][0] == 35 and hits[0][1] == pytest.approx(s.cost_usd) and hits[0][2] == 0
+    assert hits[0][0] == 35 and hits[0][1] == pytest.approx(s.spend.cost_usd) and hits[0][2] == 0
 
 
 def test_failure_modes_land_in_ledger_and_no_answer_is_lost(
@@ -136,6 +136,6 @@ def test_extractive_fill_is_free_and_messages_are_stored(tmp_path) -> None:
     w = Warehouse(cfg.warehouse)
     store_records(w, records, dataset="sample", split="train", source_path=data)
     s = asyncio.run(run_fill(cfg, warehouse=w))
-    assert s.filled == 6 and s.cost_usd == 0
+    assert s.filled == 6 and s.spend.cost_usd == 0
     msgs = _rows(w, "SELECT messages FROM responses LIMIT 1")[0][0]
     assert json.loads(msgs)[0]["role"] == "system"

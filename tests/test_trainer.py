@@ -102,7 +102,7 @@ def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) 
         [s.run_id],
     )[0]
     # Each distinct compressed prompt that needed the teacher was paid once; nothing else was.
-    assert loopback_server.calls == paid == s.calls
+    assert loopback_server.calls == paid == s.spend.calls
     assert (
         sc == s.short_circuits and sc > 0
     )  # tolerance 8 tokens: some samples are decided by length
@@ -127,7 +127,7 @@ def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) 
     needed = q(
         cfg, "SELECT count(*) FROM samples WHERE run_id = ? AND NOT short_circuit", [s.run_id]
     )[0][0]
-    assert loopback_server.calls == 0 and s2.calls == 0 and s2.hits == needed
+    assert loopback_server.calls == 0 and s2.spend.calls == 0 and s2.spend.hits == needed
     a = q(
         cfg, "SELECT step, reward_mean, loss FROM steps WHERE run_id = ? ORDER BY step", [s.run_id]
     )
@@ -206,7 +206,7 @@ def test_short_circuit_only_run_makes_no_calls(tmp_path, loopback_server, tiny_b
     )
     loopback_server.reset()
     s = train(cfg)
-    assert loopback_server.calls == 0 and s.calls == 0
+    assert loopback_server.calls == 0 and s.spend.calls == 0
     assert s.short_circuits == 2 * 4 * 2
 
 

@@ -17,7 +17,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import ipaddress
 import os
@@ -157,7 +156,6 @@ class OpenAITeacher:
             )
         else:
             self._client = openai.AsyncOpenAI(base_url=self.endpoint, **common)
-        self._sem = asyncio.Semaphore(cfg.concurrency)
         self._count = counter_for(cfg.model)
 
     def __repr__(self) -> str:
@@ -186,22 +184,21 @@ class OpenAITeacher:
         return text
 
     async def answer(self, request: TeacherRequest) -> TeacherResult:
-        async with self._sem:
-            attempts: list[Attempt] = []
-            token = _ATTEMPTS.set(attempts)
-            t0 = time.perf_counter()
-            try:
-                result = await self._answer(request, attempts)
-            finally:
-                _ATTEMPTS.reset(token)
-            result.latency_s = time.perf_counter() - t0
-            result.attempts = attempts
-            for a in attempts:
-                if a.error:
-                    a.error = self._scrub(a.error)
-            if result.error:
-                result.error = self._scrub(result.error)
-            return result
+        attempts: list[Attempt] = []
+        token = _ATTEMPTS.set(attempts)
+        t0 = time.perf_counter()
+        try:
+            result = await self._answer(request, attempts)
+        finally:
+            _ATTEMPTS.reset(token)
+        result.latency_s = time.perf_counter() - t0
+        result.attempts = attempts
+        for a in attempts:
+            if a.error:
+                a.error = self._scrub(a.error)
+        if result.error:
+            result.error = self._scrub(result.error)
+        return result
 
     def _fail(
         self, request: TeacherRequest, kind: str, error: str, *, permanent: bool = False, **kw: Any
