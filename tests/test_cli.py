@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tacorl_offline.cli import app
 from tests.conftest import SECRET, openai_config, warehouse_snapshot, write_upstream_json
-from tests.test_ingest import MALFORMED_CASES
+from tests.helpers import MALFORMED_CASES
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_trainer import prepare, q
+from tests.helpers import prepare, q
 
 
 @pytest.mark.slow

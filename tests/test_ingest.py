@@ -1,9 +1,7 @@
 """Ingest readers: every format, field mapping, dedup, malformed inputs, bundled samples.
 
-``MALFORMED_CASES`` is reusable (``from tests.test_ingest import MALFORMED_CASES``): each entry is
-``(name, file_suffix, content_bytes, data_cfg_overrides)``; ``content_bytes`` None means "do not
-create the file". Every case must make ingest fail with a one-line :class:`UserError`;
-``MALFORMED_EXPECT[name]`` is a substring of that message.
+The malformed-input table (``MALFORMED_CASES``, ``MALFORMED_EXPECT``) lives in
+:mod:`tests.helpers`, shared with the CLI tests.
 """
 
 from __future__ import annotations
@@ -30,101 +28,10 @@ from tacorl_offline.ingest import (
     read_dataset,
     read_records,
 )
+from tests.helpers import MALFORMED_CASES, MALFORMED_EXPECT, _j, _jl
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "sample"
-
-
-def _j(obj: Any) -> bytes:
-    return json.dumps(obj).encode("utf-8")
-
-
-def _jl(*rows: Any) -> bytes:
-    return b"".join(_j(r) + b"\n" for r in rows)
-
-
-QA = {"text_field": "context", "fields": ["question"], "reference_field": "answer"}
-
-MALFORMED_CASES: list[tuple[str, str, bytes | None, dict[str, Any]]] = [
-    ("missing_file", ".json", None, {}),
-    ("bad_extension", ".txt", _j({"0": {"original_prompt": "hi"}}), {}),
-    ("malformed_json", ".json", b'{"0": {"original_prompt": "hi"}\n', {}),
-    ("json_top_level_string", ".json", b'"just a string"', {}),
-    (
-        "json_lines_in_json_file",
-        ".json",
-        _jl({"original_prompt": "a"}, {"original_prompt": "b"}),
-        {},
-    ),
-    ("jsonl_bad_line", ".jsonl", b'{"text": "fine"}\n{oops}\n', {}),
-    ("row_missing_text", ".json", _j({"0": {"gpt_output": "x"}}), {}),
-    ("text_not_string", ".json", _j({"0": {"original_prompt": 42}}), {}),
-    ("text_null", ".jsonl", _jl({"text": None}), {}),
-    ("empty_text", ".jsonl", _jl({"original_prompt": "   "}), {}),
-    ("row_not_object", ".json", _j([{"original_prompt": "ok"}, ["not", "an", "object"]]), {}),
-    ("field_missing", ".jsonl", _jl({"context": "c", "answer": "a"}), QA),
-    ("field_not_string", ".jsonl", _jl({"context": "c", "question": ["q"], "answer": "a"}), QA),
-    ("reference_not_string", ".jsonl", _jl({"context": "c", "question": "q", "answer": 7}), QA),
-    ("import_not_string", ".json", _j({"0": {"original_prompt": "t", "gpt_output": {"a": 1}}}), {}),
-    (
-        "non_integer_key",
-        ".json",
-        _j({"0": {"original_prompt": "a"}, "first": {"original_prompt": "b"}}),
-        {},
-    ),
-    ("negative_key", ".json", _j({"-1": {"original_prompt": "a"}}), {}),
-    (
-        "duplicate_key",
-        ".json",
-        b'{"0": {"original_prompt": "a"}, "0": {"original_prompt": "b"}}',
-        {},
-    ),
-    ("duplicate_field", ".jsonl", b'{"text": "a", "text": "b"}\n', {}),
-    ("csv_missing_text_column", ".csv", b"title,body\nx,y\n", {}),
-    ("csv_missing_field_column", ".csv", b"context,answer\nc,a\n", QA),
-    ("csv_no_header", ".csv", b",,\nx,y,z\n", {}),
-    ("csv_header_only", ".csv", b"text,label\n", {}),
-    ("csv_extra_cells", ".csv", b"text\nhello,world\n", {}),
-    ("empty_file", ".jsonl", b"", {}),
-    ("whitespace_file", ".json", b"  \n\n ", {}),
-    ("empty_json_object", ".json", b"{}", {}),
-    ("parquet_garbage", ".parquet", b"PAR1 this is not really parquet", {}),
-    ("nul_in_text", ".jsonl", b'{"text": "a\\u0000b"}\n', {}),
-    ("invalid_utf8", ".csv", b"text\nok\n\xff\xfe broken\n", {}),
-]
-
-MALFORMED_EXPECT: dict[str, str] = {
-    "missing_file": "file not found",
-    "bad_extension": "unknown file extension '.txt'",
-    "malformed_json": "malformed JSON at line 2",
-    "json_top_level_string": "top level must be an object",
-    "json_lines_in_json_file": "--format jsonl",
-    "jsonl_bad_line": "malformed JSONL at line 2",
-    "row_missing_text": "row 0: missing 'original_prompt'",
-    "text_not_string": "'original_prompt' must be a string, got int",
-    "text_null": "row 1: missing 'original_prompt' (also tried 'text', 'prompt')",
-    "empty_text": "'original_prompt' is empty",
-    "row_not_object": "row 2: not an object (got list)",
-    "field_missing": "missing field 'question'",
-    "field_not_string": "'question' must be a string, got list",
-    "reference_not_string": "reference 'answer' must be a string",
-    "import_not_string": "imported answer 'gpt_output' must be a string",
-    "non_integer_key": "key 'first' (entry 2) is not a non-negative integer",
-    "negative_key": "key '-1' (entry 1) is not a non-negative integer",
-    "duplicate_key": "key '0' appears more than once",
-    "duplicate_field": "field 'text' appears more than once",
-    "csv_missing_text_column": "CSV has no text column 'original_prompt'",
-    "csv_missing_field_column": "no column 'question'",
-    "csv_no_header": "CSV has no header row",
-    "csv_header_only": "contains no rows",
-    "csv_extra_cells": "2 cells but the header has 1",
-    "empty_file": "file is empty",
-    "whitespace_file": "file is empty",
-    "empty_json_object": "contains no rows",
-    "parquet_garbage": "not a readable Parquet file",
-    "nul_in_text": "contains a NUL character",
-    "invalid_utf8": "invalid UTF-8 at byte 8 (line 3)",
-}
 
 
 def _write(tmp_path: Path, name: str, suffix: str, content: bytes | None) -> Path:

@@ -2,84 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
 from pathlib import Path
 
-import duckdb
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tacorl_offline.config import Config, resolve
 from tacorl_offline.errors import UserError
-from tacorl_offline.fill import run_fill
 from tacorl_offline.ingest import read_records
 from tacorl_offline.ingest_store import store_records
 from tacorl_offline.trainer import Trainer
 from tacorl_offline.warehouse import Warehouse
-from tests.loopback import LoopbackServer
-from tests.tiny_models import WORDS
-
-
-def write_data(path: Path, n: int = 12, words: int = 40, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    data = {}
-    for i in range(n):
-        sents = []
-        for _ in range(words // 10):
-            sents.append(" ".join(rng.choice(WORDS) for _ in range(9)).capitalize() + ".")
-        data[str(i)] = {"original_prompt": f"Item {i}. " + " ".join(sents)}
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
-
-
-def make_cfg(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
-    overrides = {
-        "warehouse": str(tmp / "wh.duckdb"),
-        "teacher.backend": "openai",
-        "teacher.model": "gpt-4o-mini",
-        "teacher.base_url": server.base_url,
-        "teacher.concurrency": 8,
-        "teacher.timeout_s": 5,
-        "teacher.max_retries": 1,
-        "compressor.model": str(model),
-        "train.batch_size": 4,
-        "train.samples_per_prompt": 2,
-        "train.baseline": "rloo",
-        "train.lr": 1e-3,
-        "train.max_steps": 4,
-        "train.checkpoint_every": 2,
-        "train.output_dir": str(tmp / "runs"),
-        "train.tolerance_tokens": 8,
-        "train.reward.metric": "rougeL",
-        "train.seed": 3,
-    }
-    overrides.update({f"train.{k}": v for k, v in train.items()})
-    return resolve(None, environ={}, overrides=overrides)
-
-
-def prepare(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
-    cfg = make_cfg(tmp, server, model, **train)
-    data = write_data(tmp / "d.json")
-    records, _ = read_records(data, cfg.data)
-    w = Warehouse(cfg.warehouse)
-    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
-    asyncio.run(run_fill(cfg, warehouse=w))
-    return cfg
-
-
-def train(cfg: Config, **kw):
-    return asyncio.run(Trainer(cfg, warehouse=Warehouse(cfg.warehouse), **kw).run())
-
-
-def q(cfg: Config, sql: str, params=None):
-    con = duckdb.connect(cfg.warehouse, read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
+from tests.helpers import make_cfg, prepare, q, train, write_data
 
 
 def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) -> None:
