@@ -114,7 +114,7 @@ def make_cfg(st: Setup, wh: Path, *, seed: int = 0, tolerance: int | None = None
             "train.samples_per_prompt": 1,
             "train.baseline": "none",
             "train.lr": st.lr,
-            "train.compression_rate": st.rate,
+            "compressor.rate": st.rate,
             "train.tolerance_tokens": st.tolerance if tolerance is None else tolerance,
             "train.reward.metric": "rougeL",
             "train.seed": seed,
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=None, help="default 64 (32 with --quick)")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--rate", type=float, default=0.5, help="train.compression_rate")
+    ap.add_argument("--rate", type=float, default=0.5, help="compressor.rate (also the reward's c)")
     ap.add_argument(
         "--tolerance",
         type=int,

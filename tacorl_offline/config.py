@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tacorl_offline.errors import UserError
+from tacorl_offline.metrics import parse_metric_spec
+from tacorl_offline.rewards import DEFAULT_GRPO_WEIGHTS, GRPO_KEYS
 
 ENV_PREFIX = "TACORL_"
 DEFAULT_WAREHOUSE = "warehouse/tacorl.duckdb"
@@ -150,7 +159,13 @@ class CompressorConfig(_Section):
     max_seq_len: int = Field(
         512, ge=16, le=4096, description="Chunk length in tokens, specials included."
     )
-    rate: float = Field(0.5, gt=0.0, le=1.0, description="Target keep rate for greedy compression.")
+    rate: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Target keep rate: greedy compression keeps this share of tokens, and the taco "
+        "reward's target c is this rate (upstream hyperparams.compression_rate).",
+    )
     target_token: int = Field(
         -1, description="If > 0, overrides rate with target_token / original tokens."
     )
@@ -212,13 +227,29 @@ class RewardConfig(_Section):
     pcrl_tau: float = Field(0.9, description="pcrl: ROUGE-L threshold.")
     pcrl_lambda: float = Field(-0.01, description="pcrl: reward when ROUGE-L < tau.")
     grpo_weights: dict[str, float] = Field(
-        default_factory=lambda: {"correct": 0.5, "similarity": 0.35, "compression": 0.15},
+        default_factory=lambda: dict(DEFAULT_GRPO_WEIGHTS),
         description="grpo: weights of correctness (squad EM vs reference or teacher), similarity (rougeL) and compression.",
     )
     bertscore_model: str | None = Field(
         None, description="Local model path for bertscore (default: the MiniLM package)."
     )
     bertscore_layers: int = Field(6, ge=1, description="Layer used by bertscore.")
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, v: str) -> str:
+        parse_metric_spec(v)  # fail at startup, not at the first step
+        return v
+
+    @field_validator("grpo_weights")
+    @classmethod
+    def _check_grpo_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(GRPO_KEYS)
+        if unknown:
+            raise ValueError(
+                f"unknown grpo weight(s) {sorted(unknown)}; valid keys: {', '.join(GRPO_KEYS)}"
+            )
+        return v
 
 
 _GROUP_BASELINES = {
@@ -242,13 +273,11 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(1.0, description="Max grad norm; null disables clipping.")
     grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
     entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus coefficient.")
-    compression_rate: float = Field(
-        0.5, gt=0, le=1, description="Target rate c in the taco reward."
-    )
     tolerance_tokens: int = Field(
         30,
         ge=0,
-        description="Tolerance L in tokens around c*n (upstream compression_relaxation_tokens).",
+        description="Tolerance L in tokens around c*n, c = compressor.rate (upstream "
+        "compression_relaxation_tokens).",
     )
     baseline: Literal["none", "moving_average", "group_mean", "group_std", "rloo", "scst"] = Field(
         "none", description="Advantage baseline."
@@ -299,6 +328,33 @@ class Config(_Section):
     compressor: CompressorConfig = Field(default_factory=CompressorConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_rate(cls, data: Any) -> Any:
+        """``train.compression_rate`` (older configs) is the same setting as ``compressor.rate``."""
+        if not isinstance(data, Mapping):
+            return data
+        train = data.get("train")
+        if not isinstance(train, Mapping) or "compression_rate" not in train:
+            return data
+        data = dict(data)
+        train = dict(train)
+        legacy = train.pop("compression_rate")
+        comp = dict(data.get("compressor") or {})
+        if "rate" in comp and comp["rate"] != legacy:
+            raise ValueError(
+                f"train.compression_rate ({legacy}) and compressor.rate ({comp['rate']}) are one "
+                "setting; set only compressor.rate"
+            )
+        comp["rate"] = legacy
+        data["train"], data["compressor"] = train, comp
+        return data
+
+    @property
+    def reward_rate(self) -> float:
+        """The taco reward's target rate c: the compressor's keep rate, one setting for both."""
+        return self.compressor.rate
+
 
 # ---------------------------------------------------------------------------- upstream
 
@@ -336,7 +392,7 @@ def map_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
         "epochs": ("train", "epochs"),
         "train_batch_size": ("train", "batch_size"),
         "policy_lr": ("train", "lr"),
-        "compression_rate": ("train", "compression_rate"),
+        "compression_rate": ("compressor", "rate"),
         "compression_relaxation_tokens": ("train", "tolerance_tokens"),
         "entropy_coeff": ("train", "entropy_coeff"),
         "max_seq_len": ("compressor", "max_seq_len"),
@@ -355,8 +411,6 @@ def map_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
             out[sec][name] = val
     if "force_tokens" in hp:
         out["compressor"]["force_tokens"] = _split_force_tokens(hp["force_tokens"])
-    if "compression_rate" in hp:
-        out["compressor"]["rate"] = hp["compression_rate"]
     log = raw.get("logging") or {}
     if "log_dir" in log:
         out["train"]["output_dir"] = out["train"].get("output_dir", log["log_dir"])

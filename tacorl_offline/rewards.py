@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tacorl_offline import metrics
 
 if TYPE_CHECKING:
-    from tacorl_offline.config import TrainConfig
+    from tacorl_offline.config import Config, RewardConfig
 
 NAN = float("nan")
 # Token counts are integers; this slack only absorbs float rounding in ``rate * n_orig``
@@ -139,46 +139,17 @@ def grpo_reward(
 
 @dataclass(frozen=True)
 class RewardSettings:
-    """Everything the reward needs, flattened from ``TrainConfig`` (+ its ``reward`` section)."""
+    """What the reward reads: the ``train.reward`` config section as it is, the target keep
+    rate c (``compressor.rate``, the one rate setting; see ``Config.reward_rate``) and the
+    tolerance L (``train.tolerance_tokens``). The section is validated by the config model."""
 
-    family: str = "taco"
-    metric: str = "bleu"
-    rate: float = 0.5
-    tolerance_tokens: int = 30
-    over_ratio: float = 0.1
-    over_reward: float = -0.4
-    outside_reward: float = -0.1
-    pcrl_tau: float = 0.9
-    pcrl_lambda: float = -0.01
-    grpo_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GRPO_WEIGHTS))
-    bertscore_model: str | None = None
-    bertscore_layers: int = 6
-
-    def __post_init__(self) -> None:
-        if self.family not in ("taco", "pcrl", "grpo"):
-            raise ValueError(f"unknown reward family {self.family!r}; choose taco, pcrl or grpo")
-        if self.family == "taco":
-            metrics.parse_metric_spec(self.metric)  # fail at startup, not at the first step
-        if self.family == "grpo":
-            grpo_reward(0.0, 0.0, 0.0, self.grpo_weights)
+    reward: RewardConfig
+    rate: float
+    tolerance_tokens: int
 
     @classmethod
-    def from_config(cls, train: TrainConfig) -> RewardSettings:
-        r = train.reward
-        return cls(
-            family=r.family,
-            metric=r.metric,
-            rate=train.compression_rate,
-            tolerance_tokens=train.tolerance_tokens,
-            over_ratio=r.over_compression_ratio,
-            over_reward=r.over_compression_reward,
-            outside_reward=r.outside_tolerance_reward,
-            pcrl_tau=r.pcrl_tau,
-            pcrl_lambda=r.pcrl_lambda,
-            grpo_weights=dict(r.grpo_weights),
-            bertscore_model=r.bertscore_model,
-            bertscore_layers=r.bertscore_layers,
-        )
+    def from_config(cls, cfg: Config) -> RewardSettings:
+        return cls(cfg.train.reward, cfg.reward_rate, cfg.train.tolerance_tokens)
 
 
 @dataclass(frozen=True)
@@ -209,18 +180,19 @@ def needs_teacher(
     """
     if len(n_orig) != len(n_comp):
         raise ValueError(f"{len(n_orig)} original counts but {len(n_comp)} compressed counts")
+    r = settings.reward
     gates: list[float | None] = []
     for no, nc in zip(n_orig, n_comp, strict=True):
-        if settings.family == "taco":
+        if r.family == "taco":
             gates.append(
                 taco_length_gate(
                     no,
                     nc,
                     rate=settings.rate,
                     tolerance_tokens=settings.tolerance_tokens,
-                    over_ratio=settings.over_ratio,
-                    over_reward=settings.over_reward,
-                    outside_reward=settings.outside_reward,
+                    over_ratio=r.over_compression_ratio,
+                    over_reward=r.over_compression_reward,
+                    outside_reward=r.outside_tolerance_reward,
                 )
             )
         else:
@@ -274,26 +246,27 @@ def score(
     preds = [str(answers[i]) for i in todo]
     refs = [str(references[i]) for i in todo]
 
-    if settings.family == "taco" and todo:
+    rc = settings.reward
+    if rc.family == "taco" and todo:
         scored = metrics.score_pairs(
-            settings.metric,
+            rc.metric,
             preds,
             refs,
-            bertscore_model=settings.bertscore_model,
-            bertscore_layers=settings.bertscore_layers,
+            bertscore_model=rc.bertscore_model,
+            bertscore_layers=rc.bertscore_layers,
         )
         for i, row in zip(todo, scored, strict=True):
             rows[i] = row
             rewards[i] = taco_reward(gates[i], row["metric"])
-    elif settings.family == "pcrl" and todo:
+    elif rc.family == "pcrl" and todo:
         scored = metrics.score_pairs("rougeL", preds, refs)
         for i, row in zip(todo, scored, strict=True):
             comp = compression_ratio(n_orig[i], n_comp[i])
             rows[i] = {"rougeL": row["rougeL"], "compression": comp}
             rewards[i] = pcrl_reward(
-                n_orig[i], n_comp[i], row["rougeL"], tau=settings.pcrl_tau, lam=settings.pcrl_lambda
+                n_orig[i], n_comp[i], row["rougeL"], tau=rc.pcrl_tau, lam=rc.pcrl_lambda
             )
-    elif settings.family == "grpo" and todo:
+    elif rc.family == "grpo" and todo:
         sims = metrics.score_pairs("rougeL", preds, refs)
         for i, pred, ref, sim in zip(todo, preds, refs, sims, strict=True):
             g = gold[i]
@@ -305,7 +278,7 @@ def score(
             }
             rows[i] = row
             rewards[i] = grpo_reward(
-                row["correct"], row["similarity"], row["compression"], settings.grpo_weights
+                row["correct"], row["similarity"], row["compression"], rc.grpo_weights
             )
 
     kept = [nc / no if no > 0 else NAN for no, nc in zip(n_orig, n_comp, strict=True)]

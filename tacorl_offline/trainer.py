@@ -177,10 +177,7 @@ class Trainer:
             cfg = Config.model_validate(saved)
         self.cfg = cfg
         tc = cfg.train
-        try:
-            self.settings = RewardSettings.from_config(tc)
-        except ValueError as e:
-            raise UserError(f"config: {e}") from None
+        self.settings = RewardSettings.from_config(cfg)
         self.budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
 
         cc = cfg.compressor

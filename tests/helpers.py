@@ -132,7 +132,11 @@ def write_data(path: Path, n: int = 12, words: int = 40, seed: int = 0) -> Path:
     return path
 
 
-def make_cfg(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
+def make_cfg(
+    tmp: Path, server: LoopbackServer, model: Path, rate: float | None = None, **train
+) -> Config:
+    """A training config; ``rate`` is compressor.rate (also the reward's c), ``train`` keys
+    are train.* settings."""
     overrides = {
         "warehouse": str(tmp / "wh.duckdb"),
         "teacher.backend": "openai",
@@ -154,11 +158,15 @@ def make_cfg(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
         "train.seed": 3,
     }
     overrides.update({f"train.{k}": v for k, v in train.items()})
+    if rate is not None:
+        overrides["compressor.rate"] = rate
     return resolve(None, environ={}, overrides=overrides)
 
 
-def prepare(tmp: Path, server: LoopbackServer, model: Path, **train) -> Config:
-    cfg = make_cfg(tmp, server, model, **train)
+def prepare(
+    tmp: Path, server: LoopbackServer, model: Path, rate: float | None = None, **train
+) -> Config:
+    cfg = make_cfg(tmp, server, model, rate, **train)
     data = write_data(tmp / "d.json")
     records, _ = read_records(data, cfg.data)
     w = Warehouse(cfg.warehouse)

@@ -61,7 +61,7 @@ def test_task_configs_default_offline(task: str) -> None:
     if task == "summarization":
         assert cfg.train.samples_per_prompt == 1 and cfg.train.baseline == "none"
         assert cfg.train.reward.family == "taco"
-        assert cfg.train.compression_rate == 0.5
+        assert cfg.compressor.rate == cfg.reward_rate == 0.5
     else:
         assert cfg.train.samples_per_prompt >= 2
         assert cfg.train.baseline in ("rloo", "group_mean", "group_std")
@@ -106,7 +106,8 @@ def test_upstream_layout_maps_onto_ours() -> None:
     )
     t = cfg.train
     assert isinstance(t.lr, float) and t.lr == 1e-5  # YAML 1.1 reads "1e-5" as a string
-    assert (t.epochs, t.batch_size, t.compression_rate, t.tolerance_tokens) == (4, 8, 0.5, 30)
+    assert (t.epochs, t.batch_size, t.tolerance_tokens) == (4, 8, 30)
+    assert cfg.compressor.rate == cfg.reward_rate == 0.5  # hyperparams.compression_rate
     assert t.entropy_coeff == 0.01
     assert (t.output_dir, t.csv_logs, t.checkpoint_every) == (
         "models/reinforce_trained_model",
@@ -216,3 +217,18 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
     p = _bad_copy(tmp_path, "  split: train\n", "  split: [train\n")
     with pytest.raises(UserError, match=r"bad\.yaml: invalid YAML at line \d+"):
         _resolve(p)
+
+
+def test_one_rate_setting_and_older_configs() -> None:
+    """compressor.rate is the rate; the taco reward's c is derived from it. An older
+    train.compression_rate is read as compressor.rate, and two different values are refused."""
+    cfg = resolve(None, environ={}, overrides={"compressor.rate": 0.3})
+    assert cfg.reward_rate == 0.3 and "compression_rate" not in cfg.train.model_dump()
+    old = resolve(None, environ={}, overrides={"train.compression_rate": 0.7})
+    assert old.compressor.rate == old.reward_rate == 0.7
+    with pytest.raises(UserError, match=r"are one setting; set only compressor\.rate"):
+        resolve(
+            None,
+            environ={},
+            overrides={"train.compression_rate": 0.7, "compressor.rate": 0.5},
+        )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import ValidationError
 
-from tacorl_offline.config import RewardConfig, TrainConfig
+from tacorl_offline.config import Config, RewardConfig, TrainConfig
 from tacorl_offline.rewards import (
     RewardSettings,
     compression_ratio,
@@ -19,6 +20,10 @@ from tacorl_offline.rewards import (
 )
 
 NAN = float("nan")
+
+
+def settings(rate: float = 0.5, tolerance_tokens: int = 30, **reward) -> RewardSettings:
+    return RewardSettings(RewardConfig(**reward), rate, tolerance_tokens)
 
 
 def same(a: float | None, b: float | None) -> bool:
@@ -159,44 +164,41 @@ def test_grpo_reward_unknown_weight():
 # ---------------------------------------------------------------------------- settings
 
 
-def test_settings_from_config():
-    train = TrainConfig(
-        compression_rate=0.4,
-        tolerance_tokens=12,
-        reward=RewardConfig(
-            metric="rougeL:0.5+bleu:0.5", over_compression_reward=-0.7, pcrl_tau=0.8
+def test_settings_from_config_pass_the_section_and_the_one_rate():
+    cfg = Config(
+        compressor={"rate": 0.4},
+        train=TrainConfig(
+            tolerance_tokens=12,
+            reward=RewardConfig(
+                metric="rougeL:0.5+bleu:0.5", over_compression_reward=-0.7, pcrl_tau=0.8
+            ),
         ),
     )
-    s = RewardSettings.from_config(train)
-    assert (s.family, s.metric, s.rate, s.tolerance_tokens) == (
-        "taco",
-        "rougeL:0.5+bleu:0.5",
-        0.4,
-        12,
-    )
-    assert (s.over_ratio, s.over_reward, s.outside_reward) == (0.1, -0.7, -0.1)
-    assert (s.pcrl_tau, s.pcrl_lambda, s.bertscore_layers) == (0.8, -0.01, 6)
-    assert s.grpo_weights == {"correct": 0.5, "similarity": 0.35, "compression": 0.15}
+    s = RewardSettings.from_config(cfg)
+    assert s.reward is cfg.train.reward  # the config section itself, not a copy
+    assert (s.rate, s.tolerance_tokens) == (0.4, 12)
+    gates, _ = needs_teacher(s, [100, 100, 100], [5, 40, 60])
+    assert gates == [-0.7, None, -0.1]  # over-compressed, inside c*n +- 12, outside
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"family": "ppo"}, "unknown reward family"),
+        ({"family": "ppo"}, "family"),
         ({"metric": "meteor"}, "unknown metric 'meteor'"),
         ({"family": "grpo", "grpo_weights": {"speed": 1.0}}, "unknown grpo weight"),
     ],
 )
-def test_settings_validate_up_front(kw, message):
-    with pytest.raises(ValueError, match=message):
-        RewardSettings(**kw)
+def test_reward_section_validates_up_front(kw, message):
+    with pytest.raises(ValidationError, match=message):
+        RewardConfig(**kw)
 
 
 # ---------------------------------------------------------------------------- batch API
 
 
 def test_needs_teacher_taco():
-    s = RewardSettings(rate=0.5, tolerance_tokens=30)
+    s = settings()
     gates, mask = needs_teacher(s, [100, 100, 100, 0], [50, 10, 90, 0])
     assert gates[:3] == [None, -0.4, -0.1] and math.isnan(gates[3])
     assert mask == [True, False, False, False]
@@ -204,13 +206,13 @@ def test_needs_teacher_taco():
 
 @pytest.mark.parametrize("family", ["pcrl", "grpo"])
 def test_needs_teacher_other_families_always_ask(family):
-    gates, mask = needs_teacher(RewardSettings(family=family), [100, 100, 0], [5, 100, 0])
+    gates, mask = needs_teacher(settings(family=family), [100, 100, 0], [5, 100, 0])
     assert gates[:2] == [None, None] and math.isnan(gates[2])
     assert mask == [True, True, False]
 
 
 def test_score_taco_batch():
-    s = RewardSettings(metric="exact_match", rate=0.5, tolerance_tokens=30)
+    s = settings(metric="exact_match")
     batch = score(
         s,
         n_orig=[100, 100, 100, 100, 100, 100],
@@ -230,14 +232,14 @@ def test_score_taco_batch():
 
 
 def test_score_taco_weighted_metric():
-    s = RewardSettings(metric="squad_f1:0.5+exact_match:0.5", rate=0.5, tolerance_tokens=30)
+    s = settings(metric="squad_f1:0.5+exact_match:0.5")
     batch = score(s, [100], [50], ["the quick brown fox"], ["quick fox"])
     assert batch.rewards == [pytest.approx(0.4)]  # 0.5 * 0.8 + 0.5 * 0
     assert batch.metrics[0]["squad_f1"] == pytest.approx(0.8)
 
 
 def test_score_pcrl_batch():
-    s = RewardSettings(family="pcrl", pcrl_tau=0.9, pcrl_lambda=-0.01)
+    s = settings(family="pcrl", pcrl_tau=0.9, pcrl_lambda=-0.01)
     batch = score(
         s,
         n_orig=[100, 100, 100],
@@ -252,7 +254,7 @@ def test_score_pcrl_batch():
 
 
 def test_score_grpo_batch_uses_gold_when_given():
-    s = RewardSettings(family="grpo")
+    s = settings(family="grpo")
     batch = score(
         s,
         n_orig=[10, 10, 10],
@@ -274,9 +276,9 @@ def test_score_grpo_batch_uses_gold_when_given():
 
 def test_score_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="batch lengths differ"):
-        score(RewardSettings(), [10, 10], [5, 5], ["a"], ["a", "b"])
+        score(settings(), [10, 10], [5, 5], ["a"], ["a", "b"])
 
 
 def test_score_empty_batch():
-    batch = score(RewardSettings(), [], [], [], [])
+    batch = score(settings(), [], [], [], [])
     assert batch.rewards == [] and batch.n_unscorable == 0

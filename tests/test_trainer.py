@@ -136,7 +136,7 @@ def test_short_circuit_only_run_makes_no_calls(tmp_path, loopback_server, tiny_b
         tiny_bert,
         max_steps=2,
         tolerance_tokens=0,
-        compression_rate=0.999,
+        rate=0.999,
     )
     loopback_server.reset()
     s = train(cfg)
