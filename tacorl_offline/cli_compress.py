@@ -1,6 +1,8 @@
 """``tacorl-offline compress``: compress text, a file, or a JSONL batch with a compressor.
 
-A thin command: it parses options, builds ``CompressOptions`` and calls
+A thin command: like every other command it resolves the config once (defaults < ``-c``
+file < environment < flags; its defaults are the ``compressor`` section of
+:mod:`tacorl_offline.config`), builds ``CompressOptions`` from it and calls
 ``Compressor.compress`` once for the whole batch. User-fixable problems raise ``UserError``
 (one line); the lead's CLI prints it and exits 2.
 """
@@ -14,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from tacorl_offline.config import resolve
 from tacorl_offline.errors import UserError
 
 
@@ -57,11 +60,21 @@ def compress(
     file: Annotated[
         str, typer.Argument(help="Input text file, or - for stdin (JSONL with --jsonl).")
     ] = "-",
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config; its compressor section is used."),
+    ] = None,
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model directory, hub id, or 'minilm'.")
-    ] = "minilm",
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model directory, hub id, or 'minilm' (default: compressor.model).",
+        ),
+    ] = None,
     rate: Annotated[
-        float | None, typer.Option(help="Fraction of tokens to keep (default 0.5).")
+        float | None,
+        typer.Option(help="Fraction of tokens to keep (default: compressor.rate)."),
     ] = None,
     target_token: Annotated[
         int | None, typer.Option(help="Target number of tokens (overrides rate).")
@@ -71,16 +84,32 @@ def compress(
     ] = None,
     force_tokens: Annotated[
         list[str] | None,
-        typer.Option("--force-tokens", help="Always keep this string (repeatable; '\\n' allowed)."),
+        typer.Option(
+            "--force-tokens",
+            help="Always keep this string (repeatable; '\\n' allowed; default: compressor.force_tokens).",
+        ),
     ] = None,
     force_reserve_digit: Annotated[
-        bool, typer.Option(help="Always keep words holding a digit.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            help="Always keep words holding a digit (default: compressor.force_reserve_digit)."
+        ),
+    ] = None,
     drop_consecutive: Annotated[
-        bool, typer.Option(help="Drop repeated force tokens with nothing kept between.")
-    ] = False,
-    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Chunks per forward pass.")] = 50,
+        bool | None,
+        typer.Option(
+            help="Drop repeated force tokens with nothing kept between "
+            "(default: compressor.drop_consecutive)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="torch device: cpu, cuda, cuda:1 ... (default: compressor.device)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Chunks per forward pass (default: compressor.batch_size)."),
+    ] = None,
     compat: Annotated[
         bool, typer.Option(help="Reproduce llmlingua 0.2.2's kept words exactly.")
     ] = False,
@@ -94,7 +123,7 @@ def compress(
     """Compress a prompt and print the compressed text."""
     from transformers.utils import logging as hf_logging
 
-    from tacorl_offline.compressor import CompressOptions, Compressor
+    from tacorl_offline.compressor import Compressor
 
     hf_logging.disable_progress_bar()
 
@@ -105,19 +134,30 @@ def compress(
     ]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} are mutually exclusive; pass only one")
-    opts = CompressOptions(
-        rate=rate if rate is not None else 0.5,
-        target_token=target_token if target_token is not None else -1,
-        threshold=threshold,
-        force_tokens=[_unescape(t) for t in force_tokens or []],
-        force_reserve_digit=force_reserve_digit,
-        drop_consecutive=drop_consecutive,
-        batch_size=batch_size,
-        compat=compat,
+    cfg = resolve(
+        config,
+        overrides={
+            "compressor.model": model,
+            "compressor.rate": rate,
+            # A rate or threshold on the command line wins over a target_token in the config.
+            "compressor.target_token": -1
+            if rate is not None or threshold is not None
+            else target_token,
+            "compressor.force_tokens": [_unescape(t) for t in force_tokens]
+            if force_tokens
+            else None,
+            "compressor.force_reserve_digit": force_reserve_digit,
+            "compressor.drop_consecutive": drop_consecutive,
+            "compressor.device": device,
+            "compressor.batch_size": batch_size,
+        },
     )
+    opts = cfg.compressor.options().replace(threshold=threshold, compat=compat)
     raw = _read(file)
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
-    comp = Compressor.from_pretrained(model, device=device, options=opts)
+    comp = Compressor.from_pretrained(
+        cfg.compressor.model, device=cfg.compressor.device, options=opts
+    )
     results = comp.compress([r.get("text", r.get("prompt")) for r in records])
     for rec, res in zip(records, results, strict=False):
         if jsonl:

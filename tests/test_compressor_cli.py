@@ -37,13 +37,38 @@ def test_compress_file_prints_text(model_dir, tmp_path):
 
 
 def test_stdin_json_counts_and_force_tokens(model_dir):
-    r = runner.invoke(
-        app, ["compress", "-m", model_dir, "--json", "--force-tokens", "\\n", "-"], input=TEXT
-    )
+    args = ["compress", "-m", model_dir, "--json", "--force-tokens", "\\n"]
+    r = runner.invoke(app, [*args, "--no-drop-consecutive", "-"], input=TEXT)
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["origin_tokens"] > d["compressed_tokens"] > 0
     assert d["compressed_prompt"].count("\n") == TEXT.count("\n")
+    # The default comes from the config (compressor.drop_consecutive: true): a line break
+    # with no kept word since the previous one is dropped.
+    r = runner.invoke(app, [*args, "-"], input=TEXT)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["compressed_prompt"].count("\n") < TEXT.count("\n")
+
+
+def test_config_file_supplies_the_defaults(model_dir, tmp_path):
+    """compress resolves the config like every other command: -c file < flags."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"compressor:\n  model: {model_dir}\n  rate: 0.3\n", encoding="utf-8")
+    by_file = runner.invoke(app, ["compress", "-c", str(cfg), "--json", "-"], input=TEXT)
+    by_flag = runner.invoke(
+        app, ["compress", "-m", model_dir, "--rate", "0.3", "--json", "-"], input=TEXT
+    )
+    default = runner.invoke(app, ["compress", "-m", model_dir, "--json", "-"], input=TEXT)
+    assert by_file.exit_code == by_flag.exit_code == default.exit_code == 0, by_file.output
+    assert json.loads(by_file.stdout) == json.loads(by_flag.stdout)
+    assert json.loads(by_file.stdout) != json.loads(default.stdout)  # default rate 0.5
+    over = runner.invoke(
+        app, ["compress", "-c", str(cfg), "--rate", "0.6", "--json", "-"], input=TEXT
+    )
+    assert (
+        json.loads(over.stdout)["compressed_tokens"]
+        > json.loads(by_file.stdout)["compressed_tokens"]
+    )
 
 
 def test_jsonl_batch(model_dir, tmp_path):

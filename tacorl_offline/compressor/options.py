@@ -10,7 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tacorl_offline.config import CompressorConfig
 from tacorl_offline.errors import UserError
+
+# The defaults are written once, in the config model; the library reads them from there.
+_CFG = CompressorConfig()
 
 TokenToWord = Literal["mean", "first"]
 
@@ -19,25 +23,27 @@ TokenToWord = Literal["mean", "first"]
 class CompressOptions:
     """Options of greedy compression and sampling. Every field has a default."""
 
-    rate: float = 0.5
+    rate: float = _CFG.rate
     """Target fraction of tokens to keep (1.0 keeps everything)."""
-    target_token: int = -1
+    target_token: int = _CFG.target_token
     """If > 0, overrides ``rate`` with ``target_token / origin_tokens``."""
     threshold: float | None = None
     """Threshold mode: keep a word iff its keep-probability is >= threshold (ignores rate)."""
     force_tokens: list[str] = field(default_factory=list)
     """Strings always kept (e.g. "\\n", "."); strings of several pieces are handled too."""
-    force_reserve_digit: bool = False
+    force_reserve_digit: bool = _CFG.force_reserve_digit
     """Always keep words holding a digit."""
     drop_consecutive: bool = False
-    """Drop a repeated force token when no kept word lies between the two."""
-    token_to_word: TokenToWord = "mean"
+    """Drop a repeated force token when no kept word lies between the two. Off here, as in
+    llmlingua's ``compress_prompt`` (this is the llmlingua-compatible library API); the tool's
+    config (``compressor.drop_consecutive``) turns it on."""
+    token_to_word: TokenToWord = _CFG.word_prob
     """Word probability: the mean of its tokens' keep-probabilities, or the first token's."""
-    chunk_end_tokens: list[str] = field(default_factory=lambda: [".", "\n"])
+    chunk_end_tokens: list[str] = field(default_factory=lambda: list(_CFG.chunk_end_tokens))
     """Chunks (<= max_seq_len tokens) are cut after the last of these tokens in the window."""
-    max_seq_len: int = 512
+    max_seq_len: int = _CFG.max_seq_len
     """Model input length, special tokens included."""
-    batch_size: int = 16
+    batch_size: int = _CFG.batch_size
     """Chunks per forward pass."""
     use_context_level_filter: bool = False
     """With several contexts, drop whole contexts ranked by their mean word probability."""
