@@ -50,9 +50,9 @@ TARGET_VS_FORWARD = 1.3
 def _llmlingua_rows(comp, texts: list[str], opts) -> list[list[list[int]]]:
     """Per text, llmlingua's model input rows (unpadded ids), from our exact replica of its
     chunking and re-tokenization (compat mode; parity-tested against llmlingua)."""
-    from tacorl_offline.compressor.compat import CompatPlan
+    from tacorl_offline.compressor.compat import CompatPlan, compat_special
 
-    special = comp._compat_special()
+    special = compat_special(comp.tokenizer, comp.model)
     out = []
     for t in texts:
         pl = CompatPlan(
@@ -111,6 +111,7 @@ def main() -> None:
     from llmlingua import PromptCompressor
 
     from tacorl_offline.compressor import Compressor
+    from tacorl_offline.compressor.rows import build_rows, pad_id
 
     rng = random.Random(0)
     texts = [tm.random_text(rng, args.words) for _ in range(n)]
@@ -140,11 +141,10 @@ def main() -> None:
             for k in range(0, len(rows), args.batch_size):
                 ll_batches.append(_pad(rows[k : k + args.batch_size], opts.max_seq_len, pad_id))
         lays = comp.layouts(texts, opts)
-        cls_id, sep_id = comp._special_ids()
-        our_rows = [[cls_id, *lay.ids[a:b].tolist(), sep_id] for lay in lays for a, b in lay.chunks]
+        our_rows = [r.tolist() for r in build_rows(lays, comp.tokenizer).ids]
         our_rows.sort(key=lambda r: -len(r))
         our_batches = [
-            _pad(our_rows[k : k + args.batch_size], len(our_rows[k]), comp._pad_id())
+            _pad(our_rows[k : k + args.batch_size], len(our_rows[k]), pad_id(comp.tokenizer))
             for k in range(0, len(our_rows), args.batch_size)
         ]
 

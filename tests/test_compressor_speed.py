@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tacorl_offline.compressor import Compressor
-from tacorl_offline.compressor.model import _mask_arg
+from tacorl_offline.compressor.policy import token_probs
+from tacorl_offline.compressor.rows import build_rows, mask_arg, pad_id
 from tacorl_offline.compressor.words import group_words, group_words_arrays, space_mask
 from tests import tiny_models as tm
 
@@ -26,18 +27,18 @@ def comp(request, tmp_path_factory):
 
 def test_sdpa_4d_mask_gives_bitwise_equal_probs(comp):
     lays = comp.layouts(TEXTS, comp.options)
-    rows, _ = comp._rows(lays)
+    rows = build_rows(lays, comp.tokenizer).ids
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), comp._pad_id(), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id(comp.tokenizer), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, row in enumerate(rows):
         ids[r, : len(row)] = torch.as_tensor(row)
         mask[r, : len(row)] = 1
     assert comp.model.config._attn_implementation == "sdpa"
-    assert _mask_arg(comp.model, mask).shape == (len(rows), 1, 1, width)
+    assert mask_arg(comp.model, mask).shape == (len(rows), 1, 1, width)
     with torch.inference_mode():
         a = comp.model(input_ids=ids, attention_mask=mask).logits
-        b = comp.model(input_ids=ids, attention_mask=_mask_arg(comp.model, mask)).logits
+        b = comp.model(input_ids=ids, attention_mask=mask_arg(comp.model, mask)).logits
     m = mask.bool()
     assert torch.equal(a[m], b[m])
 
@@ -59,7 +60,7 @@ def test_length_bucketing_keeps_the_same_words(comp):
 def test_greedy_numpy_path_matches_the_torch_path(comp):
     lays = comp.layouts(TEXTS, comp.options)
     with torch.inference_mode():
-        t = comp._token_probs(lays, comp.model, 4)
+        t = token_probs(comp, lays, comp.model, 4)
         n = comp._token_probs_np(lays, comp.model, 4, 512)
     for a, b in zip(t, n, strict=True):
         assert np.array_equal(a.numpy(), b)

@@ -4,8 +4,8 @@ What upstream really does (and we reproduce, bugs included, so kept words match)
 
 - multi-piece force tokens (e.g. "\\n") are replaced in the text by added special tokens
   ``[NEWi]`` (``i`` = the force token's index); the model gets 100 such tokens with embeddings
-  from ``resize_token_embeddings`` right after ``seed_everything(42)`` (see ``twin`` in
-  :mod:`.model`);
+  from ``resize_token_embeddings`` right after ``seed_everything(42)`` (see
+  :meth:`.Compressor.compat_twin`);
 - the text is tokenized, cut into chunks (:func:`.chunking.llmlingua_chunks`), each chunk is
   decoded to a string and tokenized *again*, wrapped in the literal strings ``[CLS]``/``[SEP]``
   (``<unk>`` for XLM-R, issue #181), truncated/padded to 512 with ``[PAD]``;
@@ -26,12 +26,24 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from tacorl_offline.errors import UserError
+from tacorl_offline.tokens import CachedCounter, TokenCounter
+
+from . import selection
 from .chunking import llmlingua_chunks
-from .text import ReplaceMap
-from .words import Scheme
+from .options import CompressOptions
+from .result import CompressResult
+from .rows import forward_rows
+from .text import ReplaceMap, rebuild
+from .words import LLMLINGUA_MAGIC, Scheme
+
+if TYPE_CHECKING:
+    from .model import Compressor
 
 _DIGIT = re.compile(r"\d")
 _LL_WORD = re.compile(r'\b\w+\b|[<>=/!@#$%^&*()?":{}|\\`~;_+-]')
@@ -255,3 +267,171 @@ def chunk_word_probs(
     if mode == "first":
         return p[starts]
     return seq_mean_f32(p, starts, lengths)
+
+
+# ---------------------------------------------------------------------------- the compat path
+
+
+def compat_special(tokenizer: Any, model: torch.nn.Module) -> set[str]:
+    """The token strings llmlingua skips when it reads probabilities back."""
+    stm = tokenizer.special_tokens_map
+    special = {
+        v
+        for k, v in stm.items()
+        if k not in ("additional_special_tokens", "pad_token") and isinstance(v, str)
+    }
+    cfg_pad = getattr(model.config, "pad_token_id", None)
+    pad = tokenizer.convert_ids_to_tokens(cfg_pad) if cfg_pad else tokenizer.eos_token
+    if pad:
+        special.add(pad)
+    return special
+
+
+def compress_compat(
+    comp: Compressor,
+    prompts: list[list[str]],
+    opts: CompressOptions,
+    counter: TokenCounter,
+    model: torch.nn.Module,
+) -> list[CompressResult]:
+    """llmlingua 0.2.2's compression of each prompt, kept words exactly (``compat=True``)."""
+    if comp.scheme not in LLMLINGUA_MAGIC:
+        raise UserError(
+            f"compat mode needs a WordPiece or SentencePiece tokenizer; this one is {comp.scheme}"
+        )
+    token_map = {
+        t: f"[NEW{i}]"
+        for i, t in enumerate(opts.force_tokens)
+        if len(comp.tokenizer.tokenize(t)) != 1
+    }
+    tok, mdl = comp.compat_twin() if token_map else (comp.tokenizer, model)
+    special = compat_special(comp.tokenizer, comp.model)
+    plans = [
+        CompatPlan(
+            tok,
+            comp.scheme,
+            ctxs,
+            opts.force_tokens,
+            token_map,
+            opts.chunk_end_tokens,
+            special,
+            opts.force_reserve_digit,
+            opts.max_seq_len,
+        )
+        for ctxs in prompts
+    ]
+    wcount = CachedCounter(counter)
+    # one forward over every chunk, in order, padded to max_seq_len like upstream
+    chunks = [ch for pl in plans for cl in pl.chunks for ch in cl]
+    probs = (
+        forward_rows(
+            mdl,
+            [c.ids for c in chunks],
+            device=comp.device,
+            pad=tok.convert_tokens_to_ids("[PAD]"),
+            sort=False,
+            pad_to=opts.max_seq_len,
+            attn=[c.attn for c in chunks],
+            batch_size=opts.batch_size,
+        )
+        if chunks
+        else []
+    )
+    active = {
+        id(c): p[torch.as_tensor(c.attn, dtype=torch.bool, device=p.device)].cpu().numpy()
+        for c, p in zip(chunks, probs, strict=False)
+    }
+    return [_compat_one(comp.scheme, pl, opts, wcount, counter, active) for pl in plans]
+
+
+def _compat_one(
+    scheme: Scheme,
+    pl: CompatPlan,
+    opts: CompressOptions,
+    wcount: CachedCounter,
+    counter: TokenCounter,
+    active: dict[int, np.ndarray],
+) -> CompressResult:
+    ctxs = pl.contexts
+    n_orig = sum(counter(c) for c in ctxs)
+    rate = opts.rate
+    ctx_keep = np.ones(len(ctxs), dtype=bool)
+    if opts.use_context_level_filter and len(ctxs) > 1:
+        c_rate, c_tt = opts.context_level_rate, -1
+        if c_rate >= 1.0:
+            if opts.target_token < 0 and rate < 1.0:
+                c_rate = (rate + 1.0) / 2
+            if opts.target_token >= 0:
+                c_tt = opts.target_token * 2
+        if c_tt >= 0:
+            c_rate = min(c_tt / n_orig, 1.0)
+        scores = []
+        for cl in pl.chunks:
+            ps: list[np.ndarray] = [
+                chunk_word_probs(ch, active[id(ch)], opts.token_to_word, no_force=True) for ch in cl
+            ]
+            allp = [x for p in ps for x in p]
+            acc = 0
+            for x in allp:
+                acc = acc + x
+            scores.append(acc / len(allp))
+        ctx_keep = selection.llmlingua_context_keep(scores, c_rate)
+        n_res = sum(
+            counter(ch.text) for cl, k in zip(pl.chunks, ctx_keep, strict=False) if k for ch in cl
+        )
+        if opts.target_token >= 0:
+            rate = min(opts.target_token / n_res, 1.0)
+    elif opts.target_token > 0:
+        rate = min(opts.target_token / n_orig, 1.0)
+    reduce_rate = max(0.0, 1.0 - rate)
+    words, keep, spans, wps, texts = [], [], [], [], []
+    off = 0
+    for ci, (c, cl) in enumerate(zip(ctxs, pl.chunks, strict=False)):
+        if ctx_keep[ci] and reduce_rate <= 0:
+            ws, ss = pl.regex_words(ci)
+            kk = [True] * len(ws)
+            pp = [1.0] * len(ws)
+            texts.append(c)
+        else:
+            ws, ss, kk, pp = [], [], [], []
+            for ch in cl:
+                p = chunk_word_probs(ch, active[id(ch)], opts.token_to_word)
+                if ctx_keep[ci]:
+                    n_tok = np.fromiter(
+                        (wcount(w) for w in ch.words), dtype=np.int64, count=len(ch.words)
+                    )
+                    lab = selection.llmlingua_chunk_keep(
+                        ch.words,
+                        p,
+                        n_tok,
+                        reduce_rate,
+                        opts.force_tokens,
+                        opts.drop_consecutive,
+                        py_float_words(ch, opts.token_to_word),
+                    )
+                else:
+                    lab = np.zeros(len(ch.words), dtype=bool)
+                ws.extend(w.lstrip("▁") if scheme == "sentencepiece" else w for w in ch.words)
+                ss.extend(ch.spans)
+                kk.extend(bool(x) for x in lab)
+                pp.extend(float(x) for x in p)
+            if ctx_keep[ci]:
+                texts.append(rebuild(c, ss, kk))
+        words.extend(ws)
+        keep.extend(kk)
+        spans.extend((a + off, b + off) if b > a else (off, off) for a, b in ss)
+        wps.extend(pp)
+        off += len(c) + 2
+    out = "\n\n".join(texts)
+    return CompressResult(
+        compressed_prompt=out,
+        compressed_prompt_list=texts,
+        origin_tokens=n_orig,
+        compressed_tokens=counter(out) if out else 0,
+        words=words,
+        keep=keep,
+        word_spans=spans,
+        word_probs=wps,
+        original_text="\n\n".join(ctxs),
+        compat=True,
+    )

@@ -16,8 +16,11 @@ Three ways to use it:
   already at hand when the counter is the model tokenizer (else counted on a thread while the
   model runs), numpy word probabilities, selection and text rebuild.
 - :meth:`Compressor.sample`: G keep-masks per prompt from ONE forward pass with gradient,
-  a Bernoulli per deciding word (see :mod:`.sampling`).
+  a Bernoulli per deciding word (:mod:`.policy`; the pure math is :mod:`.sampling`).
 - :meth:`Compressor.greedy`: the same ``Sample`` structure for the greedy mask (SCST baseline).
+
+This module holds loading, saving and the greedy path; model rows are built once for every
+path in :mod:`.rows`, the llmlingua compat path is :mod:`.compat`, the RL policy :mod:`.policy`.
 
 Save layout (:meth:`Compressor.save_pretrained`)::
 
@@ -48,20 +51,19 @@ import numpy as np
 import torch
 
 from tacorl_offline.errors import UserError
-from tacorl_offline.hashing import mask_hash
 from tacorl_offline.tokens import (
     THREAD_SAFE,
-    CachedCounter,
     ModelTokenCounter,
     TokenCounter,
     make_counter,
 )
 
-from . import sampling, selection
-from .compat import CompatPlan, chunk_word_probs, py_float_words
+from . import policy, selection
+from .compat import compress_compat
 from .layout import Layout, build_layout
 from .options import CompressOptions
 from .result import CompressResult, Sample
+from .rows import build_rows, mask_arg, pad_id
 from .text import rebuild, split_at
 from .words import LLMLINGUA_MAGIC, Scheme, TokenFeatures, detect_scheme, pure, vocab_features
 
@@ -74,18 +76,6 @@ def _as_prompts(texts: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
     if isinstance(texts, str):
         return [[texts]]
     return [[t] if isinstance(t, str) else list(t) for t in texts]
-
-
-def _mask_arg(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """The attention mask to pass: for SDPA models, the padding mask as a broadcastable 4D bool
-    mask ``[B, 1, 1, L]``, which transformers passes through untouched instead of building a
-    ``[B, 1, L, L]`` mask per batch (tens of ms per batch on CPU). SDPA computes the very same
-    numbers (bitwise: tests/test_compressor.py checks it); other attention kernels get the 2D mask.
-    """
-    cfg = getattr(model, "config", None)
-    if getattr(cfg, "_attn_implementation", None) == "sdpa" and mask.dim() == 2:
-        return mask.bool()[:, None, None, :]
-    return mask
 
 
 @contextmanager
@@ -292,103 +282,24 @@ class Compressor:
             out.append(lay)
         return out
 
-    def _rows(
-        self, layouts: Sequence[Layout]
-    ) -> tuple[list[list[int]], list[tuple[int, int, int]]]:
-        """Model rows ([CLS] chunk [SEP]) and, per row, (layout index, token start, token stop)."""
-        tk = self.tokenizer
-        cls_id = tk.cls_token_id if tk.cls_token_id is not None else tk.bos_token_id
-        sep_id = tk.sep_token_id if tk.sep_token_id is not None else tk.eos_token_id
-        rows, where = [], []
-        for li, lay in enumerate(layouts):
-            for a, b in lay.chunks:
-                body = lay.ids[a:b].tolist()
-                rows.append(
-                    ([cls_id] if cls_id is not None else [])
-                    + body
-                    + ([sep_id] if sep_id is not None else [])
-                )
-                where.append((li, a, b))
-        self._lead = 1 if cls_id is not None else 0
-        return rows, where
-
-    def _pad_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return int(pid) if pid is not None else 0
-
-    def _forward_rows(
-        self,
-        rows: list[list[int]],
-        model: torch.nn.Module,
-        *,
-        sort: bool = True,
-        pad_to: int | None = None,
-        pad_id: int | None = None,
-        attn: list[list[int]] | None = None,
-        batch_size: int = 50,
-    ) -> list[torch.Tensor]:
-        """Keep-probabilities per row (float32, length of the row). Grad follows the caller's mode."""
-        order = (
-            sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-            if sort
-            else list(range(len(rows)))
-        )
-        out: list[torch.Tensor | None] = [None] * len(rows)
-        pid = self._pad_id() if pad_id is None else pad_id
-        for k in range(0, len(order), batch_size):
-            idx = order[k : k + batch_size]
-            width = pad_to or max(len(rows[i]) for i in idx)
-            ids = torch.full((len(idx), width), pid, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, : len(rows[i])] = torch.as_tensor(rows[i])
-                mask[r, : len(rows[i])] = torch.as_tensor(attn[i]) if attn is not None else 1
-            mask = mask.to(self.device)
-            if not torch.is_grad_enabled():  # inference (compat mode): the cheap SDPA mask
-                mask = _mask_arg(model, mask)
-            logits = model(input_ids=ids.to(self.device), attention_mask=mask).logits
-            probs = torch.softmax(logits.float(), dim=-1)[..., 1]
-            for r, i in enumerate(idx):
-                out[i] = probs[r, : len(rows[i])]
-        return out  # type: ignore[return-value]
-
-    def _token_probs(
-        self, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int
-    ) -> list[torch.Tensor]:
-        """Per layout, a keep-probability per model token (differentiable if grad is on)."""
-        rows, where = self._rows(layouts)
-        probs = self._forward_rows(rows, model, batch_size=batch_size)
-        parts: list[list[torch.Tensor]] = [[] for _ in layouts]
-        for p, (li, a, b) in zip(probs, where, strict=False):
-            parts[li].append(p[self._lead : self._lead + (b - a)])
-        return [torch.cat(ps) if ps else torch.zeros(0, device=self.device) for ps in parts]
-
-    def _special_ids(self) -> tuple[int | None, int | None]:
-        tk = self.tokenizer
-        cls_id = tk.cls_token_id if tk.cls_token_id is not None else tk.bos_token_id
-        sep_id = tk.sep_token_id if tk.sep_token_id is not None else tk.eos_token_id
-        return cls_id, sep_id
-
     def _token_probs_np(
         self, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int, max_seq_len: int
     ) -> list[np.ndarray]:
-        """Greedy path of :meth:`_token_probs` (same rows, order, batches and float ops), built
-        in numpy. With ``self.length_bucketing`` (default) rows are sorted by length (longest
+        """Greedy forward over the same rows as sampling (:func:`.rows.build_rows`), built in
+        numpy. With ``self.length_bucketing`` (default) rows are sorted by length (longest
         first) and each batch is padded to its longest row; without it, rows go in input order
         padded to ``max_seq_len`` as llmlingua does. The attention mask makes both equal up to
         float noise (kept words identical in the tests and the benchmark).
         Returns float32 keep-probabilities per layout token."""
-        cls_id, sep_id = self._special_ids()
-        lead = 1 if cls_id is not None else 0
-        extra = lead + (1 if sep_id is not None else 0)
-        where = [(li, a, b) for li, lay in enumerate(layouts) for a, b in lay.chunks]
+        rows = build_rows(layouts, self.tokenizer)
         out = [np.zeros(len(lay.ids), dtype=np.float32) for lay in layouts]
-        lens = [b - a + extra for _, a, b in where]
+        lens = [len(r) for r in rows.ids]
         if self.length_bucketing:
-            order = sorted(range(len(where)), key=lambda i: -lens[i])
+            order = sorted(range(len(lens)), key=lambda i: -lens[i])
         else:
-            order = list(range(len(where)))
-        pid = self._pad_id()
+            order = list(range(len(lens)))
+        pid = pad_id(self.tokenizer)
+        lead = rows.lead
         for k in range(0, len(order), batch_size):
             idx = order[k : k + batch_size]
             width = max(lens[i] for i in idx)
@@ -397,38 +308,17 @@ class Compressor:
             ids = np.full((len(idx), width), pid, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
             for r, i in enumerate(idx):
-                li, a, b = where[i]
-                ids[r, lead : lead + b - a] = layouts[li].ids[a:b]
+                ids[r, : lens[i]] = rows.ids[i]
                 mask[r, : lens[i]] = 1
-                if cls_id is not None:
-                    ids[r, 0] = cls_id
-                if sep_id is not None:
-                    ids[r, lens[i] - 1] = sep_id
             logits = model(
                 input_ids=torch.from_numpy(ids).to(self.device),
-                attention_mask=_mask_arg(model, torch.from_numpy(mask).to(self.device)),
+                attention_mask=mask_arg(model, torch.from_numpy(mask).to(self.device)),
             ).logits
             probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
             for r, i in enumerate(idx):
-                li, a, b = where[i]
+                li, a, b = rows.where[i]
                 out[li][a:b] = probs[r, lead : lead + b - a]
         return out
-
-    @staticmethod
-    def _word_probs_t(lay: Layout, tp: torch.Tensor, mode: str) -> torch.Tensor:
-        n = lay.n_words
-        w = torch.as_tensor(lay.word_of_token, device=tp.device)
-        m = w >= 0
-        if mode == "first":
-            idx = torch.as_tensor(np.flatnonzero(lay.word_of_token >= 0), device=tp.device)
-            wi = w[idx]
-            first = torch.ones_like(wi, dtype=torch.bool)
-            first[1:] = wi[1:] != wi[:-1]
-            out = torch.zeros(n, device=tp.device, dtype=tp.dtype)
-            return out.index_copy(0, wi[first], tp[idx[first]])
-        sums = torch.zeros(n, device=tp.device, dtype=tp.dtype).index_add(0, w[m], tp[m])
-        counts = torch.bincount(w[m], minlength=n).clamp(min=1).to(tp.dtype)
-        return sums / counts
 
     # ------------------------------------------------------------------ greedy compression
     def compress(
@@ -446,7 +336,7 @@ class Compressor:
         m = model or self.model
         with torch.inference_mode(), _eval_mode(m):
             if opts.compat:
-                return self._compress_compat(prompts, opts, counter, m)
+                return compress_compat(self, prompts, opts, counter, m)
             return self._compress_normal(prompts, opts, counter, m)
 
     def _compress_normal(
@@ -573,196 +463,7 @@ class Compressor:
     def reset_compat(self) -> None:
         self._twin = None
 
-    def _compat_special(self) -> set[str]:
-        stm = self.tokenizer.special_tokens_map
-        special = {
-            v
-            for k, v in stm.items()
-            if k not in ("additional_special_tokens", "pad_token") and isinstance(v, str)
-        }
-        cfg_pad = getattr(self.model.config, "pad_token_id", None)
-        pad = self.tokenizer.convert_ids_to_tokens(cfg_pad) if cfg_pad else self.tokenizer.eos_token
-        if pad:
-            special.add(pad)
-        return special
-
-    def _compress_compat(
-        self,
-        prompts: list[list[str]],
-        opts: CompressOptions,
-        counter: TokenCounter,
-        model: torch.nn.Module,
-    ) -> list[CompressResult]:
-        if self.scheme not in LLMLINGUA_MAGIC:
-            raise UserError(
-                f"compat mode needs a WordPiece or SentencePiece tokenizer; this one is {self.scheme}"
-            )
-        token_map = {
-            t: f"[NEW{i}]"
-            for i, t in enumerate(opts.force_tokens)
-            if len(self.tokenizer.tokenize(t)) != 1
-        }
-        tok, mdl = self.compat_twin() if token_map else (self.tokenizer, model)
-        special = self._compat_special()
-        plans = [
-            CompatPlan(
-                tok,
-                self.scheme,
-                ctxs,
-                opts.force_tokens,
-                token_map,
-                opts.chunk_end_tokens,
-                special,
-                opts.force_reserve_digit,
-                opts.max_seq_len,
-            )
-            for ctxs in prompts
-        ]
-        wcount = CachedCounter(counter)
-        # one forward over every chunk, in order, padded to max_seq_len like upstream
-        chunks = [ch for pl in plans for cl in pl.chunks for ch in cl]
-        pad_id = tok.convert_tokens_to_ids("[PAD]")
-        probs = (
-            self._forward_rows(
-                [c.ids for c in chunks],
-                mdl,
-                sort=False,
-                pad_to=opts.max_seq_len,
-                pad_id=pad_id,
-                attn=[c.attn for c in chunks],
-                batch_size=opts.batch_size,
-            )
-            if chunks
-            else []
-        )
-        active = {
-            id(c): p[torch.as_tensor(c.attn, dtype=torch.bool, device=p.device)].cpu().numpy()
-            for c, p in zip(chunks, probs, strict=False)
-        }
-        return [self._compat_one(pl, opts, wcount, counter, active) for pl in plans]
-
-    def _compat_one(
-        self, pl: CompatPlan, opts: CompressOptions, wcount, counter, active
-    ) -> CompressResult:
-        ctxs = pl.contexts
-        n_orig = sum(counter(c) for c in ctxs)
-        rate = opts.rate
-        ctx_keep = np.ones(len(ctxs), dtype=bool)
-        if opts.use_context_level_filter and len(ctxs) > 1:
-            c_rate, c_tt = opts.context_level_rate, -1
-            if c_rate >= 1.0:
-                if opts.target_token < 0 and rate < 1.0:
-                    c_rate = (rate + 1.0) / 2
-                if opts.target_token >= 0:
-                    c_tt = opts.target_token * 2
-            if c_tt >= 0:
-                c_rate = min(c_tt / n_orig, 1.0)
-            scores = []
-            for cl in pl.chunks:
-                ps: list[np.ndarray] = [
-                    chunk_word_probs(ch, active[id(ch)], opts.token_to_word, no_force=True)
-                    for ch in cl
-                ]
-                allp = [x for p in ps for x in p]
-                acc = 0
-                for x in allp:
-                    acc = acc + x
-                scores.append(acc / len(allp))
-            ctx_keep = selection.llmlingua_context_keep(scores, c_rate)
-            n_res = sum(
-                counter(ch.text)
-                for cl, k in zip(pl.chunks, ctx_keep, strict=False)
-                if k
-                for ch in cl
-            )
-            if opts.target_token >= 0:
-                rate = min(opts.target_token / n_res, 1.0)
-        elif opts.target_token > 0:
-            rate = min(opts.target_token / n_orig, 1.0)
-        reduce_rate = max(0.0, 1.0 - rate)
-        words, keep, spans, wps, texts = [], [], [], [], []
-        off = 0
-        for ci, (c, cl) in enumerate(zip(ctxs, pl.chunks, strict=False)):
-            if ctx_keep[ci] and reduce_rate <= 0:
-                ws, ss = pl.regex_words(ci)
-                kk = [True] * len(ws)
-                pp = [1.0] * len(ws)
-                texts.append(c)
-            else:
-                ws, ss, kk, pp = [], [], [], []
-                for ch in cl:
-                    p = chunk_word_probs(ch, active[id(ch)], opts.token_to_word)
-                    if ctx_keep[ci]:
-                        n_tok = np.fromiter(
-                            (wcount(w) for w in ch.words), dtype=np.int64, count=len(ch.words)
-                        )
-                        lab = selection.llmlingua_chunk_keep(
-                            ch.words,
-                            p,
-                            n_tok,
-                            reduce_rate,
-                            opts.force_tokens,
-                            opts.drop_consecutive,
-                            py_float_words(ch, opts.token_to_word),
-                        )
-                    else:
-                        lab = np.zeros(len(ch.words), dtype=bool)
-                    ws.extend(
-                        w.lstrip("▁") if self.scheme == "sentencepiece" else w for w in ch.words
-                    )
-                    ss.extend(ch.spans)
-                    kk.extend(bool(x) for x in lab)
-                    pp.extend(float(x) for x in p)
-                if ctx_keep[ci]:
-                    texts.append(rebuild(c, ss, kk))
-            words.extend(ws)
-            keep.extend(kk)
-            spans.extend((a + off, b + off) if b > a else (off, off) for a, b in ss)
-            wps.extend(pp)
-            off += len(c) + 2
-        out = "\n\n".join(texts)
-        return CompressResult(
-            compressed_prompt=out,
-            compressed_prompt_list=texts,
-            origin_tokens=n_orig,
-            compressed_tokens=counter(out) if out else 0,
-            words=words,
-            keep=keep,
-            word_spans=spans,
-            word_probs=wps,
-            original_text="\n\n".join(ctxs),
-            compat=True,
-        )
-
-    # ------------------------------------------------------------------ sampling (RL)
-    def _policy(self, texts: Sequence[str], model: torch.nn.Module | None, opts: CompressOptions):
-        lays = self.layouts(list(texts), opts)
-        tps = self._token_probs(lays, model or self.model, opts.batch_size)
-        return lays, [
-            self._word_probs_t(lay, tp, opts.token_to_word)
-            for lay, tp in zip(lays, tps, strict=False)
-        ]
-
-    def _make_sample(
-        self, lay: Layout, p: torch.Tensor, dec: np.ndarray, act: torch.Tensor, lp, ent, opts
-    ) -> Sample:
-        keep = lay.forced.copy()
-        keep[dec] = act.cpu().numpy()
-        if opts.drop_consecutive:
-            keep = selection.drop_consecutive(keep, lay.words, lay.is_force)
-        kept = [s for s, k in zip(lay.spans, keep, strict=False) if k]
-        return Sample(
-            keep=[bool(x) for x in keep],
-            text=rebuild(lay.text, lay.spans, keep),
-            mask_hash=mask_hash(lay.text, kept),
-            kept_spans=kept,
-            log_prob=lp,
-            entropy=ent,
-            n_actions=len(dec),
-            n_words=lay.n_words,
-            word_spans=lay.spans,
-        )
-
+    # ------------------------------------------------------------------ RL policy (see .policy)
     def sample(
         self,
         texts: Sequence[str],
@@ -777,24 +478,9 @@ class Compressor:
         ``model`` (e.g. a DDP wrapper) replaces ``self.model`` for the forward. The model's
         train/eval mode is left as the caller set it.
         """
-        if num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
-        opts = self._opts(overrides)
-        lays, wps = self._policy(texts, model, opts)
-        out = []
-        for lay, p in zip(lays, wps, strict=False):
-            dec = np.flatnonzero(~lay.forced)
-            pd = p[torch.as_tensor(dec, device=p.device)]
-            acts = sampling.draw(pd, num_samples, generator)
-            lps = sampling.log_prob(pd, acts)
-            ent = sampling.entropy(pd)
-            out.append(
-                [
-                    self._make_sample(lay, p, dec, acts[g], lps[g], ent, opts)
-                    for g in range(num_samples)
-                ]
-            )
-        return out
+        return policy.sample(
+            self, texts, num_samples, self._opts(overrides), generator=generator, model=model
+        )
 
     def greedy(
         self,
@@ -805,30 +491,4 @@ class Compressor:
         **overrides: Any,
     ) -> list[Sample]:
         """The greedy mask as a ``Sample`` (no gradient): keep iff p > 0.5, or the rate budget."""
-        opts = self._opts(overrides)
-        m = model or self.model
-        with torch.no_grad():
-            lays, wps = self._policy(texts, m, opts)
-        out = []
-        for lay, p in zip(lays, wps, strict=False):
-            dec = np.flatnonzero(~lay.forced)
-            pd = p[torch.as_tensor(dec, device=p.device)]
-            if rate is None:
-                act = pd > 0.5
-            else:
-                pn = np.where(lay.forced, 1.0, p.cpu().numpy())
-                act = torch.as_tensor(
-                    selection.keep_by_rate(pn, lay.weights, rate, lay.forced)[dec], device=p.device
-                )
-            out.append(
-                self._make_sample(
-                    lay,
-                    p,
-                    dec,
-                    act,
-                    sampling.log_prob(pd, act.unsqueeze(0))[0],
-                    sampling.entropy(pd),
-                    opts,
-                )
-            )
-        return out
+        return policy.greedy(self, texts, self._opts(overrides), rate=rate, model=model)

@@ -1,0 +1,150 @@
+"""The compressor as an RL policy: keep-masks sampled with gradient, and the greedy mask.
+
+The pure Bernoulli math (draw, log-prob, entropy) is :mod:`.sampling`; this module is the
+model-facing side: one forward pass with gradient over the same rows as greedy compression
+(:func:`.rows.build_rows`), word probabilities from token probabilities, and a
+:class:`~.result.Sample` per mask. :meth:`.Compressor.sample` and :meth:`.Compressor.greedy`
+call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tacorl_offline.hashing import mask_hash
+
+from . import sampling, selection
+from .layout import Layout
+from .options import CompressOptions
+from .result import Sample
+from .rows import build_rows, forward_rows, pad_id
+from .text import rebuild
+
+if TYPE_CHECKING:
+    from .model import Compressor
+
+
+def token_probs(
+    comp: Compressor, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int
+) -> list[torch.Tensor]:
+    """Per layout, a keep-probability per model token (differentiable if grad is on)."""
+    rows = build_rows(layouts, comp.tokenizer)
+    probs = forward_rows(
+        model, rows.ids, device=comp.device, pad=pad_id(comp.tokenizer), batch_size=batch_size
+    )
+    parts: list[list[torch.Tensor]] = [[] for _ in layouts]
+    for p, (li, a, b) in zip(probs, rows.where, strict=False):
+        parts[li].append(p[rows.lead : rows.lead + (b - a)])
+    return [torch.cat(ps) if ps else torch.zeros(0, device=comp.device) for ps in parts]
+
+
+def word_probs(lay: Layout, tp: torch.Tensor, mode: str) -> torch.Tensor:
+    """A word's keep-probability from its tokens': their mean, or the first token's."""
+    n = lay.n_words
+    w = torch.as_tensor(lay.word_of_token, device=tp.device)
+    m = w >= 0
+    if mode == "first":
+        idx = torch.as_tensor(np.flatnonzero(lay.word_of_token >= 0), device=tp.device)
+        wi = w[idx]
+        first = torch.ones_like(wi, dtype=torch.bool)
+        first[1:] = wi[1:] != wi[:-1]
+        out = torch.zeros(n, device=tp.device, dtype=tp.dtype)
+        return out.index_copy(0, wi[first], tp[idx[first]])
+    sums = torch.zeros(n, device=tp.device, dtype=tp.dtype).index_add(0, w[m], tp[m])
+    counts = torch.bincount(w[m], minlength=n).clamp(min=1).to(tp.dtype)
+    return sums / counts
+
+
+def _forward(
+    comp: Compressor, texts: Sequence[str], model: torch.nn.Module | None, opts: CompressOptions
+) -> tuple[list[Layout], list[torch.Tensor]]:
+    lays = comp.layouts(list(texts), opts)
+    tps = token_probs(comp, lays, model or comp.model, opts.batch_size)
+    return lays, [
+        word_probs(lay, tp, opts.token_to_word) for lay, tp in zip(lays, tps, strict=False)
+    ]
+
+
+def _make_sample(
+    lay: Layout, dec: np.ndarray, act: torch.Tensor, lp: Any, ent: Any, opts: CompressOptions
+) -> Sample:
+    keep = lay.forced.copy()
+    keep[dec] = act.cpu().numpy()
+    if opts.drop_consecutive:
+        keep = selection.drop_consecutive(keep, lay.words, lay.is_force)
+    kept = [s for s, k in zip(lay.spans, keep, strict=False) if k]
+    return Sample(
+        keep=[bool(x) for x in keep],
+        text=rebuild(lay.text, lay.spans, keep),
+        mask_hash=mask_hash(lay.text, kept),
+        kept_spans=kept,
+        log_prob=lp,
+        entropy=ent,
+        n_actions=len(dec),
+        n_words=lay.n_words,
+        word_spans=lay.spans,
+    )
+
+
+def sample(
+    comp: Compressor,
+    texts: Sequence[str],
+    num_samples: int,
+    opts: CompressOptions,
+    *,
+    generator: torch.Generator | None = None,
+    model: torch.nn.Module | None = None,
+) -> list[list[Sample]]:
+    """``num_samples`` masks per prompt from one forward pass, with gradient: a Bernoulli per
+    word that is not forced."""
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    lays, wps = _forward(comp, texts, model, opts)
+    out = []
+    for lay, p in zip(lays, wps, strict=False):
+        dec = np.flatnonzero(~lay.forced)
+        pd = p[torch.as_tensor(dec, device=p.device)]
+        acts = sampling.draw(pd, num_samples, generator)
+        lps = sampling.log_prob(pd, acts)
+        ent = sampling.entropy(pd)
+        out.append([_make_sample(lay, dec, acts[g], lps[g], ent, opts) for g in range(num_samples)])
+    return out
+
+
+def greedy(
+    comp: Compressor,
+    texts: Sequence[str],
+    opts: CompressOptions,
+    *,
+    rate: float | None = None,
+    model: torch.nn.Module | None = None,
+) -> list[Sample]:
+    """The greedy mask as a ``Sample`` (no gradient): keep iff p > 0.5, or the rate budget."""
+    with torch.no_grad():
+        lays, wps = _forward(comp, texts, model or comp.model, opts)
+    out = []
+    for lay, p in zip(lays, wps, strict=False):
+        dec = np.flatnonzero(~lay.forced)
+        pd = p[torch.as_tensor(dec, device=p.device)]
+        if rate is None:
+            act = pd > 0.5
+        else:
+            pn = np.where(lay.forced, 1.0, p.cpu().numpy())
+            act = torch.as_tensor(
+                selection.keep_by_rate(pn, lay.weights, rate, lay.forced)[dec], device=p.device
+            )
+        out.append(
+            _make_sample(
+                lay,
+                dec,
+                act,
+                sampling.log_prob(pd, act.unsqueeze(0))[0],
+                sampling.entropy(pd),
+                opts,
+            )
+        )
+    return out
