@@ -331,7 +331,8 @@ class Config(_Section):
     @model_validator(mode="before")
     @classmethod
     def _one_rate(cls, data: Any) -> Any:
-        """``train.compression_rate`` (older configs) is the same setting as ``compressor.rate``."""
+        """``train.compression_rate`` (older configs, and the config.json of checkpoints saved
+        before this change, which --resume reads) is the same setting as ``compressor.rate``."""
         if not isinstance(data, Mapping):
             return data
         train = data.get("train")
