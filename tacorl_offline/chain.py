@@ -38,10 +38,12 @@ def run_chain(
     overrides: dict[str, Any] | None = None,
     say: Callable[[str], None] = print,
     show: Callable[[str, Any], None] | None = None,
+    evaluate: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Run the chain for ``recipe``. ``train(cfg)`` returns a ``TrainSummary``;
+    ``evaluate(cfg, **kw)`` an ``EvalReport`` (default: :func:`run_evaluation`, no display);
     ``show(stage, result)`` renders each stage's result."""
-    from tacorl_offline.evaluate import run_eval
+    from tacorl_offline.evaluate import run_evaluation
     from tacorl_offline.fill import run_fill
     from tacorl_offline.ingest import read_records
     from tacorl_offline.ingest_store import store_records
@@ -53,14 +55,14 @@ def run_chain(
     out: dict[str, Any] = {}
 
     data = Path(resource_dir("data/sample")) / recipe.data
-    say(f"[1/6] ingest {data.name} -> {cfg.data.dataset}/{cfg.data.split} in {wh.path}")
+    say(f"[1/5] ingest {data.name} -> {cfg.data.dataset}/{cfg.data.split} in {wh.path}")
     records, _ = read_records(data, cfg.data)
     out["ingest"] = store_records(
         wh, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data
     )
     show("ingest", out["ingest"])
 
-    say(f"[2/6] teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})")
+    say(f"[2/5] teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})")
     if cfg.teacher.backend == "extractive":
         say(
             "      note: the extractive teacher is a deterministic stand-in for an LLM, not a real model"
@@ -68,19 +70,20 @@ def run_chain(
     out["fill"] = asyncio.run(run_fill(cfg, warehouse=wh))
     show("fill", out["fill"])
 
-    say(f"[3/6] evaluate the base compressor ({cfg.compressor.model})")
-    base = asyncio.run(run_eval(cfg, warehouse=wh, model=cfg.compressor.model))
-
-    say("[4/6] train (REINFORCE, cached teacher answers)")
+    say("[3/5] train (REINFORCE, cached teacher answers)")
     out["train"] = train(cfg)
     show("train", out["train"])
 
-    say(f"[5/6] evaluate the trained compressor ({out['train'].final_model})")
-    trained = asyncio.run(run_eval(cfg, warehouse=wh, model=str(out["train"].final_model)))
-    out["eval"] = [base, trained]
-    show("eval", out["eval"])
-
-    say("[6/6] cost report")
+    say("[4/5] cost report")
     out["cost"] = cost_report(wh)
     show("cost", out["cost"])
+
+    trained = str(out["train"].final_model)
+    say(
+        f"[5/5] evaluate the trained compressor against the base ({cfg.compressor.model}) and "
+        f"the baselines on {cfg.data.dataset}/{cfg.data.split}, rate {cfg.compressor.rate}"
+    )
+    evaluate = evaluate or (lambda c, **kw: asyncio.run(run_evaluation(c, warehouse=wh, **kw)))
+    out["eval"] = evaluate(cfg, models=[trained, cfg.compressor.model], reference=trained)
+    show("eval", out["eval"])
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -22,9 +23,10 @@ from pipelines import RECIPES
 from tacorl_offline.config import Config, resolve
 from tacorl_offline.display import (
     err,
+    evaluate_with_progress,
     fill_progress,
     out,
-    print_eval_summaries,
+    print_eval_report,
     print_fill_summary,
     print_train_summary,
     render,
@@ -250,28 +252,101 @@ def train(
         raise typer.Exit(3)
 
 
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 @app.command()
 @user_errors
 def evaluate(
     model: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
-            "--model", "-m", help="Compressor to evaluate (repeatable): a directory or 'minilm'."
+            "--model",
+            "-m",
+            help="Compressor to evaluate (repeatable): a directory or 'minilm' (default: compressor.model).",
         ),
-    ],
-    config: ConfigOpt = None,
-    rate: Annotated[
-        float | None, typer.Option(help="Keep rate (default: compressor.rate).")
     ] = None,
+    config: ConfigOpt = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split to evaluate on (default: data.split).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: data.dataset).")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Keep rate in (0, 1] for every system (default: compressor.rate)."),
+    ] = None,
+    target_token: Annotated[
+        int | None,
+        typer.Option(min=1, help="Keep this many tokens per prompt instead of a rate."),
+    ] = None,
+    baselines: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated baselines: original,random,stopword,lead, or 'none' (default: all)."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="System the differences are taken against (default: the first -m)."),
+    ] = None,
+    judge: Annotated[
+        bool | None,
+        typer.Option(
+            "--judge/--no-judge",
+            help="Also have the teacher judge compressed vs original answers, in both orders.",
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the json/csv output here.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Greedy-compress the split and score teacher answers against the original's (cached)."""
-    from tacorl_offline.evaluate import run_eval
+    """Score models and baselines on the same prompts at the same rate, with paired 95% CIs."""
+    from tacorl_offline import eval_output
 
-    cfg = _config(config, **{"warehouse": warehouse})
-    print_eval_summaries(
-        [asyncio.run(run_eval(cfg, warehouse=_warehouse(cfg), model=m, rate=rate)) for m in model]
+    _check_format(fmt)
+    if rate is not None and target_token is not None:
+        raise UserError("pass either --rate or --target-token, not both")
+    cfg = _config(
+        config,
+        **{
+            "warehouse": warehouse,
+            "data.split": split,
+            "data.dataset": dataset,
+            "compressor.rate": rate,
+            "compressor.target_token": target_token,
+            "eval.baselines": _split_list(baselines),
+            "eval.reference": reference,
+            "eval.judge": judge,
+        },
     )
+    report = evaluate_with_progress(cfg, progress=progress, models=model or None)
+    if fmt == "table":
+        if output is not None:
+            raise UserError("--output writes json or csv; add --format json or --format csv")
+        print_eval_report(report)
+    else:
+        text = eval_output.to_json(report) if fmt == "json" else eval_output.to_csv(report)
+        if output is not None:
+            try:
+                output.write_text(text, encoding="utf-8", newline="")
+            except OSError as e:
+                raise UserError(f"cannot write {output}: {e.strerror}; check the path") from None
+            err.print(f"wrote {fmt} for {len(report.systems)} systems to {output}", markup=False)
+        else:
+            sys.stdout.write(text)
+    if report.budget_stopped:
+        err.print(
+            "budget reached: rerun evaluate to resume (answers paid so far are kept)", markup=False
+        )
+        raise typer.Exit(3)
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -283,6 +358,7 @@ def _run_pipeline(name: str, max_steps: int | None, warehouse: str | None, progr
     run_chain(
         RECIPES[name],
         train=lambda cfg: train_with_progress(cfg, resume=None, progress=progress)[0],
+        evaluate=lambda cfg, **kw: evaluate_with_progress(cfg, progress=progress, **kw),
         overrides={"warehouse": warehouse, "train.max_steps": max_steps},
         say=lambda line: out.print(line, markup=False),
         show=show_stage,

@@ -317,6 +317,53 @@ class TrainConfig(_Section):
         return self
 
 
+BASELINE_NAMES: tuple[str, ...] = ("original", "random", "stopword", "lead")
+
+
+def check_baselines(names: list[str]) -> list[str]:
+    """Baseline names, lower-cased, order kept, duplicates dropped; ValueError names a bad one."""
+    out: list[str] = []
+    for n in names:
+        n = n.strip().lower()
+        if n not in BASELINE_NAMES:
+            raise ValueError(f"unknown baseline {n!r}; choose from: {', '.join(BASELINE_NAMES)}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+class EvalConfig(_Section):
+    """``evaluate``: which baselines, how the intervals are computed, the optional judge."""
+
+    baselines: list[str] = Field(
+        default_factory=lambda: ["original", "random", "stopword", "lead"],
+        description="Heuristic systems scored beside the models: original, random, stopword, lead (empty: none).",
+    )
+    random_seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="Seeds of the random baseline; its per-prompt score is the mean over them.",
+    )
+    reference: str | None = Field(
+        None,
+        description="System the paired differences are taken against (default: the first model).",
+    )
+    bootstrap_resamples: int = Field(
+        10_000, ge=100, description="Paired bootstrap resamples for the confidence intervals."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    judge: bool = Field(
+        False,
+        description="Also ask the teacher to judge each compressed answer against the original's, in both orders.",
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _check_baselines(cls, v: list[str]) -> list[str]:
+        return check_baselines(v)
+
+
 class Config(_Section):
     warehouse: str = Field(DEFAULT_WAREHOUSE, description="DuckDB warehouse file.")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -327,6 +374,7 @@ class Config(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     compressor: CompressorConfig = Field(default_factory=CompressorConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
 
     @model_validator(mode="before")
     @classmethod

@@ -176,31 +176,101 @@ def train_with_progress(cfg: Config, *, resume: str | None, progress: bool) -> t
             return asyncio.run(trainer.run()), d
 
 
-def print_eval_summaries(summaries: list[Any]) -> None:
-    t = Table(title="evaluation: teacher(compressed) vs teacher(original)")
-    for c in (
-        "model",
-        "metric",
-        "score",
-        "compressed/original tokens",
-        "unscorable",
-        "paid calls",
-        "hits",
-        "spent",
-    ):
-        t.add_column(c)
-    for e in summaries:
-        t.add_row(
-            e.model,
-            e.metric,
-            f"{e.score:.4f}",
-            f"{e.compression:.3f}",
-            str(e.unscorable),
-            str(e.spend.calls),
-            str(e.spend.hits),
-            f"${e.spend.cost_usd:.6f}",
+def evaluate_with_progress(cfg: Config, *, progress: bool, **kw: Any) -> Any:
+    """Run an evaluation with a live stage bar on stderr (used by `evaluate` and the pipelines)."""
+    from tacorl_offline.evaluate import run_evaluation
+    from tacorl_offline.warehouse import Warehouse
+
+    bar = Progress(
+        TextColumn("[bold]evaluate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[what]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not progress,
+        transient=True,
+    )
+    task = bar.add_task("evaluate", total=None, what="")
+
+    def on_progress(what: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, what=what)
+
+    kw.setdefault("warehouse", Warehouse(cfg.warehouse))
+    with bar:
+        return asyncio.run(run_evaluation(cfg, progress=on_progress, **kw))
+
+
+def print_eval_report(report: Any) -> None:
+    """An evaluation as rich tables (one per metric, then cost), then the verdict lines."""
+    from tacorl_offline.eval_output import fmt_num, label, verdict_lines
+
+    console = out
+    where = (
+        f"rate {report.rate}" if report.rate is not None else f"target {report.target_token} tokens"
+    )
+    pct = f"{report.confidence:.0%}"
+    console.print(
+        f"evaluation {report.run_id}: {report.dataset}/{report.split}, {report.prompts} prompts,"
+        f" {where}, teacher {report.teacher_model}; {pct} paired bootstrap intervals"
+        f" ({report.resamples} resamples); differences against {label(report.reference)}",
+        markup=False,
+    )
+    for metric in report.metrics:
+        t = Table(title=metric, title_justify="left")
+        t.add_column("system", overflow="fold")
+        t.add_column("n", justify="right")
+        t.add_column(f"mean [{pct} CI]", no_wrap=True)
+        t.add_column(f"diff [{pct} CI]", no_wrap=True)
+        t.add_column("vs ref")
+        for r in report.rows:
+            if r.metric != metric:
+                continue
+            is_ref = r.system == report.reference
+            t.add_row(
+                label(r.system),
+                str(r.n),
+                f"{fmt_num(r.mean)} [{fmt_num(r.ci_low)}, {fmt_num(r.ci_high)}]",
+                "(reference)"
+                if is_ref
+                else f"{fmt_num(r.diff, True)} [{fmt_num(r.diff_ci_low, True)}, {fmt_num(r.diff_ci_high, True)}]",
+                "" if is_ref else r.verdict,
+            )
+        console.print(t)
+    c = Table(
+        title="cost and compression (ratio = compressed / original tokens)", title_justify="left"
+    )
+    c.add_column("system", overflow="fold")
+    for col in ("kind", "ratio", "unscorable", "calls", "hits", "spent $", "saved $"):
+        c.add_column(col, no_wrap=True)
+    for s in report.systems:
+        c.add_row(
+            label(s.name),
+            s.kind,
+            fmt_num(s.token_ratio),
+            str(s.unscorable),
+            str(s.calls),
+            str(s.hits),
+            f"{s.cost_usd:.4f}",
+            f"{s.saved_usd:.4f}",
         )
-    out.print(t)
+    console.print(c)
+    total = (
+        f"teacher calls paid: {report.calls} (judge {report.judge_calls}), hits: {report.hits},"
+        f" spent ${report.cost_usd:.6f}, saved ${report.saved_usd:.6f}"
+    )
+    console.print(total, markup=False)
+    if report.teacher_backend == "extractive":
+        console.print(
+            "note: the extractive teacher is a deterministic stand-in for an LLM, not a real model",
+            markup=False,
+        )
+    for line in verdict_lines(report):
+        console.print(line, markup=False)
+    if report.budget_stopped:
+        console.print(
+            "budget reached: unanswered prompts are unscorable; rerun to resume", markup=False
+        )
 
 
 def show_stage(stage: str, result: Any) -> None:
@@ -214,6 +284,6 @@ def show_stage(stage: str, result: Any) -> None:
     elif stage == "train":
         print_train_summary(result)
     elif stage == "eval":
-        print_eval_summaries(result)
+        print_eval_report(result)
     elif stage == "cost":
         render(result.columns, result.rows, "table", title="cost by phase and run")

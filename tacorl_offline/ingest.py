@@ -14,7 +14,8 @@ Decisions:
   for CSV (header not counted) and Parquet. For a bad upstream key the row is its 1-based
   position in the object.
 - Field mapping from :class:`DataConfig`: text from ``text_field``; never-compressed fields
-  from ``fields``; reference from ``reference_field`` (missing or null -> None); imported
+  from ``fields``; reference from ``reference_field`` (missing or null -> None; a string or
+  a list of strings, every gold answer, duplicates dropped, the first also as ``reference``); imported
   teacher answer from ``import_field`` (missing, null or blank -> None). For JSONL, CSV and
   Parquet, when ``text_field`` is the default ``original_prompt`` and absent, the columns
   ``text`` and then ``prompt`` are used instead (the upstream JSON layout gets no alias).
@@ -74,6 +75,7 @@ class Record:
     reference: str | None
     imported_answer: str | None
     row: int
+    references: tuple[str, ...] = ()  # every gold answer; ``reference`` is the first
 
 
 @dataclass
@@ -237,11 +239,16 @@ def _to_record(row: int, obj: Any, cfg: DataConfig, aliases: bool) -> Record | R
             return RowError(row, why)
         fields[name] = obj[name]
 
-    reference: str | None = None
+    references: list[str] = []
     if cfg.reference_field is not None and obj.get(cfg.reference_field) is not None:
-        reference = obj[cfg.reference_field]
-        if (why := _check_str(cfg.reference_field, reference)) is not None:
-            return RowError(row, f"reference {why}")
+        value = obj[cfg.reference_field]
+        # A list holds several gold answers (SQuAD): scored as the best match over them.
+        for i, ref in enumerate(value if isinstance(value, list) else [value]):
+            name = f"{cfg.reference_field}[{i}]" if isinstance(value, list) else cfg.reference_field
+            if (why := _check_str(name, ref)) is not None:
+                return RowError(row, f"reference {why}")
+            if ref not in references:
+                references.append(ref)
 
     imported: str | None = None
     if cfg.import_field is not None and obj.get(cfg.import_field) is not None:
@@ -254,9 +261,10 @@ def _to_record(row: int, obj: Any, cfg: DataConfig, aliases: bool) -> Record | R
         prompt_id=prompt_id(text, fields),
         text=text,
         fields=fields,
-        reference=reference,
+        reference=references[0] if references else None,
         imported_answer=imported,
         row=row,
+        references=tuple(references),
     )
 
 

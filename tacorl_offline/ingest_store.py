@@ -41,6 +41,7 @@ def store_records(
             "text": r.text,
             "fields": dict(r.fields),
             "reference": r.reference,
+            "gold_references": list(r.references) or None,
             "n_chars": len(r.text),
         }
         for r in records

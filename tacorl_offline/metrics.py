@@ -14,6 +14,9 @@ Design decisions (each differs from upstream TACO-RL on purpose):
   batch at once. Inputs longer than the model's 512 tokens are truncated by bert-score.
 - **squad_f1 / exact_match** follow the official SQuAD v1.1 script: lowercase, strip
   punctuation and the articles a/an/the, collapse whitespace; F1 over bag-of-tokens overlap.
+- **Several references** (SQuAD's gold answers): F1 and EM are the maximum over the
+  references, as the official script computes them; :func:`score_multi` takes that maximum
+  for every component metric separately and then forms the weighted sum.
 - The prediction is scored whole. Upstream cut it to its first line, which throws away most
   of a multi-line summary.
 - An empty (whitespace-only) prediction or reference scores 0 on every metric. The reward
@@ -111,6 +114,20 @@ def squad_f1(prediction: str, reference: str) -> float:
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def squad_f1_multi(prediction: str, references: Sequence[str]) -> float:
+    """SQuAD F1 against several gold answers: the maximum over them (official script)."""
+    if not references:
+        raise ValueError("squad_f1_multi needs at least one reference")
+    return max(squad_f1(prediction, r) for r in references)
+
+
+def exact_match_multi(prediction: str, references: Sequence[str]) -> float:
+    """SQuAD exact match against several gold answers: the maximum over them."""
+    if not references:
+        raise ValueError("exact_match_multi needs at least one reference")
+    return max(exact_match(prediction, r) for r in references)
 
 
 # ---------------------------------------------------------------------------- BLEU / ROUGE
@@ -249,4 +266,53 @@ def score_pairs(
             if "exact_match" in weights:
                 row["exact_match"] = exact_match(pred, ref)
         row["metric"] = sum(w * row[m] for m, w in weights.items())
+    return rows
+
+
+def score_multi(
+    spec: str | Mapping[str, float],
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    bertscore_model: str | None = None,
+    bertscore_layers: int = 6,
+) -> list[dict[str, float]]:
+    """Like :func:`score_pairs`, with a list of references per prediction.
+
+    Each component metric is the maximum over that prediction's references (SQuAD's rule for
+    F1 and EM), and ``"metric"`` is the weighted sum of those maxima. A prediction with no
+    reference gets NaN everywhere (nothing to score against). One batched call scores all
+    (prediction, reference) pairs.
+    """
+    weights = parse_metric_spec(spec)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    flat_p: list[str] = []
+    flat_r: list[str] = []
+    owner: list[int] = []
+    for i, (p, refs) in enumerate(zip(predictions, references, strict=True)):
+        for r in refs:
+            flat_p.append(p)
+            flat_r.append(r)
+            owner.append(i)
+    flat = (
+        score_pairs(
+            weights,
+            flat_p,
+            flat_r,
+            bertscore_model=bertscore_model,
+            bertscore_layers=bertscore_layers,
+        )
+        if flat_p
+        else []
+    )
+    names = list(weights)
+    rows: list[dict[str, float]] = [{m: math.nan for m in [*names, "metric"]} for _ in predictions]
+    for i, row in zip(owner, flat, strict=True):
+        for m in names:
+            if math.isnan(rows[i][m]) or row[m] > rows[i][m]:
+                rows[i][m] = row[m]
+    for row in rows:
+        if not math.isnan(row[names[0]]):
+            row["metric"] = sum(w * row[m] for m, w in weights.items())
     return rows

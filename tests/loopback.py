@@ -3,7 +3,8 @@
 Tests point the real ``openai`` SDK at it. It answers ``POST .../chat/completions`` (any
 prefix, so both ``/v1/chat/completions`` and Azure's ``/openai/deployments/<d>/chat/completions``
 work) with a deterministic answer: ``"Answer: "`` + the first 12 words of the last user
-message, and usage counted in words. Behaviour is set at runtime with :meth:`LoopbackServer.set`
+message, and usage counted in words (or what ``responder(messages)`` returns, when a test sets
+one: e.g. a judge's verdict). Behaviour is set at runtime with :meth:`LoopbackServer.set`
 (``latency_s``, a standing ``mode``) and :meth:`LoopbackServer.script` (a queue of one-shot
 modes consumed by the next requests). Modes: ``ok``, ``429`` (with ``Retry-After``), ``500``,
 ``hang`` (no reply until ``hang_s`` passes or the server stops), ``malformed`` (invalid JSON),
@@ -25,7 +26,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -114,7 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         messages = body.get("messages") or []
-        answer = "" if mode == "empty" else answer_for(messages)
+        responder = owner.responder or answer_for
+        answer = "" if mode == "empty" else responder(messages)
         finish = "content_filter" if mode == "content_filter" else "stop"
         if mode == "content_filter":
             answer = ""
@@ -158,6 +160,8 @@ class LoopbackServer:
         self.retry_after = 1.0
         self.hang_s = 30.0
         self._script: collections.deque[str] = collections.deque()
+        #: messages -> answer text; None answers with :func:`answer_for`
+        self.responder: Callable[[list[dict[str, Any]]], str] | None = None
         self.reset()
         self._httpd = _Server(("127.0.0.1", port), _Handler)
         self._httpd.owner = self

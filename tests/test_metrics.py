@@ -188,3 +188,40 @@ def test_bertscore_with_packaged_minilm():
     # Loaded once per (path, layers).
     path = metrics.default_bertscore_model()
     assert metrics._bert_scorer(path, 6) is metrics._bert_scorer(path, 6)
+
+
+# ---------------------------------------------------------------------------- several references
+
+# SQuAD-style cases: (prediction, gold answers, F1 = max over refs, EM = max over refs)
+MULTI_REF_CASES = [
+    ("Denver Broncos", ["Denver Broncos", "The Denver Broncos", "Broncos"], 1.0, 1.0),
+    # "the Broncos team" -> [broncos, team]: vs "Broncos" P=1/2 R=1 F1=2/3; vs "Denver Broncos" 1/2
+    ("the Broncos team", ["Denver Broncos", "Broncos"], 2 / 3, 0.0),
+    # [in, 1066]: vs "1066" 2/3, vs "the year 1066" 1/2, vs "in 1066 AD" P=1 R=2/3 -> 0.8
+    ("in 1066", ["1066", "the year 1066", "in 1066 AD"], 0.8, 0.0),
+    ("Normandy, France", ["France", "Normandy"], 2 / 3, 0.0),
+    ("London", ["Paris", "Lyon"], 0.0, 0.0),
+    ("The Paris", ["Paris", "Lyon"], 1.0, 1.0),  # articles are normalised away
+]
+
+
+@pytest.mark.parametrize(("pred", "refs", "f1", "em"), MULTI_REF_CASES)
+def test_multi_reference_f1_em_is_the_max_over_references(pred, refs, f1, em) -> None:
+    assert metrics.squad_f1_multi(pred, refs) == pytest.approx(f1)
+    assert metrics.exact_match_multi(pred, refs) == em
+    assert metrics.squad_f1_multi(pred, refs) == max(metrics.squad_f1(pred, r) for r in refs)
+    row = metrics.score_multi("squad_f1+exact_match", [pred], [refs])[0]
+    assert row["squad_f1"] == pytest.approx(f1) and row["exact_match"] == em
+    assert row["metric"] == pytest.approx(f1 + em)
+
+
+def test_score_multi_without_references_is_nan_and_blends_take_maxima_per_metric() -> None:
+    rows = metrics.score_multi("squad_f1:0.5+exact_match:0.5", ["a cat", "x"], [["the cat"], []])
+    assert rows[0]["metric"] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in rows[1].values())
+    # The weighted sum is formed from the per-metric maxima.
+    r = metrics.score_multi("squad_f1:1+exact_match:1", ["b c"], [["x y", "b c d e f"]])[0]
+    assert r["exact_match"] == 0.0 and r["squad_f1"] == pytest.approx(2 * (1 * 0.4) / 1.4)
+    assert r["metric"] == pytest.approx(r["squad_f1"])
+    with pytest.raises(ValueError):
+        metrics.squad_f1_multi("x", [])

@@ -22,20 +22,29 @@ def test_quickstart_chain_then_rerun_pays_nothing(tmp_path, monkeypatch) -> None
     )
     assert r.exit_code == 0, r.output
     for stage in (
-        "[1/6] ingest",
-        "[2/6] teacher-fill",
+        "[1/5] ingest",
+        "[2/5] teacher-fill",
         "stand-in",
-        "[4/6] train",
-        "[6/6] cost report",
+        "[3/5] train",
+        "[4/5] cost report",
+        "[5/5] evaluate",
     ):
         assert stage in r.output
+    # it ends with the table and a plain verdict against the base and every baseline
+    for other in ("minilm", "original", "random", "stopword", "lead"):
+        assert any(
+            f" BEATS {other};" in line or f" does NOT beat {other} (" in line
+            for line in r.output.splitlines()
+        ), other
     con = duckdb.connect(str(wh), read_only=True)
     first = con.execute("SELECT count(*) FROM api_calls WHERE status <> 'hit'").fetchall()[0][0]
     runs = con.execute("SELECT kind, status FROM runs ORDER BY started_at").fetchall()
+    systems = con.execute("SELECT DISTINCT system FROM evaluations").fetchall()
     con.close()
-    assert [k for k, _ in runs] == ["fill", "eval", "train", "eval"] and {s for _, s in runs} == {
+    assert [k for k, _ in runs] == ["fill", "train", "eval"] and {s for _, s in runs} == {
         "finished"
     }
+    assert len(systems) == 6  # trained, base and the four baselines
     assert first > 0
     final = list((tmp_path / "runs" / "summarization").glob("train-*/final/model.safetensors"))
     assert len(final) == 1

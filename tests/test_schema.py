@@ -40,6 +40,24 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("source_path", "VARCHAR"),
         ("ingested_at", TS),
     ],
+    "evaluations": [  # 002
+        ("run_id", "VARCHAR"),
+        ("system", "VARCHAR"),
+        ("system_kind", "VARCHAR"),
+        ("variant", "INTEGER"),
+        ("prompt_id", "VARCHAR"),
+        ("rate", "DOUBLE"),
+        ("mask_hash", "VARCHAR"),
+        ("request_hash", "VARCHAR"),
+        ("metrics", "JSON"),
+        ("n_orig_tokens", "INTEGER"),
+        ("n_comp_tokens", "INTEGER"),
+        ("ratio", "DOUBLE"),
+        ("cache_hit", "BOOLEAN"),
+        ("paid", "BOOLEAN"),
+        ("unscorable", "BOOLEAN"),
+        ("created_at", TS),
+    ],
     "masks": [
         ("prompt_id", "VARCHAR"),
         ("mask_hash", "VARCHAR"),
@@ -54,6 +72,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("reference", "VARCHAR"),
         ("n_chars", "INTEGER"),
         ("created_at", TS),
+        ("gold_references", "JSON"),  # 002
     ],
     "responses": [
         ("request_hash", "VARCHAR"),
@@ -150,6 +169,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
 EXPECTED_KEYS = {
     "api_calls": ["call_id"],
     "dataset_items": ["dataset", "split", "prompt_id"],
+    "evaluations": ["run_id", "system", "variant", "prompt_id"],
     "masks": ["prompt_id", "mask_hash", "teacher_key"],
     "prompts": ["prompt_id"],
     "responses": ["request_hash"],

@@ -15,6 +15,7 @@ from tacorl_offline.warehouse import Warehouse, insert_rows, migrations, table_n
 EXPECTED_TABLES = [
     "api_calls",
     "dataset_items",
+    "evaluations",
     "masks",
     "prompts",
     "responses",
