@@ -308,3 +308,20 @@ def test_target_token_gives_every_system_the_same_token_budget(
     assert {r[0] for r in rows} == {str(tiny_bert), "lead", "stopword"}
     for _, most, orig in rows:
         assert most <= 12 + 2 and orig > 24  # the policy counter; +2: joins across drops
+
+
+def test_a_budget_stop_is_never_exceeded_and_a_rerun_resumes(
+    setup, loopback_server: LoopbackServer, tiny_bert: Path
+) -> None:
+    _, cfg, _ = setup
+    cfg.budget.max_calls = 5
+    rep = asyncio.run(run_evaluation(cfg, models=[str(tiny_bert)], baselines=["lead"]))
+    assert rep.budget_stopped and loopback_server.calls == rep.calls == 5
+    assert sum(s.unscorable for s in rep.systems) == 16 - 5  # 8 prompts x 2 systems
+    assert q(cfg.warehouse, f"SELECT status FROM runs WHERE run_id = '{rep.run_id}'") == [
+        ("budget",)
+    ]
+    cfg.budget.max_calls = None
+    again = asyncio.run(run_evaluation(cfg, models=[str(tiny_bert)], baselines=["lead"]))
+    assert not again.budget_stopped and again.calls == 16 - 5 and again.hits == 5
+    assert all(s.unscorable == 0 for s in again.systems)
