@@ -200,6 +200,13 @@ def teacher_fill(
     with bar:
         summary = asyncio.run(run_fill(cfg, warehouse=_warehouse(cfg), on_progress=on_progress))
     print_fill_summary(summary)
+    if summary.batches_pending:
+        err.print(
+            f"batch still running: {', '.join(summary.batches_pending)} (id stored in the warehouse); "
+            "rerun teacher-fill to collect it, nothing is paid twice",
+            markup=False,
+        )
+        raise typer.Exit(4)
     if summary.budget_stopped:
         err.print("budget reached: stopped cleanly; rerun teacher-fill to resume", markup=False)
         raise typer.Exit(3)

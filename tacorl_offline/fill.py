@@ -45,6 +45,8 @@ class FillSummary:
     seconds: float = 0.0
     budget_stopped: bool = False
     price_known: bool = True
+    batches_submitted: list[str] = field(default_factory=list)
+    batches_pending: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -188,10 +190,50 @@ async def _fill(
     stop = asyncio.Event()
     flusher = asyncio.create_task(_flusher(warehouse, flush_every_s, stop))
     try:
-        await caller.run(
-            jobs, concurrency=concurrency or cfg.teacher.concurrency, on_result=progress
-        )
+        if cfg.teacher.backend == "openai_batch":
+            await _batch(run, summary, jobs, progress)
+        else:
+            await caller.run(
+                jobs, concurrency=concurrency or cfg.teacher.concurrency, on_result=progress
+            )
     finally:
         stop.set()
         await flusher
         summary.seconds = time.perf_counter() - t0
+
+
+async def _batch(
+    run: PhaseRun,
+    summary: FillSummary,
+    jobs: list[Job],
+    progress: Callable[[Job, TeacherResult], None],
+) -> None:
+    """The Batch API path (:mod:`tacorl_offline.batch_fill`); a run whose batch is still
+    going when waiting stops ends as 'batch_pending'."""
+    from tacorl_offline.batch_fill import run_batch_fill
+
+    tcfg = run.cfg.teacher
+    batch = await run_batch_fill(
+        run.caller,
+        run.teacher,  # type: ignore[arg-type]
+        jobs,
+        wait_s=tcfg.batch_wait_s,
+        poll_s=tcfg.batch_poll_s,
+        on_result=progress,
+    )
+    summary.batches_submitted = batch.submitted
+    summary.batches_pending = batch.pending
+    if batch.resumed:
+        summary.notes.append(f"picked up batch(es) of an earlier fill: {', '.join(batch.resumed)}")
+    for bad in batch.ended_badly:
+        summary.notes.append(f"batch {bad}: its unanswered requests go into the next fill's batch")
+    if batch.not_admitted:
+        summary.notes.append(
+            f"{batch.not_admitted} request(s) not submitted: the budget admits batch requests "
+            "at their worst case (max_tokens of output)"
+        )
+    if batch.pending:
+        run.status, run.message = (
+            "batch_pending",
+            f"batch(es) {', '.join(batch.pending)} still running; rerun teacher-fill to collect",
+        )
