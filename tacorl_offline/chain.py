@@ -83,4 +83,13 @@ def run_chain(
     say("[6/6] cost report")
     out["cost"] = cost_report(wh)
     show("cost", out["cost"])
+
+    from tacorl_offline.plots import write_plots
+    from tacorl_offline.run_report import default_plot_dir, load_run_report
+
+    report = load_run_report(wh, out["train"].run_id)
+    out["plots"] = write_plots(report, default_plot_dir(report))
+    for p in out["plots"]:
+        say(f"plot: {p}")
+    say(f"      (again any time: tacorl-offline report run {report.run_id})")
     return out

@@ -381,6 +381,68 @@ def report_cost(
     render(res.columns, res.rows, fmt, title="cost by phase and run")
 
 
+def print_run_report(r: Any) -> None:
+    def num(v: float | None, f: str = ".4f") -> str:
+        return "-" if v is None else format(v, f)
+
+    t = Table(title=f"{r.kind} run {r.run_id}")
+    t.add_column("what")
+    t.add_column("value", justify="right", overflow="fold")
+    r0, r1 = r.first_last("reward_mean")
+    c0, c1 = r.first_last("compression")
+    e0, e1 = r.first_last("entropy")
+    seen = r.calls + r.hits
+    rows = [
+        ("status", r.status + (f": {r.message}" if r.message else "")),
+        ("dataset / split", f"{r.dataset} / {r.split}"),
+        ("teacher model", r.teacher_model or "-"),
+        ("started / finished", f"{r.started_at or '-'} / {r.finished_at or '-'}"),
+        ("steps", str(r.n_steps)),
+        ("mean reward, first -> last step", f"{num(r0)} -> {num(r1)}"),
+        ("compression, first -> last step", f"{num(c0, '.3f')} -> {num(c1, '.3f')}"),
+        ("entropy, first -> last step", f"{num(e0)} -> {num(e1)}"),
+        ("paid teacher calls", str(r.calls)),
+        ("cache hits (replayed, $0)", f"{r.hits} ({r.hits / seen:.0%})" if seen else "0"),
+        ("spent / saved", f"${r.spent_usd:.6f} / ${r.saved_usd:.6f}"),
+    ]
+    if r.run_dir:
+        rows.append(("run directory", r.run_dir))
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)
+
+
+@report_app.command("run")
+@user_errors
+def report_run(
+    run: Annotated[str, typer.Argument(help="Run id, a unique prefix of one, or 'latest'.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    plots: Annotated[bool, typer.Option(help="Write PNG curves against step.")] = True,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Directory for the PNGs (default: <run dir>/plots)."),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """A run's summary, plus PNG curves of reward, compression, entropy, hit rate, calls and spend."""
+    from tacorl_offline.plots import write_plots
+    from tacorl_offline.run_report import default_plot_dir, load_run_report
+
+    if fmt not in ("table", "json"):
+        raise UserError(f"--format must be table or json, not '{fmt}'")
+    r = load_run_report(_warehouse(_default_warehouse(warehouse)), run)
+    if plots:
+        r.plots = [str(p) for p in write_plots(r, out_dir or default_plot_dir(r))]
+    if fmt == "json":
+        sys.stdout.write(json.dumps(r.to_json(), indent=2, default=str) + "\n")
+        return
+    print_run_report(r)
+    if plots and not r.plots:
+        out.print("no steps logged for this run: nothing to plot", markup=False)
+    for p in r.plots:
+        out.print(f"plot: {p}", markup=False)
+
+
 @warehouse_app.command("export")
 @user_errors
 def warehouse_export(
