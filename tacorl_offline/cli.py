@@ -26,6 +26,8 @@ from tacorl_offline.display import (
     out,
     print_eval_summaries,
     print_fill_summary,
+    print_json,
+    print_run_report,
     print_train_summary,
     render,
     show_stage,
@@ -381,37 +383,6 @@ def report_cost(
     render(res.columns, res.rows, fmt, title="cost by phase and run")
 
 
-def print_run_report(r: Any) -> None:
-    def num(v: float | None, f: str = ".4f") -> str:
-        return "-" if v is None else format(v, f)
-
-    t = Table(title=f"{r.kind} run {r.run_id}")
-    t.add_column("what")
-    t.add_column("value", justify="right", overflow="fold")
-    r0, r1 = r.first_last("reward_mean")
-    c0, c1 = r.first_last("compression")
-    e0, e1 = r.first_last("entropy")
-    seen = r.calls + r.hits
-    rows = [
-        ("status", r.status + (f": {r.message}" if r.message else "")),
-        ("dataset / split", f"{r.dataset} / {r.split}"),
-        ("teacher model", r.teacher_model or "-"),
-        ("started / finished", f"{r.started_at or '-'} / {r.finished_at or '-'}"),
-        ("steps", str(r.n_steps)),
-        ("mean reward, first -> last step", f"{num(r0)} -> {num(r1)}"),
-        ("compression, first -> last step", f"{num(c0, '.3f')} -> {num(c1, '.3f')}"),
-        ("entropy, first -> last step", f"{num(e0)} -> {num(e1)}"),
-        ("paid teacher calls", str(r.calls)),
-        ("cache hits (replayed, $0)", f"{r.hits} ({r.hits / seen:.0%})" if seen else "0"),
-        ("spent / saved", f"${r.spent_usd:.6f} / ${r.saved_usd:.6f}"),
-    ]
-    if r.run_dir:
-        rows.append(("run directory", r.run_dir))
-    for k, v in rows:
-        t.add_row(k, v)
-    out.print(t)
-
-
 @report_app.command("run")
 @user_errors
 def report_run(
@@ -434,7 +405,7 @@ def report_run(
     if plots:
         r.plots = [str(p) for p in write_plots(r, out_dir or default_plot_dir(r))]
     if fmt == "json":
-        sys.stdout.write(json.dumps(r.to_json(), indent=2, default=str) + "\n")
+        print_json(r.to_json())
         return
     print_run_report(r)
     if plots and not r.plots:

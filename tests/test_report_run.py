@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tacorl_offline.cli import app
 from tacorl_offline.run_report import CURVES
-from tests.test_trainer import prepare, q, train
+from tests.helpers import prepare, q, train
 
 runner = CliRunner()
 
@@ -60,7 +60,7 @@ def test_report_run_json_matches_the_warehouse(trained) -> None:
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["run_id"] == s.run_id and d["kind"] == "train" and d["n_steps"] == s.steps
-    assert d["calls"] == s.calls and d["plots"] == []
+    assert d["calls"] == s.spend.calls and d["plots"] == []
     rewards = [
         x
         for (x,) in q(
