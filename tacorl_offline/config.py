@@ -121,6 +121,22 @@ class TeacherConfig(_Section):
         description="Treat imported answers (e.g. upstream gpt_output) as the original prompt's answer.",
     )
 
+    @field_validator("template")
+    @classmethod
+    def _template_uses_the_text(cls, v: str) -> str:
+        from tacorl_offline.teachers.prompting import TRANSCRIPT, template_fields
+
+        try:
+            names = template_fields(v)
+        except UserError:
+            return v  # malformed placeholders get their own message when rendered
+        if TRANSCRIPT not in names:
+            raise ValueError(
+                "does not use {transcript}, the compressible text: every prompt would send the "
+                "same request and get the same answer; put {transcript} where the text goes"
+            )
+        return v
+
     def key_settings(self) -> dict[str, Any]:
         """Everything that changes the answer. Credentials and endpoints never enter."""
         return {
@@ -526,7 +542,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _format_validation(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field; check the spelling (see configs/ for documented examples)"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""

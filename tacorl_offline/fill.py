@@ -20,7 +20,7 @@ from tacorl_offline.config import Config
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import request_hash
 from tacorl_offline.runs import PhaseRun, Spend, phase_run
-from tacorl_offline.teachers import render_messages
+from tacorl_offline.teachers import render_messages, template_fields
 from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
 from tacorl_offline.warehouse import Warehouse
 
@@ -159,6 +159,15 @@ async def _fill(
             con, cfg.data.dataset, split, tkey, cfg.teacher.use_imported
         )
         summary.imported = summary.prompts - len(todo) - len(hits)
+        unused = sorted(
+            {k for _, _, f in todo for k in f} - set(template_fields(cfg.teacher.template))
+        )
+        if unused:
+            names = ", ".join(f"'{k}'" for k in unused)
+            summary.notes.append(
+                f"teacher.template does not use the data's field(s) {names}: the teacher never "
+                f"sees them; add {{{unused[0]}}} to the template, or leave it out of data.fields"
+            )
         jobs = []
         for pid, text, fields in todo:
             messages = render_messages(cfg.teacher, text, fields)
