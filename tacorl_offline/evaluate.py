@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tacorl_offline import metrics
 from tacorl_offline.config import Config
+from tacorl_offline.datasets import settle
 from tacorl_offline.items import load_items
 from tacorl_offline.replay import Wanted, resolve
 from tacorl_offline.runs import Spend, key_of, phase_run
@@ -42,6 +43,7 @@ async def run_eval(
 
     t0 = time.perf_counter()
     with warehouse.connect() as con:
+        cfg, _ = settle(cfg, con, where=str(warehouse.path))
         items = load_items(con, cfg, key_of(cfg.teacher))
     comp = Compressor.from_pretrained(
         model, device=cfg.compressor.device, options=cfg.compressor.options()

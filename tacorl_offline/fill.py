@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from tacorl_offline.calls import Budget, Job
 from tacorl_offline.config import Config
+from tacorl_offline.datasets import settle
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import request_hash
 from tacorl_offline.runs import PhaseRun, Spend, phase_run
@@ -110,12 +111,16 @@ async def run_fill(
     on_progress: Callable[[FillSummary, int], None] | None = None,
     flush_every_s: float = 1.0,
 ) -> FillSummary:
-    split = split or cfg.data.split
+    if split:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"split": split})})
+    with warehouse.connect() as con:  # the dataset and split this fill is for
+        cfg, note = settle(cfg, con, split_given=split is not None, where=str(warehouse.path))
+    split = cfg.data.split
     async with phase_run(warehouse, cfg, "fill", budget=budget, forget_unpaid_failure=True) as run:
         summary = FillSummary(
             run_id=run.run_id, dataset=cfg.data.dataset, split=split, teacher_key=run.teacher_key
         )
-        summary.notes += run.notes
+        summary.notes += run.notes + ([note] if note else [])
         summary.price_known = not run.notes
         try:
             await _fill(run, summary, split, concurrency, on_progress, flush_every_s)
@@ -146,15 +151,6 @@ async def _fill(
     # One transaction: the plan is read, every request rendered (a template error changes
     # nothing), then the run row and the hit ledger rows are written.
     with warehouse.transaction() as con:
-        n_items = con.execute(
-            "SELECT count(*) FROM dataset_items WHERE dataset = ? AND split = ?",
-            [cfg.data.dataset, split],
-        ).fetchall()[0][0]
-        if n_items == 0:
-            raise UserError(
-                f"no prompts for dataset '{cfg.data.dataset}' split '{split}' in {warehouse.path}; "
-                "run 'tacorl-offline ingest' first"
-            )
         todo, hits, summary.prompts = _plan(
             con, cfg.data.dataset, split, tkey, cfg.teacher.use_imported
         )

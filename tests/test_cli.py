@@ -85,7 +85,10 @@ def test_bad_config_names_file_and_field(tmp_path: Path) -> None:
 
 def test_fill_without_ingest_is_a_user_error(tmp_path: Path) -> None:
     r = runner.invoke(app, ["teacher-fill", "-w", str(tmp_path / "w.duckdb"), "--no-progress"])
-    assert r.exit_code == 2 and "run 'tacorl-offline ingest' first" in r.output
+    assert (
+        r.exit_code == 2
+        and "holds no prompts yet; run 'tacorl-offline ingest FILE' first" in r.output
+    )
 
 
 @pytest.mark.parametrize(
