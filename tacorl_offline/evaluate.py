@@ -16,6 +16,7 @@ from tacorl_offline import metrics
 from tacorl_offline.config import Config
 from tacorl_offline.datasets import settle
 from tacorl_offline.items import load_items
+from tacorl_offline.model_ref import resolve_model_ref
 from tacorl_offline.replay import Wanted, resolve
 from tacorl_offline.runs import Spend, key_of, phase_run
 from tacorl_offline.teachers import render_messages
@@ -42,6 +43,7 @@ async def run_eval(
     from tacorl_offline.compressor import Compressor
 
     t0 = time.perf_counter()
+    model = resolve_model_ref(model, warehouse)
     with warehouse.connect() as con:
         cfg, _ = settle(cfg, con, where=str(warehouse.path))
         items = load_items(con, cfg, key_of(cfg.teacher))
