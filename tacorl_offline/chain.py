@@ -81,7 +81,7 @@ def run_chain(
     show("eval", out["eval"])
 
     say("[6/6] cost report")
-    out["cost"] = cost_report(wh)
+    out["cost"] = cost_report(wh, by="phase")
     show("cost", out["cost"])
 
     from tacorl_offline.plots import write_plots

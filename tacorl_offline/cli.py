@@ -368,19 +368,23 @@ def sql(
 @report_app.command("cost")
 @user_errors
 def report_cost(
-    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run id (implies --by run).")] = None,
+    by: Annotated[str, typer.Option(help="phase (one row each) or run.")] = "phase",
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Calls, cache hits, tokens, dollars spent and saved, by phase and run."""
-    from tacorl_offline.reports import cost_report
+    """Calls, cache hits, dollars spent and saved, by phase (or --by run)."""
+    from tacorl_offline.reports import cost_report, for_table
 
     _check_format(fmt)
-    res = cost_report(_warehouse(_default_warehouse(warehouse)), run)
+    by = "run" if run else by
+    res = cost_report(_warehouse(_default_warehouse(warehouse)), run, by=by)
     if not res.rows:
         out.print("no teacher calls recorded yet", markup=False)
         return
-    render(res.columns, res.rows, fmt, title="cost by phase and run")
+    if fmt == "table":
+        res = for_table(res, by)
+    render(res.columns, res.rows, fmt, title=f"cost by {by}")
 
 
 @report_app.command("run")

@@ -34,7 +34,7 @@ def render(columns: list[str], rows: list[tuple], fmt: str, title: str | None = 
         )
     elif fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")  # "\r\n" would leave a \r in `tail -1`
         w.writerow(columns)
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
@@ -252,4 +252,7 @@ def show_stage(stage: str, result: Any) -> None:
     elif stage == "eval":
         print_eval_summaries(result)
     elif stage == "cost":
-        render(result.columns, result.rows, "table", title="cost by phase and run")
+        from tacorl_offline.reports import for_table
+
+        res = for_table(result, "phase")
+        render(res.columns, res.rows, "table", title="cost by phase (report cost --by run)")
