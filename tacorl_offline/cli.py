@@ -46,9 +46,32 @@ app = typer.Typer(
     add_completion=False,
 )
 report_app = typer.Typer(help="Reports over the warehouse.", no_args_is_help=True)
+runs_app = typer.Typer(help="Training run directories.", no_args_is_help=True)
 warehouse_app = typer.Typer(help="Warehouse maintenance.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(runs_app, name="runs")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from tacorl_offline import __version__
+
+        print(f"tacorl-offline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Fine-tune LLMLingua-2 prompt compressors with TACO-RL, paying each teacher answer once."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +91,18 @@ WarehouseOpt = Annotated[
 ]
 
 
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Dataset (default: data.dataset; the only one in the warehouse when that is absent)."
+    ),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(help="Split (default: data.split; the dataset's only split when that is absent)."),
+]
+
+
 def user_errors(fn: F) -> F:
     """One line and a non-zero exit for user errors; tracebacks stay for bugs."""
 
@@ -76,7 +111,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"error: {e}", markup=False)
+            err.print(f"error: {e}" if e.exit_code else str(e), markup=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print(
@@ -97,6 +132,27 @@ def _warehouse(cfg_or_path: Config | str):
     return Warehouse(cfg_or_path.warehouse if isinstance(cfg_or_path, Config) else cfg_or_path)
 
 
+def _settle(cfg: Config, dataset: str | None, split: str | None) -> Config:
+    """The dataset and split a phase uses: a flag must exist; the config's choice falls back
+    to the warehouse's only dataset/split (with a note). See :mod:`tacorl_offline.datasets`."""
+    from tacorl_offline.datasets import settle
+
+    w = _warehouse(cfg)
+    if not w.path.exists():
+        return cfg  # the phase says what to do
+    with w.connect(read_only=True) as con:
+        cfg, note = settle(
+            cfg,
+            con,
+            dataset_given=dataset is not None,
+            split_given=split is not None,
+            where=str(w.path),
+        )
+    if note:
+        err.print(f"note: {note}", markup=False)
+    return cfg
+
+
 def _default_warehouse(flag: str | None) -> str:
     return flag or resolve(None).warehouse
 
@@ -108,8 +164,12 @@ def _default_warehouse(flag: str | None) -> str:
 @user_errors
 def ingest(
     path: Annotated[
-        Path, typer.Argument(help="JSON (upstream layout), JSONL, Parquet or CSV file.")
-    ],
+        Path | None,
+        typer.Argument(
+            help="JSON (upstream layout), JSONL, Parquet or CSV file (default: data.path, "
+            "upstream data.train_file_path)."
+        ),
+    ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset name (default: data.dataset).")
     ] = None,
@@ -149,6 +209,12 @@ def ingest(
             "data.reference_field": reference_field,
         },
     )
+    if path is None:
+        if cfg.data.path is None:
+            raise UserError(
+                "no file to ingest: pass PATH, or set data.path (upstream: data.train_file_path) in -c"
+            )
+        path = Path(cfg.data.path)
     records, errors = read_records(path, cfg.data, fmt=fmt, skip_invalid=skip_invalid)
     s = store_records(
         _warehouse(cfg), records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=path
@@ -172,8 +238,8 @@ def ingest(
 @user_errors
 def teacher_fill(
     config: ConfigOpt = None,
-    split: Annotated[str | None, typer.Option(help="Split to fill (default: data.split).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: data.dataset).")] = None,
+    split: SplitOpt = None,
+    dataset: DatasetOpt = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
     max_cost_usd: Annotated[
         float | None, typer.Option(min=0, help="Stop once this much is spent.")
@@ -199,6 +265,7 @@ def teacher_fill(
         },
     )
     bar, on_progress = fill_progress(progress)
+    cfg = _settle(cfg, dataset, split)
     with bar:
         summary = asyncio.run(run_fill(cfg, warehouse=_warehouse(cfg), on_progress=on_progress))
     print_fill_summary(summary)
@@ -234,6 +301,8 @@ def train(
     output_dir: Annotated[
         str | None, typer.Option(help="Run directory root (train.output_dir).")
     ] = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress display.")] = True,
     warehouse: WarehouseOpt = None,
 ) -> None:
@@ -246,12 +315,22 @@ def train(
             "budget.max_calls": max_calls,
             "train.max_steps": max_steps,
             "train.output_dir": output_dir,
+            "data.dataset": dataset,
+            "data.split": split,
         },
     )
+    if not resume:
+        cfg = _settle(cfg, dataset, split)
     summary, d = train_with_progress(cfg, resume=resume, progress=progress)
     if not d.is_main:
         return
     print_train_summary(summary)
+    if summary.final_model:
+        out.print(f"model saved to {summary.final_model}", markup=False)
+        out.print(
+            f"evaluate it: tacorl-offline evaluate -m run:{summary.run_id} (or -m latest)",
+            markup=False,
+        )
     if summary.budget_stopped:
         err.print(
             f"budget reached: checkpoint saved; resume with --resume {summary.run_id}", markup=False
@@ -265,19 +344,25 @@ def evaluate(
     model: Annotated[
         list[str],
         typer.Option(
-            "--model", "-m", help="Compressor to evaluate (repeatable): a directory or 'minilm'."
+            "--model",
+            "-m",
+            help="Compressor to evaluate (repeatable): a directory, 'minilm', 'run:<id>' "
+            "(a training run's final model) or 'latest' (the latest run's).",
         ),
     ],
     config: ConfigOpt = None,
     rate: Annotated[
         float | None, typer.Option(help="Keep rate (default: compressor.rate).")
     ] = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Greedy-compress the split and score teacher answers against the original's (cached)."""
     from tacorl_offline.evaluate import run_eval
 
-    cfg = _config(config, **{"warehouse": warehouse})
+    cfg = _config(config, **{"warehouse": warehouse, "data.dataset": dataset, "data.split": split})
+    cfg = _settle(cfg, dataset, split)
     print_eval_summaries(
         [asyncio.run(run_eval(cfg, warehouse=_warehouse(cfg), model=m, rate=rate)) for m in model]
     )
@@ -416,6 +501,32 @@ def report_run(
         out.print("no steps logged for this run: nothing to plot", markup=False)
     for p in r.plots:
         out.print(f"plot: {p}", markup=False)
+
+
+@runs_app.command("prune")
+@user_errors
+def runs_prune(
+    config: ConfigOpt = None,
+    orphans: Annotated[
+        bool, typer.Option(help="Also remove train-* directories this warehouse does not know.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Remove checkpoints no resume needs: finished runs keep final/, unfinished runs keep the
+    checkpoint --resume loads. Models and the warehouse are never touched."""
+    from tacorl_offline.prune import apply_prune, plan_prune
+
+    cfg = _config(config, **{"warehouse": warehouse})
+    items = plan_prune(_warehouse(cfg), [Path(cfg.train.output_dir)], orphans=orphans)
+    for it in items:
+        verb = ("would remove" if dry_run else "remove") if it.remove else "keep"
+        out.print(f"{verb} {it.path} ({it.size / 1e6:.1f} MB): {it.why}", markup=False)
+    size = sum(it.size for it in items if it.remove)
+    if dry_run:
+        out.print(f"dry run: {size / 1e6:.1f} MB would be freed", markup=False)
+    else:
+        out.print(f"freed {apply_prune(items) / 1e6:.1f} MB", markup=False)
 
 
 @warehouse_app.command("export")
