@@ -31,7 +31,6 @@ from typing import Any
 from tacorl_offline.calls import Caller, Job
 from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
 from tacorl_offline.teachers.openai_batch import TERMINAL, BatchState, OpenAIBatchTeacher
-from tacorl_offline.tokens import count_messages
 from tacorl_offline.warehouse import Warehouse, insert_rows
 
 
@@ -56,10 +55,8 @@ class _Submission:
 
 def worst_case_usd(caller: Caller, teacher: OpenAIBatchTeacher, request: TeacherRequest) -> float:
     """The most one request can cost through the batch: all of ``max_tokens`` spent."""
-    n_in = count_messages(teacher._count, request.messages)
-    return caller.prices.cost(
-        teacher.backend, teacher.model, n_in, teacher._cfg.max_tokens, batch=True
-    )
+    n_in, n_out = teacher.worst_case_tokens(request)
+    return caller.prices.cost(teacher.backend, teacher.model, n_in, n_out, batch=True)
 
 
 def _open_submissions(warehouse: Warehouse, teacher_key: str) -> list[_Submission]:

@@ -135,8 +135,8 @@ def load_run_report(warehouse: Warehouse, run: str) -> RunReport:
         dataset=dataset,
         split=split,
         teacher_model=(cfg.get("teacher") or {}).get("model"),
-        started_at=str(started) if started else None,
-        finished_at=str(finished) if finished else None,
+        started_at=str(started)[:19] if started else None,  # to the second
+        finished_at=str(finished)[:19] if finished else None,
         message=message,
         run_dir=str(Path(out_dir) / run_id) if out_dir and kind == "train" else None,
         calls=int(calls),
