@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all lint format bench clean
+.PHONY: demo test test-slow test-all lint format bench clean distclean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/fill_speed.py
 	$(BIN)/python bench/api_savings.py
 
+# Build outputs and caches. Never the warehouse (its answers were paid for) nor runs/ (models);
+# `tacorl-offline runs prune` frees checkpoint space safely.
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache build dist reports
+	find . -path ./$(VENV) -prune -o -name '*.egg-info' -prune -exec rm -rf {} + \
+		-o -name __pycache__ -prune -exec rm -rf {} +
+
+# clean, and the virtual environment too (the next `make` reinstalls it).
+distclean: clean
+	rm -rf $(VENV)

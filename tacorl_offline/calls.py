@@ -164,15 +164,19 @@ class Caller:
             "output_tokens": res.output_tokens,
             "cost_usd": cost,
             "usage_source": res.usage_source,
-            "source": self.source,
+            "source": "batch" if res.via_batch else self.source,
             "run_id": self.run_id,
         }
 
-    async def _commit(self, job: Job, res: TeacherResult) -> None:
+    async def commit(self, job: Job, res: TeacherResult) -> None:
         """Journal the answer and its ledger rows before anyone uses them."""
         cost = (
             self.prices.cost(
-                self.teacher.backend, self.teacher.model, res.input_tokens, res.output_tokens
+                self.teacher.backend,
+                self.teacher.model,
+                res.input_tokens,
+                res.output_tokens,
+                batch=res.via_batch,
             )
             if (res.ok or res.permanent)
             else 0.0
@@ -250,7 +254,7 @@ class Caller:
                     in_flight -= 1
                 if not res.latency_s:
                     res.latency_s = time.perf_counter() - t0
-                await self._commit(job, res)
+                await self.commit(job, res)
                 results[job.request.request_hash] = res
                 if (
                     res.error_kind == "connection"

@@ -75,7 +75,7 @@ def run_chain(
     show("train", out["train"])
 
     say("[4/5] cost report")
-    out["cost"] = cost_report(wh)
+    out["cost"] = cost_report(wh, by="phase")
     show("cost", out["cost"])
 
     trained = str(out["train"].final_model)
@@ -86,4 +86,13 @@ def run_chain(
     evaluate = evaluate or (lambda c, **kw: asyncio.run(run_evaluation(c, warehouse=wh, **kw)))
     out["eval"] = evaluate(cfg, models=[trained, cfg.compressor.model], reference=trained)
     show("eval", out["eval"])
+
+    from tacorl_offline.plots import write_plots
+    from tacorl_offline.run_report import default_plot_dir, load_run_report
+
+    report = load_run_report(wh, out["train"].run_id)
+    out["plots"] = write_plots(report, default_plot_dir(report))
+    for p in out["plots"]:
+        say(f"plot: {p}")
+    say(f"      (again any time: tacorl-offline report run {report.run_id})")
     return out

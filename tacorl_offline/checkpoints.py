@@ -42,6 +42,15 @@ def find(output_dir: Path, run: str, warehouse: Warehouse) -> Path:
                 "--resume latest: no training run in the warehouse; start one without --resume"
             )
         run = found[0][0]
+    with warehouse.connect(read_only=True) as con:
+        status = con.execute("SELECT status FROM runs WHERE run_id = ?", [run]).fetchall()
+    if status and status[0][0] == "finished":
+        # Not an error: the work asked for is done (exit 0), and nothing is paid or written.
+        raise UserError(
+            f"run {run} is already finished: its model is at {output_dir / run / 'final'}; "
+            "nothing to resume (start a new run without --resume to train further)",
+            exit_code=0,
+        )
     pointer = output_dir / run / "checkpoints" / "latest"
     if not pointer.exists():
         raise UserError(

@@ -28,6 +28,8 @@ from tacorl_offline.display import (
     out,
     print_eval_report,
     print_fill_summary,
+    print_json,
+    print_run_report,
     print_train_summary,
     render,
     show_stage,
@@ -46,9 +48,32 @@ app = typer.Typer(
     add_completion=False,
 )
 report_app = typer.Typer(help="Reports over the warehouse.", no_args_is_help=True)
+runs_app = typer.Typer(help="Training run directories.", no_args_is_help=True)
 warehouse_app = typer.Typer(help="Warehouse maintenance.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(runs_app, name="runs")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from tacorl_offline import __version__
+
+        print(f"tacorl-offline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Fine-tune LLMLingua-2 prompt compressors with TACO-RL, paying each teacher answer once."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +93,18 @@ WarehouseOpt = Annotated[
 ]
 
 
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Dataset (default: data.dataset; the only one in the warehouse when that is absent)."
+    ),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(help="Split (default: data.split; the dataset's only split when that is absent)."),
+]
+
+
 def user_errors(fn: F) -> F:
     """One line and a non-zero exit for user errors; tracebacks stay for bugs."""
 
@@ -76,7 +113,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"error: {e}", markup=False)
+            err.print(f"error: {e}" if e.exit_code else str(e), markup=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print(
@@ -97,6 +134,27 @@ def _warehouse(cfg_or_path: Config | str):
     return Warehouse(cfg_or_path.warehouse if isinstance(cfg_or_path, Config) else cfg_or_path)
 
 
+def _settle(cfg: Config, dataset: str | None, split: str | None) -> Config:
+    """The dataset and split a phase uses: a flag must exist; the config's choice falls back
+    to the warehouse's only dataset/split (with a note). See :mod:`tacorl_offline.datasets`."""
+    from tacorl_offline.datasets import settle
+
+    w = _warehouse(cfg)
+    if not w.path.exists():
+        return cfg  # the phase says what to do
+    with w.connect(read_only=True) as con:
+        cfg, note = settle(
+            cfg,
+            con,
+            dataset_given=dataset is not None,
+            split_given=split is not None,
+            where=str(w.path),
+        )
+    if note:
+        err.print(f"note: {note}", markup=False)
+    return cfg
+
+
 def _default_warehouse(flag: str | None) -> str:
     return flag or resolve(None).warehouse
 
@@ -108,8 +166,12 @@ def _default_warehouse(flag: str | None) -> str:
 @user_errors
 def ingest(
     path: Annotated[
-        Path, typer.Argument(help="JSON (upstream layout), JSONL, Parquet or CSV file.")
-    ],
+        Path | None,
+        typer.Argument(
+            help="JSON (upstream layout), JSONL, Parquet or CSV file (default: data.path, "
+            "upstream data.train_file_path)."
+        ),
+    ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset name (default: data.dataset).")
     ] = None,
@@ -149,6 +211,12 @@ def ingest(
             "data.reference_field": reference_field,
         },
     )
+    if path is None:
+        if cfg.data.path is None:
+            raise UserError(
+                "no file to ingest: pass PATH, or set data.path (upstream: data.train_file_path) in -c"
+            )
+        path = Path(cfg.data.path)
     records, errors = read_records(path, cfg.data, fmt=fmt, skip_invalid=skip_invalid)
     s = store_records(
         _warehouse(cfg), records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=path
@@ -172,8 +240,8 @@ def ingest(
 @user_errors
 def teacher_fill(
     config: ConfigOpt = None,
-    split: Annotated[str | None, typer.Option(help="Split to fill (default: data.split).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: data.dataset).")] = None,
+    split: SplitOpt = None,
+    dataset: DatasetOpt = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
     max_cost_usd: Annotated[
         float | None, typer.Option(min=0, help="Stop once this much is spent.")
@@ -199,9 +267,17 @@ def teacher_fill(
         },
     )
     bar, on_progress = fill_progress(progress)
+    cfg = _settle(cfg, dataset, split)
     with bar:
         summary = asyncio.run(run_fill(cfg, warehouse=_warehouse(cfg), on_progress=on_progress))
     print_fill_summary(summary)
+    if summary.batches_pending:
+        err.print(
+            f"batch still running: {', '.join(summary.batches_pending)} (id stored in the warehouse); "
+            "rerun teacher-fill to collect it, nothing is paid twice",
+            markup=False,
+        )
+        raise typer.Exit(4)
     if summary.budget_stopped:
         err.print("budget reached: stopped cleanly; rerun teacher-fill to resume", markup=False)
         raise typer.Exit(3)
@@ -227,6 +303,8 @@ def train(
     output_dir: Annotated[
         str | None, typer.Option(help="Run directory root (train.output_dir).")
     ] = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress display.")] = True,
     warehouse: WarehouseOpt = None,
 ) -> None:
@@ -239,12 +317,22 @@ def train(
             "budget.max_calls": max_calls,
             "train.max_steps": max_steps,
             "train.output_dir": output_dir,
+            "data.dataset": dataset,
+            "data.split": split,
         },
     )
+    if not resume:
+        cfg = _settle(cfg, dataset, split)
     summary, d = train_with_progress(cfg, resume=resume, progress=progress)
     if not d.is_main:
         return
     print_train_summary(summary)
+    if summary.final_model:
+        out.print(f"model saved to {summary.final_model}", markup=False)
+        out.print(
+            f"evaluate it: tacorl-offline evaluate -m run:{summary.run_id} (or -m latest)",
+            markup=False,
+        )
     if summary.budget_stopped:
         err.print(
             f"budget reached: checkpoint saved; resume with --resume {summary.run_id}", markup=False
@@ -268,14 +356,13 @@ def evaluate(
         typer.Option(
             "--model",
             "-m",
-            help="Compressor to evaluate (repeatable): a directory or 'minilm' (default: compressor.model).",
+            help="Compressor to evaluate (repeatable): a directory, 'minilm', 'run:<id>' "
+            "(a training run's final model) or 'latest' (the latest run's).",
         ),
     ] = None,
     config: ConfigOpt = None,
-    split: Annotated[
-        str | None, typer.Option(help="Split to evaluate on (default: data.split).")
-    ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default: data.dataset).")] = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
     rate: Annotated[
         float | None,
         typer.Option(help="Keep rate in (0, 1] for every system (default: compressor.rate)."),
@@ -327,6 +414,7 @@ def evaluate(
             "eval.judge": judge,
         },
     )
+    cfg = _settle(cfg, dataset, split)
     report = evaluate_with_progress(cfg, progress=progress, models=model or None)
     if fmt == "table":
         if output is not None:
@@ -435,19 +523,80 @@ def sql(
 @report_app.command("cost")
 @user_errors
 def report_cost(
-    run: Annotated[str | None, typer.Option(help="Only this run id.")] = None,
+    run: Annotated[str | None, typer.Option(help="Only this run id (implies --by run).")] = None,
+    by: Annotated[str, typer.Option(help="phase (one row each) or run.")] = "phase",
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Calls, cache hits, tokens, dollars spent and saved, by phase and run."""
-    from tacorl_offline.reports import cost_report
+    """Calls, cache hits, dollars spent and saved, by phase (or --by run)."""
+    from tacorl_offline.reports import cost_report, for_table
 
     _check_format(fmt)
-    res = cost_report(_warehouse(_default_warehouse(warehouse)), run)
+    by = "run" if run else by
+    res = cost_report(_warehouse(_default_warehouse(warehouse)), run, by=by)
     if not res.rows:
         out.print("no teacher calls recorded yet", markup=False)
         return
-    render(res.columns, res.rows, fmt, title="cost by phase and run")
+    if fmt == "table":
+        res = for_table(res, by)
+    render(res.columns, res.rows, fmt, title=f"cost by {by}")
+
+
+@report_app.command("run")
+@user_errors
+def report_run(
+    run: Annotated[str, typer.Argument(help="Run id, a unique prefix of one, or 'latest'.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    plots: Annotated[bool, typer.Option(help="Write PNG curves against step.")] = True,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Directory for the PNGs (default: <run dir>/plots)."),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """A run's summary, plus PNG curves of reward, compression, entropy, hit rate, calls and spend."""
+    from tacorl_offline.plots import write_plots
+    from tacorl_offline.run_report import default_plot_dir, load_run_report
+
+    if fmt not in ("table", "json"):
+        raise UserError(f"--format must be table or json, not '{fmt}'")
+    r = load_run_report(_warehouse(_default_warehouse(warehouse)), run)
+    if plots:
+        r.plots = [str(p) for p in write_plots(r, out_dir or default_plot_dir(r))]
+    if fmt == "json":
+        print_json(r.to_json())
+        return
+    print_run_report(r)
+    if plots and not r.plots:
+        out.print("no steps logged for this run: nothing to plot", markup=False)
+    for p in r.plots:
+        out.print(f"plot: {p}", markup=False)
+
+
+@runs_app.command("prune")
+@user_errors
+def runs_prune(
+    config: ConfigOpt = None,
+    orphans: Annotated[
+        bool, typer.Option(help="Also remove train-* directories this warehouse does not know.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Remove checkpoints no resume needs: finished runs keep final/, unfinished runs keep the
+    checkpoint --resume loads. Models and the warehouse are never touched."""
+    from tacorl_offline.prune import apply_prune, plan_prune
+
+    cfg = _config(config, **{"warehouse": warehouse})
+    items = plan_prune(_warehouse(cfg), [Path(cfg.train.output_dir)], orphans=orphans)
+    for it in items:
+        verb = ("would remove" if dry_run else "remove") if it.remove else "keep"
+        out.print(f"{verb} {it.path} ({it.size / 1e6:.1f} MB): {it.why}", markup=False)
+    size = sum(it.size for it in items if it.remove)
+    if dry_run:
+        out.print(f"dry run: {size / 1e6:.1f} MB would be freed", markup=False)
+    else:
+        out.print(f"freed {apply_prune(items) / 1e6:.1f} MB", markup=False)
 
 
 @warehouse_app.command("export")

@@ -61,10 +61,11 @@ class DataConfig(_Section):
 
 
 class TeacherConfig(_Section):
-    backend: Literal["extractive", "openai", "azure", "hf"] = Field(
+    backend: Literal["extractive", "openai", "openai_batch", "azure", "hf"] = Field(
         "extractive",
         description="extractive: built-in deterministic stand-in (no model). openai: any OpenAI-compatible "
-        "endpoint. azure: Azure OpenAI. hf: a local transformers causal LM directory.",
+        "endpoint. openai_batch: the OpenAI Batch API for teacher-fill (half price, offline; train and "
+        "evaluate call the same endpoint online). azure: Azure OpenAI. hf: a local transformers causal LM directory.",
     )
     model: str = Field(
         "extractive-lead-3",
@@ -104,6 +105,15 @@ class TeacherConfig(_Section):
     extractive_sentences: int = Field(
         3, ge=1, description="Sentences the extractive summary keeps."
     )
+    batch_poll_s: float = Field(
+        30.0, gt=0, description="openai_batch: seconds between polls of a submitted batch."
+    )
+    batch_wait_s: float = Field(
+        3600.0,
+        ge=0,
+        description="openai_batch: how long teacher-fill waits for its batches; after that it exits 4 "
+        "and a rerun collects them (the batch id is stored, nothing is paid twice).",
+    )
     hf_batch_size: int = Field(8, ge=1, description="Batch size of the local hf teacher.")
     hf_device: str = Field("cpu", description="Device of the local hf teacher.")
     use_imported: bool = Field(
@@ -111,10 +121,27 @@ class TeacherConfig(_Section):
         description="Treat imported answers (e.g. upstream gpt_output) as the original prompt's answer.",
     )
 
+    @field_validator("template")
+    @classmethod
+    def _template_uses_the_text(cls, v: str) -> str:
+        from tacorl_offline.teachers.prompting import TRANSCRIPT, template_fields
+
+        try:
+            names = template_fields(v)
+        except UserError:
+            return v  # malformed placeholders get their own message when rendered
+        if TRANSCRIPT not in names:
+            raise ValueError(
+                "does not use {transcript}, the compressible text: every prompt would send the "
+                "same request and get the same answer; put {transcript} where the text goes"
+            )
+        return v
+
     def key_settings(self) -> dict[str, Any]:
         """Everything that changes the answer. Credentials and endpoints never enter."""
         return {
-            "backend": "openai" if self.backend == "azure" else self.backend,
+            # Azure and the Batch API serve the same model's answers as the online endpoint.
+            "backend": "openai" if self.backend in ("azure", "openai_batch") else self.backend,
             "model": self.model,
             "system_prompt": self.system_prompt,
             "template": self.template,
@@ -563,7 +590,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _format_validation(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field; check the spelling (see configs/ for documented examples)"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""

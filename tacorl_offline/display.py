@@ -34,7 +34,7 @@ def render(columns: list[str], rows: list[tuple], fmt: str, title: str | None = 
         )
     elif fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")  # "\r\n" would leave a \r in `tail -1`
         w.writerow(columns)
         w.writerows(rows)
         sys.stdout.write(buf.getvalue())
@@ -45,6 +45,42 @@ def render(columns: list[str], rows: list[tuple], fmt: str, title: str | None = 
         for r in rows:
             t.add_row(*["" if v is None else str(v) for v in r])
         out.print(t)
+
+
+def print_json(obj: Any) -> None:
+    """Plain JSON on stdout (no rich markup or wrapping), for scripts."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def print_run_report(r: Any) -> None:
+    def num(v: float | None, f: str = ".4f") -> str:
+        return "-" if v is None else format(v, f)
+
+    t = Table(title=f"{r.kind} run {r.run_id}")
+    t.add_column("what")
+    t.add_column("value", justify="right", overflow="fold")
+    r0, r1 = r.first_last("reward_mean")
+    c0, c1 = r.first_last("compression")
+    e0, e1 = r.first_last("entropy")
+    seen = r.calls + r.hits
+    rows = [
+        ("status", r.status + (f": {r.message}" if r.message else "")),
+        ("dataset / split", f"{r.dataset} / {r.split}"),
+        ("teacher model", r.teacher_model or "-"),
+        ("started / finished", f"{r.started_at or '-'} / {r.finished_at or '-'}"),
+        ("steps", str(r.n_steps)),
+        ("mean reward, first -> last step", f"{num(r0)} -> {num(r1)}"),
+        ("compression, first -> last step", f"{num(c0, '.3f')} -> {num(c1, '.3f')}"),
+        ("entropy, first -> last step", f"{num(e0)} -> {num(e1)}"),
+        ("paid teacher calls", str(r.calls)),
+        ("cache hits (replayed, $0)", f"{r.hits} ({r.hits / seen:.0%})" if seen else "0"),
+        ("spent / saved", f"${r.spent_usd:.6f} / ${r.saved_usd:.6f}"),
+    ]
+    if r.run_dir:
+        rows.append(("run directory", r.run_dir))
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)
 
 
 def print_fill_summary(s: Any) -> None:
@@ -286,4 +322,7 @@ def show_stage(stage: str, result: Any) -> None:
     elif stage == "eval":
         print_eval_report(result)
     elif stage == "cost":
-        render(result.columns, result.rows, "table", title="cost by phase and run")
+        from tacorl_offline.reports import for_table
+
+        res = for_table(result, "phase")
+        render(res.columns, res.rows, "table", title="cost by phase (report cost --by run)")

@@ -41,10 +41,12 @@ import numpy as np
 
 from tacorl_offline import bootstrap, heuristics, metrics
 from tacorl_offline.config import Config
+from tacorl_offline.datasets import settle
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import import_request_hash, request_hash
 from tacorl_offline.items import Item, load_items
 from tacorl_offline.judge import JudgePair, check_judge_backend, judge_pairs
+from tacorl_offline.model_ref import resolve_model_ref
 from tacorl_offline.replay import Wanted, resolve
 from tacorl_offline.runs import Spend, key_of, phase_run
 from tacorl_offline.teachers import render_messages
@@ -329,7 +331,9 @@ async def run_evaluation(
     from tacorl_offline.compressor import Compressor
 
     t0 = time.perf_counter()
-    models = list(models) if models else [cfg.compressor.model]
+    wh = warehouse or Warehouse(cfg.warehouse)
+    # run:<id> / latest name a training run's final model
+    models = [resolve_model_ref(m, wh) for m in (models or [cfg.compressor.model])]
     names = [*models]
     base_names = heuristics.check_baselines(
         list(cfg.eval.baselines if baselines is None else baselines)
@@ -353,9 +357,9 @@ async def run_evaluation(
         )
     if judge:
         check_judge_backend(cfg.teacher.backend)
-    wh = warehouse or Warehouse(cfg.warehouse)
     tkey = key_of(cfg.teacher)
     with wh.connect() as con:
+        cfg, _ = settle(cfg, con, where=str(wh.path))
         items = load_items(con, cfg, tkey)
     gold = load_gold(wh, items)
     seeds = list(cfg.eval.random_seeds)

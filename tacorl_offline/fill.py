@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from tacorl_offline.calls import Budget, Job
 from tacorl_offline.config import Config
+from tacorl_offline.datasets import settle
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import request_hash
 from tacorl_offline.runs import PhaseRun, Spend, phase_run
-from tacorl_offline.teachers import render_messages
+from tacorl_offline.teachers import render_messages, template_fields
 from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
 from tacorl_offline.warehouse import Warehouse
 
@@ -45,6 +46,8 @@ class FillSummary:
     seconds: float = 0.0
     budget_stopped: bool = False
     price_known: bool = True
+    batches_submitted: list[str] = field(default_factory=list)
+    batches_pending: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -108,12 +111,16 @@ async def run_fill(
     on_progress: Callable[[FillSummary, int], None] | None = None,
     flush_every_s: float = 1.0,
 ) -> FillSummary:
-    split = split or cfg.data.split
+    if split:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"split": split})})
+    with warehouse.connect() as con:  # the dataset and split this fill is for
+        cfg, note = settle(cfg, con, split_given=split is not None, where=str(warehouse.path))
+    split = cfg.data.split
     async with phase_run(warehouse, cfg, "fill", budget=budget, forget_unpaid_failure=True) as run:
         summary = FillSummary(
             run_id=run.run_id, dataset=cfg.data.dataset, split=split, teacher_key=run.teacher_key
         )
-        summary.notes += run.notes
+        summary.notes += run.notes + ([note] if note else [])
         summary.price_known = not run.notes
         try:
             await _fill(run, summary, split, concurrency, on_progress, flush_every_s)
@@ -144,19 +151,19 @@ async def _fill(
     # One transaction: the plan is read, every request rendered (a template error changes
     # nothing), then the run row and the hit ledger rows are written.
     with warehouse.transaction() as con:
-        n_items = con.execute(
-            "SELECT count(*) FROM dataset_items WHERE dataset = ? AND split = ?",
-            [cfg.data.dataset, split],
-        ).fetchall()[0][0]
-        if n_items == 0:
-            raise UserError(
-                f"no prompts for dataset '{cfg.data.dataset}' split '{split}' in {warehouse.path}; "
-                "run 'tacorl-offline ingest' first"
-            )
         todo, hits, summary.prompts = _plan(
             con, cfg.data.dataset, split, tkey, cfg.teacher.use_imported
         )
         summary.imported = summary.prompts - len(todo) - len(hits)
+        unused = sorted(
+            {k for _, _, f in todo for k in f} - set(template_fields(cfg.teacher.template))
+        )
+        if unused:
+            names = ", ".join(f"'{k}'" for k in unused)
+            summary.notes.append(
+                f"teacher.template does not use the data's field(s) {names}: the teacher never "
+                f"sees them; add {{{unused[0]}}} to the template, or leave it out of data.fields"
+            )
         jobs = []
         for pid, text, fields in todo:
             messages = render_messages(cfg.teacher, text, fields)
@@ -188,10 +195,50 @@ async def _fill(
     stop = asyncio.Event()
     flusher = asyncio.create_task(_flusher(warehouse, flush_every_s, stop))
     try:
-        await caller.run(
-            jobs, concurrency=concurrency or cfg.teacher.concurrency, on_result=progress
-        )
+        if cfg.teacher.backend == "openai_batch":
+            await _batch(run, summary, jobs, progress)
+        else:
+            await caller.run(
+                jobs, concurrency=concurrency or cfg.teacher.concurrency, on_result=progress
+            )
     finally:
         stop.set()
         await flusher
         summary.seconds = time.perf_counter() - t0
+
+
+async def _batch(
+    run: PhaseRun,
+    summary: FillSummary,
+    jobs: list[Job],
+    progress: Callable[[Job, TeacherResult], None],
+) -> None:
+    """The Batch API path (:mod:`tacorl_offline.batch_fill`); a run whose batch is still
+    going when waiting stops ends as 'batch_pending'."""
+    from tacorl_offline.batch_fill import run_batch_fill
+
+    tcfg = run.cfg.teacher
+    batch = await run_batch_fill(
+        run.caller,
+        run.teacher,  # type: ignore[arg-type]
+        jobs,
+        wait_s=tcfg.batch_wait_s,
+        poll_s=tcfg.batch_poll_s,
+        on_result=progress,
+    )
+    summary.batches_submitted = batch.submitted
+    summary.batches_pending = batch.pending
+    if batch.resumed:
+        summary.notes.append(f"picked up batch(es) of an earlier fill: {', '.join(batch.resumed)}")
+    for bad in batch.ended_badly:
+        summary.notes.append(f"batch {bad}: its unanswered requests go into the next fill's batch")
+    if batch.not_admitted:
+        summary.notes.append(
+            f"{batch.not_admitted} request(s) not submitted: the budget admits batch requests "
+            "at their worst case (max_tokens of output)"
+        )
+    if batch.pending:
+        run.status, run.message = (
+            "batch_pending",
+            f"batch(es) {', '.join(batch.pending)} still running; rerun teacher-fill to collect",
+        )

@@ -82,6 +82,7 @@ class Record:
 class RowError:
     row: int
     reason: str
+    missing_text: bool = False  # the text field itself is absent: a --text-field problem
 
     def __str__(self) -> str:
         return f"row {self.row}: {self.reason}"
@@ -169,11 +170,18 @@ def read_dataset(
 
     if result.rows_read == 0:
         raise UserError(f"{name}: contains no rows; add at least one record")
-    if result.errors and not skip_invalid:
-        n = len(result.errors)
+    n = len(result.errors)
+    text_hint = "pass --text-field KEY (data.text_field) naming the field that holds the text"
+    if result.errors and not result.records:
+        fix = text_hint if result.errors[0].missing_text else "fix the file"
         raise UserError(
             f"{name}: {n} invalid row{'s' if n != 1 else ''}; first: {result.errors[0]}. "
-            f"Fix them or pass --skip-invalid"
+            f"Nothing to load: {fix}"
+        )
+    if result.errors and not skip_invalid:
+        raise UserError(
+            f"{name}: {n} invalid row{'s' if n != 1 else ''}; first: {result.errors[0]}. "
+            "Fix them, or pass --skip-invalid to load only the valid rows"
         )
     if result.duplicates:
         log.info("%s: dropped %d duplicate rows (same text and fields)", name, result.duplicates)
@@ -224,7 +232,12 @@ def _to_record(row: int, obj: Any, cfg: DataConfig, aliases: bool) -> Record | R
             if aliases and cfg.text_field == DEFAULT_TEXT_FIELD
             else ""
         )
-        return RowError(row, f"missing '{cfg.text_field}'{tried}")
+        keys = ", ".join(repr(str(k)) for k in list(obj)[:8]) + (", ..." if len(obj) > 8 else "")
+        return RowError(
+            row,
+            f"missing '{cfg.text_field}'{tried}; the record's keys are {keys or '(none)'}",
+            missing_text=True,
+        )
     text = obj[text_key]
     if (why := _check_str(text_key, text)) is not None:
         return RowError(row, why)

@@ -73,12 +73,59 @@ def run_query(warehouse: Warehouse, query: str, params: list[Any] | None = None)
         return QueryResult(cols, cur.fetchall())
 
 
-def cost_report(warehouse: Warehouse, run: str | None = None) -> QueryResult:
-    """Calls, hits, tokens, dollars spent and saved, by phase and run (optionally one run)."""
+def cost_report(warehouse: Warehouse, run: str | None = None, by: str = "run") -> QueryResult:
+    """Calls, hits, tokens, dollars spent and saved: ``by='phase'`` (one row per phase, the
+    default of ``report cost``) or ``by='run'`` (one row per phase and run; ``run`` filters)."""
+    if by not in ("phase", "run"):
+        raise UserError(f"--by must be phase or run, not '{by}'")
+    if by == "phase" and run is None:
+        return run_query(warehouse, load_named_query("cost_by_phase").strip().rstrip(";"))
     base = load_named_query("cost_by_run").strip().rstrip(";")
     if run is None:
         return run_query(warehouse, base)
     return run_query(warehouse, f"SELECT * FROM ({base}) WHERE run_id = ?", [run])
+
+
+# The columns a terminal table shows (at 80 columns); csv and json keep every column.
+COST_TABLE_COLUMNS = {
+    "phase": ["phase", "runs", "calls", "hits", "hit_rate", "spent_usd", "saved_usd"],
+    "run": ["run_id", "phase", "calls", "hits", "spent_usd", "saved_usd"],
+}
+
+
+def for_table(res: QueryResult, by: str) -> QueryResult:
+    """``res`` narrowed to the columns readable at 80 columns, with a total row."""
+    cols = [c for c in COST_TABLE_COLUMNS[by] if c in res.columns]
+    idx = [res.columns.index(c) for c in cols]
+    rows = [tuple(r[i] for i in idx) for r in res.rows]
+    if len(rows) > 1:
+        total: list[Any] = []
+        for j, c in enumerate(cols):
+            if j == 0:
+                total.append("total")
+            elif c == "hit_rate":
+                calls, hits = cols.index("calls"), cols.index("hits")
+                n_c = sum(r[calls] for r in rows)
+                n_h = sum(r[hits] for r in rows)
+                total.append(round(n_h / (n_c + n_h), 3) if n_c + n_h else None)
+            elif c == "phase" and j > 0:
+                total.append("")
+            else:
+                total.append(round(sum(r[j] or 0 for r in rows), 6))
+        rows.append(tuple(total))
+
+    def show(c: str, v: Any) -> Any:
+        if v is None or v == "" or v == "total":
+            return v
+        if c.endswith("_usd"):
+            return f"${v:.4f}"
+        return f"{v:.0%}" if c == "hit_rate" else v
+
+    names = {"spent_usd": "spent", "saved_usd": "saved", "hit_rate": "hit rate", "run_id": "run"}
+    return QueryResult(
+        [names.get(c, c) for c in cols],
+        [tuple(show(c, v) for c, v in zip(cols, r, strict=True)) for r in rows],
+    )
 
 
 def export_parquet(warehouse: Warehouse, out_dir: str | Path) -> dict[str, int]:

@@ -41,6 +41,7 @@ from tacorl_offline import checkpoints, csvlogs
 from tacorl_offline.advantages import Advantages, compute_advantages, policy_loss
 from tacorl_offline.calls import Budget
 from tacorl_offline.config import Config
+from tacorl_offline.datasets import settle
 from tacorl_offline.distributed import Dist
 from tacorl_offline.errors import UserError
 from tacorl_offline.items import Item, load_items
@@ -165,6 +166,7 @@ class Trainer:
         from tacorl_offline.compressor import Compressor
 
         self.dist = dist or Dist()
+        self.dataset_note: str | None = None
         self.warehouse = warehouse
         self.on_step = on_step
         ckpt: Path | None = None
@@ -196,7 +198,7 @@ class Trainer:
                 self.model, device_ids=[self.dist.local_rank] if device.startswith("cuda") else None
             )
         self.count = make_token_counter(tc.token_counter, self.comp.tokenizer)
-        self.items = self._load_items()
+        self.items = self._load_items(settle_dataset=not resume)
         self.steps_per_epoch = math.ceil(len(self.items) / tc.batch_size)
         self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
         total_updates = max(1, math.ceil(self.total_steps / tc.grad_accum))
@@ -226,11 +228,15 @@ class Trainer:
             self.run_id = self.dist.broadcast(self.run_id)
         self.run_dir = Path(tc.output_dir) / self.run_id
 
-    def _load_items(self) -> list[Item]:
+    def _load_items(self, settle_dataset: bool) -> list[Item]:
         items: list[Item] | UserError | None = None
         if self.dist.is_main:  # rank 0 owns the warehouse; the others get the items from it
             try:
                 with self.warehouse.connect() as con:
+                    if settle_dataset:  # a resumed run keeps its own dataset and split
+                        self.cfg, self.dataset_note = settle(
+                            self.cfg, con, where=str(self.warehouse.path)
+                        )
                     items = load_items(con, self.cfg, key_of(self.cfg.teacher))
             except UserError as e:
                 items = e

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -85,7 +86,10 @@ def test_bad_config_names_file_and_field(tmp_path: Path) -> None:
 
 def test_fill_without_ingest_is_a_user_error(tmp_path: Path) -> None:
     r = runner.invoke(app, ["teacher-fill", "-w", str(tmp_path / "w.duckdb"), "--no-progress"])
-    assert r.exit_code == 2 and "run 'tacorl-offline ingest' first" in r.output
+    assert (
+        r.exit_code == 2
+        and "holds no prompts yet; run 'tacorl-offline ingest FILE' first" in r.output
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,6 +146,18 @@ def test_sql_formats_and_named_queries(filled: Path) -> None:
 def test_report_cost_and_export(filled: Path, tmp_path: Path) -> None:
     r = invoke("teacher-fill", "-w", str(filled), "--no-progress")  # rerun: all hits
     r = invoke("report", "cost", "-w", str(filled), "-f", "json")
+    assert json.loads(r.output) == [
+        {
+            "phase": "fill",
+            "runs": 2,
+            "calls": 40,
+            "hits": 40,
+            "hit_rate": 0.5,
+            "spent_usd": 0.0,
+            "saved_usd": 0.0,
+        }
+    ]
+    r = invoke("report", "cost", "-w", str(filled), "-f", "json", "--by", "run")
     rows = json.loads(r.output)
     assert [x["phase"] for x in rows] == ["fill", "fill"]
     assert rows[0]["calls"] == 40 and rows[0]["hits"] == 0
@@ -159,6 +175,25 @@ def test_report_cost_and_export(filled: Path, tmp_path: Path) -> None:
     parts = {p.name for p in (out / "responses").iterdir()}
     assert parts == {"kind=original"}
     assert ds.dataset(out / "api_calls", format="parquet", partitioning="hive").count_rows() == 80
+
+
+def test_cost_report_is_readable_at_80_columns(filled: Path) -> None:
+    for _ in range(3):  # more runs: the phase summary does not grow
+        assert invoke("teacher-fill", "-w", str(filled), "--no-progress").exit_code == 0
+    env = {"COLUMNS": "80"}
+    by_phase = invoke("report", "cost", "-w", str(filled), env=env).output
+    lines = by_phase.splitlines()
+    assert max(map(len, lines)) <= 80 and len(lines) <= 8
+    assert any(ln.split("│")[1].strip() == "fill" for ln in lines if ln.count("│") > 2)
+    by_run = invoke("report", "cost", "--by", "run", "-w", str(filled), env=env).output
+    assert max(map(len, by_run.splitlines())) <= 80
+    with duckdb.connect(str(filled), read_only=True) as con:
+        run_ids = [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
+    for rid in run_ids:  # each id whole on one line (it used to wrap over 3)
+        assert sum(rid in ln for ln in by_run.splitlines()) == 1, rid
+    csv_out = invoke("report", "cost", "-w", str(filled), "-f", "csv").output
+    assert "\r" not in csv_out and csv_out.endswith("\n")
+    assert csv_out.splitlines()[-1].split(",")[0] == "fill"  # `tail -1` gives the value
 
 
 def test_api_key_never_reaches_warehouse_exports_or_logs(tmp_path: Path, loopback_server) -> None:

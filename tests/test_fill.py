@@ -139,3 +139,45 @@ def test_extractive_fill_is_free_and_messages_are_stored(tmp_path) -> None:
     assert s.filled == 6 and s.spend.cost_usd == 0
     msgs = _rows(w, "SELECT messages FROM responses LIMIT 1")[0][0]
     assert json.loads(msgs)[0]["role"] == "system"
+
+
+def test_template_without_the_text_is_refused_in_one_line(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from tacorl_offline.cli import app
+
+    data = write_upstream_json(tmp_path / "d.json", 5)
+    wh = tmp_path / "w.duckdb"
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", str(data), "-w", str(wh)]).exit_code == 0
+    before = warehouse_snapshot(wh)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('teacher:\n  template: "Summarize the meeting.\\nSummary:"\n', encoding="utf-8")
+    r = runner.invoke(app, ["teacher-fill", "-c", str(cfg), "-w", str(wh), "--no-progress"])
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: {cfg} + flags: teacher.template: does not use {{transcript}}, the compressible text: "
+        "every prompt would send the same request and get the same answer; put {transcript} "
+        "where the text goes"
+    )
+    assert warehouse_snapshot(wh) == before
+
+
+def test_template_leaving_out_a_data_field_warns_once(tmp_path) -> None:
+    from tacorl_offline.config import DataConfig
+    from tacorl_offline.ingest_store import store_records as store
+
+    rows = [{"text": f"Meeting {i} went on.", "question": f"Who spoke {i}?"} for i in range(4)]
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    cfg = resolve(
+        None,
+        environ={},
+        overrides={"warehouse": str(tmp_path / "w.duckdb"), "data.fields": ["question"]},
+    )
+    records, _ = read_records(p, DataConfig(fields=["question"]))
+    w = Warehouse(cfg.warehouse)
+    store(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=p)
+    s = asyncio.run(run_fill(cfg, warehouse=w))
+    warned = [n for n in s.notes if "'question'" in n]
+    assert len(warned) == 1 and "add {question} to the template" in warned[0]

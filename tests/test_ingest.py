@@ -69,7 +69,8 @@ def test_row_errors_abort_with_count_and_first(tmp_path: Path) -> None:
         read_records(p, DataConfig())
     assert str(ei.value) == (
         f"{p}: 3 invalid rows; first: row 2: missing 'original_prompt' (also tried 'text', "
-        f"'prompt'). Fix them or pass --skip-invalid"
+        "'prompt'); the record's keys are 'nope'. Fix them, or pass --skip-invalid to load only "
+        "the valid rows"
     )
 
 
@@ -221,12 +222,29 @@ def test_text_aliases(tmp_path: Path, alias: str) -> None:
 def test_no_alias_for_upstream_json_or_custom_text_field(tmp_path: Path) -> None:
     p = tmp_path / "d.json"
     p.write_bytes(_j({"0": {"text": "hello"}}))
-    with pytest.raises(UserError, match=r"row 0: missing 'original_prompt'\. Fix"):
+    with pytest.raises(UserError, match=r"row 0: missing 'original_prompt'; the record's keys"):
         read_records(p, DataConfig())
     q = tmp_path / "d.jsonl"
     q.write_bytes(_jl({"text": "hello"}))
-    with pytest.raises(UserError, match=r"missing 'body'\. Fix"):
+    with pytest.raises(UserError, match=r"missing 'body'; the record's keys are 'text'\. Noth"):
         read_records(q, DataConfig(text_field="body"))
+
+
+def test_wrong_text_field_names_the_flag_and_the_keys_and_skip_invalid_cannot_hide_it(
+    tmp_path: Path,
+) -> None:
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(_jl({"body": "hello", "id": 1}, {"body": "bye", "id": 2}))
+    for skip in (False, True):  # following the old advice (--skip-invalid) loaded 0 rows, exit 0
+        with pytest.raises(UserError) as ei:
+            read_records(p, DataConfig(), skip_invalid=skip)
+        assert str(ei.value) == (
+            f"{p}: 2 invalid rows; first: row 1: missing 'original_prompt' (also tried 'text', "
+            "'prompt'); the record's keys are 'body', 'id'. Nothing to load: pass --text-field "
+            "KEY (data.text_field) naming the field that holds the text"
+        )
+    (rec, _), _ = read_records(p, DataConfig(text_field="body"))
+    assert rec.text == "hello"
 
 
 def test_fmt_override_and_detection(tmp_path: Path) -> None:

@@ -48,6 +48,10 @@ def test_quickstart_chain_then_rerun_pays_nothing(tmp_path, monkeypatch) -> None
     assert first > 0
     final = list((tmp_path / "runs" / "summarization").glob("train-*/final/model.safetensors"))
     assert len(final) == 1
+    # The quick start ends by writing the run's curves and printing their paths.
+    plots = sorted(final[0].parents[1].glob("plots/*.png"))
+    assert len(plots) == 6 and all(p.read_bytes()[:4] == b"\x89PNG" for p in plots)
+    assert f"plot: {plots[0].relative_to(tmp_path)}" in r.output
 
     r = runner.invoke(
         app,

@@ -32,6 +32,28 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("latency_s", "DOUBLE"),
         ("created_at", TS),
     ],
+    "batch_requests": [
+        ("submission_id", "VARCHAR"),
+        ("request_hash", "VARCHAR"),
+        ("kind", "VARCHAR"),
+        ("prompt_id", "VARCHAR"),
+        ("messages", "JSON"),
+    ],
+    "batches": [
+        ("submission_id", "VARCHAR"),
+        ("batch_id", "VARCHAR"),
+        ("input_file_id", "VARCHAR"),
+        ("run_id", "VARCHAR"),
+        ("teacher_key", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("status", "VARCHAR"),
+        ("n_requests", "INTEGER"),
+        ("output_file_id", "VARCHAR"),
+        ("error_file_id", "VARCHAR"),
+        ("message", "VARCHAR"),
+        ("created_at", TS),
+        ("collected_at", TS),
+    ],
     "dataset_items": [
         ("dataset", "VARCHAR"),
         ("split", "VARCHAR"),
@@ -168,6 +190,8 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
 }
 EXPECTED_KEYS = {
     "api_calls": ["call_id"],
+    "batch_requests": ["submission_id", "request_hash"],
+    "batches": ["submission_id"],
     "dataset_items": ["dataset", "split", "prompt_id"],
     "evaluations": ["run_id", "system", "variant", "prompt_id"],
     "masks": ["prompt_id", "mask_hash", "teacher_key"],

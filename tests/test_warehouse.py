@@ -14,6 +14,8 @@ from tacorl_offline.warehouse import Warehouse, insert_rows, migrations, table_n
 
 EXPECTED_TABLES = [
     "api_calls",
+    "batch_requests",
+    "batches",
     "dataset_items",
     "evaluations",
     "masks",

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ from .words import LLMLINGUA_MAGIC, Scheme, TokenFeatures, detect_scheme, pure, 
 
 CONFIG_NAME = "tacorl_compressor.json"
 BUILTIN_MINILM = "minilm"
+# Label 1 = keep, as LLMLingua-2; the names are what transformers' pipelines show.
+ID2LABEL = {0: "drop", 1: "keep"}
 N_ADDED = 100  # llmlingua's max_force_token: [NEW0] .. [NEW99]
 
 
@@ -161,7 +163,12 @@ class Compressor:
             tokenizer = AutoTokenizer.from_pretrained(name)
             kw: dict[str, Any] = {}
             if getattr(config, "num_labels", None) != 2:
-                kw = {"num_labels": 2, "ignore_mismatched_sizes": True}
+                kw = {
+                    "num_labels": 2,
+                    "ignore_mismatched_sizes": True,
+                    "id2label": dict(ID2LABEL),
+                    "label2id": {v: k for k, v in ID2LABEL.items()},
+                }
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # a fresh head is seeded, hence reproducible
                 model = AutoModelForTokenClassification.from_pretrained(name, **kw)
@@ -180,6 +187,10 @@ class Compressor:
         """Write model, tokenizer, options, and the llmlingua view (see module docstring)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        # Label names for transformers.pipeline("token-classification") and the hub widget;
+        # llmlingua reads logits by index (1 = keep), so names change nothing for it.
+        self.model.config.id2label = dict(ID2LABEL)
+        self.model.config.label2id = {v: k for k, v in ID2LABEL.items()}
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         view = self.llmlingua_name
@@ -321,6 +332,26 @@ class Compressor:
         return out
 
     # ------------------------------------------------------------------ greedy compression
+    @overload
+    def compress(
+        self,
+        texts: str,
+        *,
+        token_counter: Any = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> CompressResult: ...
+
+    @overload
+    def compress(
+        self,
+        texts: Sequence[str | Sequence[str]],
+        *,
+        token_counter: Any = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> list[CompressResult]: ...
+
     def compress(
         self,
         texts: str | Sequence[str | Sequence[str]],
@@ -328,16 +359,27 @@ class Compressor:
         token_counter: Any = None,
         model: torch.nn.Module | None = None,
         **overrides: Any,
-    ) -> list[CompressResult]:
-        """Compress each prompt (a string, or a list of contexts). Overrides patch the options."""
+    ) -> CompressResult | list[CompressResult]:
+        """Compress one prompt (a string: one result) or many (a list: a list of results, each
+        prompt a string or a list of contexts). Overrides (``rate=``, ``target_token=``,
+        ``force_tokens=`` ...) patch the options for this call. A result reads like
+        llmlingua's dict: ``compress(text, rate=0.33)["compressed_prompt"]``."""
         opts = self._opts(overrides)
         prompts = _as_prompts(texts)
         counter = self._counter(token_counter)
         m = model or self.model
         with torch.inference_mode(), _eval_mode(m):
             if opts.compat:
-                return compress_compat(self, prompts, opts, counter, m)
-            return self._compress_normal(prompts, opts, counter, m)
+                results = compress_compat(self, prompts, opts, counter, m)
+            else:
+                results = self._compress_normal(prompts, opts, counter, m)
+        return results[0] if isinstance(texts, str) else results
+
+    def compress_prompt(self, context: str | Sequence[str], **kw: Any) -> dict[str, Any]:
+        """llmlingua's ``PromptCompressor.compress_prompt`` (LLMLingua-2): the contexts of one
+        prompt in, llmlingua's result dict out (same keys and formats)."""
+        prompt = [context] if isinstance(context, str) else [list(context)]
+        return self.compress(prompt, **kw)[0].llmlingua()
 
     def _compress_normal(
         self,

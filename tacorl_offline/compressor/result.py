@@ -9,10 +9,25 @@ import torch
 
 from tacorl_offline.hashing import mask_hash
 
+LLMLINGUA_KEYS = (
+    "compressed_prompt",
+    "compressed_prompt_list",
+    "origin_tokens",
+    "compressed_tokens",
+    "ratio",
+    "rate",
+    "saving",
+)
+
 
 @dataclass
 class CompressResult:
-    """One compressed prompt. Spans index ``original_text`` ("\\n\\n".join(contexts))."""
+    """One compressed prompt. Spans index ``original_text`` ("\\n\\n".join(contexts)).
+
+    It also reads like llmlingua's result dict: ``result["compressed_prompt"]``,
+    ``result["ratio"]`` ("3.3x"), ``result["rate"]`` ("30.3%"), ``dict(result)`` and
+    ``result.keys()`` give exactly ``PromptCompressor.compress_prompt``'s keys and formats.
+    """
 
     compressed_prompt: str
     compressed_prompt_list: list[str]
@@ -42,6 +57,28 @@ class CompressResult:
     def rate(self) -> float:
         """compressed / origin tokens."""
         return self.compressed_tokens / self.origin_tokens if self.origin_tokens else 1.0
+
+    def llmlingua(self) -> dict[str, Any]:
+        """llmlingua 0.2.2's ``compress_prompt_llmlingua2`` result, key for key."""
+        ratio = self.ratio
+        saving = (self.origin_tokens - self.compressed_tokens) * 0.06 / 1000
+        return {
+            "compressed_prompt": self.compressed_prompt,
+            "compressed_prompt_list": list(self.compressed_prompt_list),
+            "origin_tokens": self.origin_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "ratio": f"{ratio:.1f}x",
+            "rate": f"{1 / ratio * 100:.1f}%",
+            "saving": f", Saving ${saving:.1f} in GPT-4.",
+        }
+
+    def keys(self) -> tuple[str, ...]:
+        return LLMLINGUA_KEYS
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in LLMLINGUA_KEYS:
+            raise KeyError(key)
+        return self.llmlingua()[key]
 
     def to_dict(self, *, labels: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -40,10 +40,14 @@ def build_teacher(cfg: TeacherConfig, *, environ: Mapping[str, str] = os.environ
         from tacorl_offline.teachers.openai_teacher import OpenAITeacher
 
         return OpenAITeacher(cfg, environ=environ)
+    if cfg.backend == "openai_batch":
+        from tacorl_offline.teachers.openai_batch import OpenAIBatchTeacher
+
+        return OpenAIBatchTeacher(cfg, environ=environ)
     if cfg.backend == "hf":
         from tacorl_offline.teachers.hf import HFTeacher
 
         return HFTeacher(cfg)
     raise UserError(
-        f"teacher.backend '{cfg.backend}' is not supported; use extractive, openai, azure or hf"
+        f"teacher.backend '{cfg.backend}' is not supported; use extractive, openai, openai_batch, azure or hf"
     )

@@ -3,8 +3,8 @@
 A teacher turns a :class:`TeacherRequest` into a :class:`TeacherResult`. It never touches
 the warehouse: the caller (teacher-fill, the trainer) looks answers up, records every
 attempt in the ledger and commits each answer as it arrives. That split is what lets an
-OpenAI Batch API backend fit later: it implements ``submit``/``collect`` over the same
-request/result types instead of ``answer``.
+OpenAI Batch API backend fit: it submits and collects over the same request/result types
+instead of ``answer`` (:mod:`tacorl_offline.teachers.openai_batch`).
 
 Failure semantics:
 - ``ok=False, permanent=True``: the teacher answered but the answer is unusable (empty,
@@ -55,6 +55,7 @@ class TeacherResult:
     latency_s: float = 0.0
     model: str = ""
     usage_source: str = "api"  # "api" when the backend returned usage, else "tokenizer"
+    via_batch: bool = False  # answered through the Batch API: priced with its discount
     attempts: list[Attempt] = field(default_factory=list)
 
 
