@@ -86,8 +86,13 @@ def test_phase_flags_and_the_only_dataset(tmp_path: Path, loopback_server, tiny_
     assert (final / "model.safetensors").is_file() and final.parent.parent.name == "task"
     run_id = final.parent.name
 
-    r = invoke("evaluate", *c, "-m", "latest", "-m", f"run:{run_id}", "--dataset", "mine")
-    assert r.exit_code == 0, r.output
+    for ref in ("latest", f"run:{run_id}"):  # both name the run's final model
+        r = invoke("evaluate", *c, "-m", ref, "--dataset", "mine", "--baselines", "lead")
+        assert r.exit_code == 0, r.output
+        assert "final" in r.output
+    # the same model twice is one system: refused in one line
+    r = invoke("evaluate", *c, "-m", "latest", "-m", f"run:{run_id}")
+    assert r.exit_code == 2 and "pass each model once" in r.output
     r = invoke("evaluate", *c, "-m", f"runs/{run_id}/final")  # the README's old path
     assert r.exit_code == 2 and str(final) in r.output
 
