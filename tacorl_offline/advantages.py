@@ -130,7 +130,10 @@ def policy_loss(
 
     All inputs are ``[N]`` (one entry per sampled mask). ``log_probs[i]`` is the *sum* of the
     per-word Bernoulli log-probs of mask i (the log-probability of the whole mask, which is
-    what REINFORCE needs); ``entropies[i]`` is the *mean* per-word entropy of mask i;
+    what REINFORCE needs); ``entropies[i]`` is the *sum* of the per-word entropies of the
+    policy that drew mask i, normalised exactly like the log-prob term. Upstream averages both
+    terms over token positions; scaling both by the same count keeps their ratio, so
+    ``entropy_coeff`` means what upstream's means;
     ``n_actions[i]`` is its number of words (used for the per-action log-prob in stats only).
     Advantages are treated as constants. With no valid sample the loss is a zero still
     connected to the inputs' graph, so every DDP rank runs the same backward.

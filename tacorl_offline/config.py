@@ -214,6 +214,13 @@ class CompressorConfig(_Section):
         ge=1,
         description="Chunks per forward pass (16 measured fastest on CPU; raise it on a GPU).",
     )
+    condition_on: list[str] = Field(
+        default_factory=list,
+        description="Question-aware option: never-compressed fields (e.g. [question]) given to the "
+        "encoder as a first segment, [CLS] question [SEP] context [SEP], so the policy can keep what "
+        "the question needs. Applies to a base encoder; a saved compressor records its own. "
+        "Models with it cannot run in llmlingua.",
+    )
 
     def options(self) -> Any:
         """The compressor's own options object for these settings."""
@@ -299,7 +306,18 @@ class TrainConfig(_Section):
     )
     grad_clip: float | None = Field(1.0, description="Max grad norm; null disables clipping.")
     grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
-    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus coefficient.")
+    entropy_coeff: float = Field(
+        0.01,
+        ge=0,
+        description="Entropy bonus coefficient, normalised like the policy term (both per-mask sums "
+        "averaged over samples), so it weighs the entropy as upstream's does against its log-probs.",
+    )
+    sampler: Literal["rate", "bernoulli"] = Field(
+        "rate",
+        description="rate: word probabilities shifted per prompt so the expected kept tokens equal the "
+        "budget greedy compression keeps at compressor.rate (training matches evaluation). "
+        "bernoulli: upstream's plain Bernoulli per word, rate enforced only by the reward.",
+    )
     tolerance_tokens: int = Field(
         30,
         ge=0,
@@ -391,6 +409,26 @@ class EvalConfig(_Section):
         return check_baselines(v)
 
 
+class SftConfig(_Section):
+    source: Literal["teacher", "file", "stopword"] = Field(
+        "teacher",
+        description="Word labels: teacher (words aligned to the teacher's answer to the original, "
+        "LLMLingua-2 style), file (an LLMLingua-2 word-label file, sft.labels_path), or stopword "
+        "(content words kept; needs no teacher).",
+    )
+    labels_path: str | None = Field(
+        None, description="Word-label file for source=file (JSON/JSONL records {words, labels})."
+    )
+    epochs: int = Field(2, ge=1, description="Passes over the labelled prompts.")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (linear warmup and decay).")
+    batch_size: int = Field(16, ge=1, description="Prompts per step.")
+    eval_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of prompts held out (by id hash) for the label F1."
+    )
+    seed: int = Field(0, description="Seed for the data order.")
+    output_dir: str = Field("runs/sft", description="Where the SFT model directory goes.")
+
+
 class Config(_Section):
     warehouse: str = Field(DEFAULT_WAREHOUSE, description="DuckDB warehouse file.")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -402,6 +440,7 @@ class Config(_Section):
     compressor: CompressorConfig = Field(default_factory=CompressorConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    sft: SftConfig = Field(default_factory=SftConfig, description="Supervised warm start.")
 
     @model_validator(mode="before")
     @classmethod
@@ -499,7 +538,16 @@ def map_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v}
 
 
-_OUR_SECTIONS = ("warehouse", "teacher", "prices", "budget", "compressor", "train")
+_OUR_SECTIONS = (
+    "warehouse",
+    "teacher",
+    "prices",
+    "budget",
+    "compressor",
+    "train",
+    "eval",
+    "sft",
+)
 
 
 def merge_upstream(raw: Mapping[str, Any]) -> dict[str, Any]:

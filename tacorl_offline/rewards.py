@@ -16,9 +16,12 @@ Families:
   answers is ``>= tau`` (upstream used ``>``), else ``lam``. No length gate: every sample
   needs the teacher.
 - **grpo** (RL-Prompt-Compression style): ``w_c * correct + w_s * similarity +
-  w_k * compression`` with correct = SQuAD exact match against the gold reference (or the
-  teacher's answer to the original when there is no gold), similarity = ROUGE-L against
-  the teacher's answer to the original, compression = ``1 - n_comp / n_orig``. No gate.
+  w_k * compression`` with correct = the maximum SQuAD F1 over the gold answers (or
+  against the teacher's answer to the original when there is no gold), similarity = ROUGE-L
+  against the teacher's answer to the original, compression = ``1 - n_comp / n_orig``. No
+  gate. Upstream (RL-Prompt-Compression) scores correctness as a GSM8K numeric match; exact
+  match, our first port of it, is 0 for any sentence-style answer, even the original
+  prompt's, so F1 is the closest term that still grades an answer against the gold.
 
 The trainer calls :func:`needs_teacher` first (which samples need a teacher call at all),
 then :func:`score` once the answers are in. Token counts include only the compressible
@@ -28,10 +31,11 @@ An original prompt with no tokens (``n_orig <= 0``) is unscorable in every famil
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tacorl_offline import metrics
 
@@ -207,6 +211,23 @@ def _usable(text: str | None) -> bool:
     return text is not None and bool(text.strip())
 
 
+def _as_list(gold: Any) -> list[str]:
+    """Gold answers as a list: one string, a list of strings, or a JSON list in a string."""
+    if gold is None:
+        return []
+    if isinstance(gold, (list, tuple)):
+        return [str(g) for g in gold]
+    text = str(gold)
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return [text]
+        if isinstance(parsed, list):
+            return [str(g) for g in parsed]
+    return [text]
+
+
 def score(
     settings: RewardSettings,
     n_orig: Sequence[int],
@@ -269,10 +290,9 @@ def score(
     elif rc.family == "grpo" and todo:
         sims = metrics.score_pairs("rougeL", preds, refs)
         for i, pred, ref, sim in zip(todo, preds, refs, sims, strict=True):
-            g = gold[i]
-            target = g if g is not None and g.strip() else ref
+            golds = [x for x in _as_list(gold[i]) if x.strip()] or [ref]
             row = {
-                "correct": metrics.exact_match(pred, target),
+                "correct": max(metrics.squad_f1(pred, t) for t in golds),
                 "similarity": sim["rougeL"],
                 "compression": compression_ratio(n_orig[i], n_comp[i]),
             }

@@ -189,7 +189,10 @@ class Trainer:
         self.device = device
         torch.manual_seed(tc.seed)  # the fresh head of a base encoder is seeded too
         self.comp = Compressor.from_pretrained(
-            str(ckpt / "model") if ckpt else cc.model, device=device, options=cc.options()
+            str(ckpt / "model") if ckpt else cc.model,
+            device=device,
+            options=cc.options(),
+            condition_on=cc.condition_on,
         )
         self.model = self.comp.model
         self.policy: torch.nn.Module = self.model
@@ -287,13 +290,28 @@ class Trainer:
         tc = self.cfg.train
         if not mine:
             return [], []
-        self.policy.train()
+        # Rollouts run in eval mode (dropout off): masks come from the very policy greedy
+        # compression uses, the SCST greedy mask is deterministic, and the log-prob that is
+        # differentiated (the same forward, grad on) is exactly the behaviour policy's.
+        self.policy.eval()
         texts = [self.items[i].text for i in mine]
+        fields = [self.items[i].fields for i in mine]
+        # train.sampler 'rate': masks keep, in expectation, the budget greedy keeps at evaluation
+        rate = self.cfg.compressor.rate if tc.sampler == "rate" else None
         sampled = self.comp.sample(
-            texts, num_samples=tc.samples_per_prompt, generator=self.gen, model=self.policy
+            texts,
+            num_samples=tc.samples_per_prompt,
+            generator=self.gen,
+            model=self.policy,
+            fields=fields,
+            rate=rate,
         )
-        # SCST: the greedy mask of the same prompts is the baseline (no gradient).
-        greedy = self.comp.greedy(texts, model=self.policy) if tc.baseline == "scst" else []
+        # SCST: the greedy mask of the same prompts, at the same budget, is the baseline.
+        greedy = (
+            self.comp.greedy(texts, model=self.policy, fields=fields, rate=rate)
+            if tc.baseline == "scst"
+            else []
+        )
         rollouts: list[Rollout] = []
         samples: list[Any] = []
         for k, i in enumerate(mine):
@@ -396,7 +414,8 @@ class Trainer:
         pairs = [(r, s) for r, s in zip(rollouts, samples, strict=True) if r.trains]
         if pairs:
             lp = torch.stack([s.log_prob for _, s in pairs])
-            ent = torch.stack([s.entropy / max(1, s.n_actions) for _, s in pairs])
+            # per-mask sums, like the log-probs: entropy_coeff weighs them as upstream does
+            ent = torch.stack([s.entropy for _, s in pairs])
             n_act = torch.tensor([s.n_actions for _, s in pairs])
             cells = [(row_of[r.item], r.sample_idx) for r, _ in pairs]
             a = torch.tensor([float(adv.values[c]) for c in cells], dtype=lp.dtype)

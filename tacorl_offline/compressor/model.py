@@ -68,6 +68,7 @@ from .text import rebuild, split_at
 from .words import LLMLINGUA_MAGIC, Scheme, TokenFeatures, detect_scheme, pure, vocab_features
 
 CONFIG_NAME = "tacorl_compressor.json"
+QUESTION_MAX_TOKENS = 64  # the never-compressed segment is cut to this many tokens
 BUILTIN_MINILM = "minilm"
 # Label 1 = keep, as LLMLingua-2; the names are what transformers' pipelines show.
 ID2LABEL = {0: "drop", 1: "keep"}
@@ -101,6 +102,7 @@ class Compressor:
         *,
         device: str | torch.device | None = None,
         token_counter: Any = None,
+        condition_on: Sequence[str] | None = None,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise UserError(
@@ -122,6 +124,9 @@ class Compressor:
         #: :meth:`_token_probs_np`); False pads every chunk to max_seq_len in input order
         self.length_bucketing = True
         self._feat_cache: dict[Any, tuple[Any, TokenFeatures]] = {}
+        #: question-aware option: never-compressed fields the encoder reads before the text
+        #: (``[CLS] question [SEP] context [SEP]``, see :mod:`.rows`); empty for LLMLingua-2
+        self.condition_on: list[str] = list(condition_on or [])
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -133,6 +138,7 @@ class Compressor:
         options: CompressOptions | None = None,
         token_counter: Any = None,
         seed: int = 0,
+        condition_on: Sequence[str] | None = None,
     ) -> Compressor:
         """Load from a directory, a hub id, or ``"minilm"``; a saved config supplies options."""
         from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
@@ -156,8 +162,12 @@ class Compressor:
         ):
             raise UserError(f"model directory {name} does not exist")
         saved = path / CONFIG_NAME
-        if options is None and saved.is_file():
-            options = CompressOptions.from_dict(json.loads(saved.read_text())["options"])
+        meta = json.loads(saved.read_text()) if saved.is_file() else {}
+        if options is None and meta:
+            options = CompressOptions.from_dict(meta["options"])
+        # A saved compressor records whether it reads the question; ``condition_on`` only
+        # configures a base encoder (a fresh head), which has no such record.
+        reads = list(meta.get("condition_on") or []) if meta else list(condition_on or [])
         try:
             config = AutoConfig.from_pretrained(name)
             tokenizer = AutoTokenizer.from_pretrained(name)
@@ -176,7 +186,14 @@ class Compressor:
             raise UserError(
                 f"cannot load a token-classification model from {name}: {str(e).splitlines()[0]}"
             ) from e
-        return cls(model, tokenizer, options, device=device, token_counter=token_counter)
+        return cls(
+            model,
+            tokenizer,
+            options,
+            device=device,
+            token_counter=token_counter,
+            condition_on=reads,
+        )
 
     @property
     def llmlingua_name(self) -> str | None:
@@ -200,6 +217,7 @@ class Compressor:
             "scheme": self.scheme,
             "llmlingua_path": view,
             "options": self.options.to_dict(),
+            "condition_on": self.condition_on,
         }
         (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if view:
@@ -261,6 +279,37 @@ class Compressor:
             self._feat_cache[key[1:]] = hit
         return hit[1]
 
+    @property
+    def _reserve(self) -> int:
+        """Row positions the question segment takes (its tokens and one more [SEP])."""
+        return QUESTION_MAX_TOKENS + 1 if self.condition_on else 0
+
+    @property
+    def _two_types(self) -> bool:
+        return getattr(self.model.config, "type_vocab_size", 1) >= 2
+
+    def prefixes(self, fields: Sequence[Any] | None, n: int) -> list[list[int]] | None:
+        """Per prompt, the token ids of its never-compressed segment; None when the model reads
+        none. The fields named by ``condition_on`` are joined with spaces."""
+        if not self.condition_on:
+            return None
+        if fields is None or len(fields) != n:
+            raise UserError(
+                f"this compressor reads {', '.join(self.condition_on)} with the text "
+                "(compressor.condition_on); pass the fields of every prompt"
+            )
+        texts = []
+        for f in fields:
+            missing = [k for k in self.condition_on if not (f or {}).get(k)]
+            if missing:
+                raise UserError(
+                    f"this compressor reads {', '.join(missing)} with the text, but a prompt has "
+                    "none; ingest it with --field, or use a compressor without condition_on"
+                )
+            texts.append(" ".join(str(f[k]) for k in self.condition_on))
+        encs = self.backend.encode_batch(texts, add_special_tokens=False)
+        return [list(e.ids[:QUESTION_MAX_TOKENS]) for e in encs]
+
     def layouts(self, contexts: Sequence[str], opts: CompressOptions) -> list[Layout]:
         """Tokenize (one batched Rust call, ids and offsets) and lay out each context."""
         needles = self._multi_piece(opts.force_tokens)
@@ -287,14 +336,19 @@ class Compressor:
                 opts.force_tokens,
                 opts.chunk_end_tokens,
                 opts.force_reserve_digit,
-                opts.max_seq_len - 2,
+                opts.max_seq_len - 2 - self._reserve,
             )
             lay.plain = not any(n for _, _, n in ss)
             out.append(lay)
         return out
 
     def _token_probs_np(
-        self, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int, max_seq_len: int
+        self,
+        layouts: Sequence[Layout],
+        model: torch.nn.Module,
+        batch_size: int,
+        max_seq_len: int,
+        prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[np.ndarray]:
         """Greedy forward over the same rows as sampling (:func:`.rows.build_rows`), built in
         numpy. With ``self.length_bucketing`` (default) rows are sorted by length (longest
@@ -302,7 +356,7 @@ class Compressor:
         padded to ``max_seq_len`` as llmlingua does. The attention mask makes both equal up to
         float noise (kept words identical in the tests and the benchmark).
         Returns float32 keep-probabilities per layout token."""
-        rows = build_rows(layouts, self.tokenizer)
+        rows = build_rows(layouts, self.tokenizer, prefixes, self._two_types)
         out = [np.zeros(len(lay.ids), dtype=np.float32) for lay in layouts]
         lens = [len(r) for r in rows.ids]
         if self.length_bucketing:
@@ -310,7 +364,6 @@ class Compressor:
         else:
             order = list(range(len(lens)))
         pid = pad_id(self.tokenizer)
-        lead = rows.lead
         for k in range(0, len(order), batch_size):
             idx = order[k : k + batch_size]
             width = max(lens[i] for i in idx)
@@ -318,16 +371,24 @@ class Compressor:
                 width = max(width, max_seq_len)
             ids = np.full((len(idx), width), pid, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
+            tts = np.zeros((len(idx), width), dtype=np.int64) if rows.types else None
             for r, i in enumerate(idx):
                 ids[r, : lens[i]] = rows.ids[i]
                 mask[r, : lens[i]] = 1
+                if tts is not None and rows.types is not None:
+                    tts[r, : lens[i]] = rows.types[i]
+            extra = (
+                {"token_type_ids": torch.from_numpy(tts).to(self.device)} if tts is not None else {}
+            )
             logits = model(
                 input_ids=torch.from_numpy(ids).to(self.device),
                 attention_mask=mask_arg(model, torch.from_numpy(mask).to(self.device)),
+                **extra,
             ).logits
             probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
             for r, i in enumerate(idx):
                 li, a, b = rows.where[i]
+                lead = rows.leads[i]
                 out[li][a:b] = probs[r, lead : lead + b - a]
         return out
 
@@ -358,21 +419,34 @@ class Compressor:
         *,
         token_counter: Any = None,
         model: torch.nn.Module | None = None,
+        fields: Sequence[Any] | None = None,
         **overrides: Any,
     ) -> CompressResult | list[CompressResult]:
         """Compress one prompt (a string: one result) or many (a list: a list of results, each
         prompt a string or a list of contexts). Overrides (``rate=``, ``target_token=``,
         ``force_tokens=`` ...) patch the options for this call. A result reads like
-        llmlingua's dict: ``compress(text, rate=0.33)["compressed_prompt"]``."""
+        llmlingua's dict: ``compress(text, rate=0.33)["compressed_prompt"]``.
+
+        ``fields``: per prompt, its never-compressed fields (a dict; one dict for one string);
+        needed, and used, only by a compressor that reads them (``condition_on``, e.g. the
+        question)."""
         opts = self._opts(overrides)
         prompts = _as_prompts(texts)
         counter = self._counter(token_counter)
         m = model or self.model
         with torch.inference_mode(), _eval_mode(m):
             if opts.compat:
+                if self.condition_on:
+                    raise UserError(
+                        "llmlingua compat mode cannot give the question to the model; use a "
+                        "compressor without condition_on, or drop --compat"
+                    )
                 results = compress_compat(self, prompts, opts, counter, m)
             else:
-                results = self._compress_normal(prompts, opts, counter, m)
+                if isinstance(texts, str) and isinstance(fields, dict):
+                    fields = [fields]
+                pre = self.prefixes(fields, len(prompts))
+                results = self._compress_normal(prompts, opts, counter, m, pre)
         return results[0] if isinstance(texts, str) else results
 
     def compress_prompt(self, context: str | Sequence[str], **kw: Any) -> dict[str, Any]:
@@ -387,8 +461,12 @@ class Compressor:
         opts: CompressOptions,
         counter: TokenCounter,
         model: torch.nn.Module,
+        prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[CompressResult]:
         flat = [c for p in prompts for c in p]
+        flat_pre = (
+            [pre for p, pre in zip(prompts, prefixes, strict=True) for _ in p] if prefixes else None
+        )
         own = isinstance(counter, ModelTokenCounter) and counter.backend is self.backend
         pending = None
         if not own and isinstance(counter, THREAD_SAFE) and len(flat) > 1:
@@ -397,7 +475,7 @@ class Compressor:
             pending = pool.submit(lambda: [counter(c) for c in flat])
             pool.shutdown(wait=False)
         lays = self.layouts(flat, opts)
-        tps = self._token_probs_np(lays, model, opts.batch_size, opts.max_seq_len)
+        tps = self._token_probs_np(lays, model, opts.batch_size, opts.max_seq_len, flat_pre)
         if own:  # the model tokenizer counts: reuse the ids we have (exact for plain layouts)
             counts = [len(lay.ids) if lay.plain else counter(lay.text) for lay in lays]
         elif pending is not None:
@@ -513,16 +591,53 @@ class Compressor:
         *,
         generator: torch.Generator | None = None,
         model: torch.nn.Module | None = None,
+        fields: Sequence[Any] | None = None,
+        rate: float | None = None,
         **overrides: Any,
     ) -> list[list[Sample]]:
         """``num_samples`` masks per prompt from one forward pass, with gradient.
 
-        ``model`` (e.g. a DDP wrapper) replaces ``self.model`` for the forward. The model's
-        train/eval mode is left as the caller set it.
+        ``rate=None``: a Bernoulli per deciding word (upstream); ``rate=c``: rate-consistent
+        sampling at greedy's budget (see :func:`.policy.sample`). ``fields``: as in
+        :meth:`compress`. ``model`` (e.g. a DDP wrapper) replaces ``self.model`` for the
+        forward. The model's train/eval mode is left as the caller set it.
         """
         return policy.sample(
-            self, texts, num_samples, self._opts(overrides), generator=generator, model=model
+            self,
+            texts,
+            num_samples,
+            self._opts(overrides),
+            generator=generator,
+            model=model,
+            fields=fields,
+            rate=rate,
         )
+
+    def token_probs(
+        self,
+        texts: Sequence[str],
+        *,
+        fields: Sequence[Any] | None = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> tuple[list[Layout], list[torch.Tensor]]:
+        """Each text's layout and a keep-probability per model token, with gradient when grad
+        is enabled (supervised training uses it). The model's train/eval mode is the caller's."""
+        opts = self._opts(overrides)
+        lays = self.layouts(list(texts), opts)
+        pre = self.prefixes(fields, len(lays))
+        return lays, policy.token_probs(self, lays, model or self.model, opts.batch_size, pre)
+
+    def word_probs(
+        self,
+        texts: Sequence[str],
+        *,
+        fields: Sequence[Any] | None = None,
+        model: torch.nn.Module | None = None,
+        **overrides: Any,
+    ) -> tuple[list[Layout], list[torch.Tensor]]:
+        """Each text's layout and its word keep-probabilities (the numbers greedy ranks)."""
+        return policy.forward(self, texts, model, self._opts(overrides), fields)
 
     def greedy(
         self,
@@ -530,7 +645,10 @@ class Compressor:
         *,
         rate: float | None = None,
         model: torch.nn.Module | None = None,
+        fields: Sequence[Any] | None = None,
         **overrides: Any,
     ) -> list[Sample]:
         """The greedy mask as a ``Sample`` (no gradient): keep iff p > 0.5, or the rate budget."""
-        return policy.greedy(self, texts, self._opts(overrides), rate=rate, model=model)
+        return policy.greedy(
+            self, texts, self._opts(overrides), rate=rate, model=model, fields=fields
+        )

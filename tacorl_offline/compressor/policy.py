@@ -29,16 +29,25 @@ if TYPE_CHECKING:
 
 
 def token_probs(
-    comp: Compressor, layouts: Sequence[Layout], model: torch.nn.Module, batch_size: int
+    comp: Compressor,
+    layouts: Sequence[Layout],
+    model: torch.nn.Module,
+    batch_size: int,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[torch.Tensor]:
     """Per layout, a keep-probability per model token (differentiable if grad is on)."""
-    rows = build_rows(layouts, comp.tokenizer)
+    rows = build_rows(layouts, comp.tokenizer, prefixes, comp._two_types)
     probs = forward_rows(
-        model, rows.ids, device=comp.device, pad=pad_id(comp.tokenizer), batch_size=batch_size
+        model,
+        rows.ids,
+        device=comp.device,
+        pad=pad_id(comp.tokenizer),
+        types=rows.types,
+        batch_size=batch_size,
     )
     parts: list[list[torch.Tensor]] = [[] for _ in layouts]
-    for p, (li, a, b) in zip(probs, rows.where, strict=False):
-        parts[li].append(p[rows.lead : rows.lead + (b - a)])
+    for p, (li, a, b), lead in zip(probs, rows.where, rows.leads, strict=False):
+        parts[li].append(p[lead : lead + (b - a)])
     return [torch.cat(ps) if ps else torch.zeros(0, device=comp.device) for ps in parts]
 
 
@@ -59,11 +68,17 @@ def word_probs(lay: Layout, tp: torch.Tensor, mode: str) -> torch.Tensor:
     return sums / counts
 
 
-def _forward(
-    comp: Compressor, texts: Sequence[str], model: torch.nn.Module | None, opts: CompressOptions
+def forward(
+    comp: Compressor,
+    texts: Sequence[str],
+    model: torch.nn.Module | None,
+    opts: CompressOptions,
+    fields: Sequence[Any] | None = None,
 ) -> tuple[list[Layout], list[torch.Tensor]]:
+    """Layouts and word keep-probabilities (with gradient when grad is on)."""
     lays = comp.layouts(list(texts), opts)
-    tps = token_probs(comp, lays, model or comp.model, opts.batch_size)
+    pre = comp.prefixes(fields, len(lays))
+    tps = token_probs(comp, lays, model or comp.model, opts.batch_size, pre)
     return lays, [
         word_probs(lay, tp, opts.token_to_word) for lay, tp in zip(lays, tps, strict=False)
     ]
@@ -98,16 +113,29 @@ def sample(
     *,
     generator: torch.Generator | None = None,
     model: torch.nn.Module | None = None,
+    fields: Sequence[Any] | None = None,
+    rate: float | None = None,
 ) -> list[list[Sample]]:
     """``num_samples`` masks per prompt from one forward pass, with gradient: a Bernoulli per
-    word that is not forced."""
+    word that is not forced.
+
+    ``rate=None``: on the word probability itself (upstream TACO-RL; the rate is enforced only
+    by the reward). ``rate=c`` (rate-consistent): the prompt's word probabilities are shifted in
+    logit space so the expected kept weight (model tokens, forced words included) equals the
+    budget greedy compression keeps at rate c (:func:`.sampling.shifted_probs`). The shift is
+    monotone, so the ranking greedy uses is unchanged, and the log-prob and entropy are those
+    of the shifted Bernoullis, exactly."""
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
-    lays, wps = _forward(comp, texts, model, opts)
+    lays, wps = forward(comp, texts, model, opts, fields)
     out = []
     for lay, p in zip(lays, wps, strict=False):
         dec = np.flatnonzero(~lay.forced)
         pd = p[torch.as_tensor(dec, device=p.device)]
+        if rate is not None and rate < 1.0:
+            w = torch.as_tensor(lay.weights, dtype=torch.float64)
+            budget = rate * float(w.sum()) - float(w[torch.as_tensor(lay.forced)].sum())
+            pd = sampling.shifted_probs(pd, w[torch.as_tensor(dec)].to(pd.device), budget)
         acts = sampling.draw(pd, num_samples, generator)
         lps = sampling.log_prob(pd, acts)
         ent = sampling.entropy(pd)
@@ -122,10 +150,11 @@ def greedy(
     *,
     rate: float | None = None,
     model: torch.nn.Module | None = None,
+    fields: Sequence[Any] | None = None,
 ) -> list[Sample]:
     """The greedy mask as a ``Sample`` (no gradient): keep iff p > 0.5, or the rate budget."""
     with torch.no_grad():
-        lays, wps = _forward(comp, texts, model or comp.model, opts)
+        lays, wps = forward(comp, texts, model or comp.model, opts, fields)
     out = []
     for lay, p in zip(lays, wps, strict=False):
         dec = np.flatnonzero(~lay.forced)

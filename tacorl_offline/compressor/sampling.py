@@ -34,3 +34,48 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     """Sum of the per-word Bernoulli entropies: a scalar tensor."""
     pc = p.clamp(EPS, 1 - EPS)
     return -(pc * pc.log() + (1 - pc) * (1 - pc).log()).sum()
+
+
+# ----------------------------------------------------------------------------- rate-consistent
+
+
+def logit(p: torch.Tensor) -> torch.Tensor:
+    pc = p.clamp(EPS, 1 - EPS)
+    return pc.log() - (1 - pc).log()
+
+
+def budget_shift(
+    logits: torch.Tensor, weights: torch.Tensor, budget: float, iters: int = 60
+) -> float:
+    """The shift ``b`` with ``sum(weights * sigmoid(logits + b)) == budget`` (bisection).
+
+    The expected kept weight of the shifted Bernoulli then equals the budget that greedy
+    compression keeps at evaluation. ``b`` is a constant of the step (no gradient): the policy
+    is still a product of Bernoullis, so the log-prob below is exact.
+    """
+    z = logits.detach().double().cpu()
+    w = weights.detach().double().cpu()
+    total = float(w.sum())
+    if z.numel() == 0 or budget <= 0:
+        return -60.0
+    if budget >= total:
+        return 60.0
+    lo, hi = -60.0 - float(z.max()), 60.0 - float(z.min())
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if float((w * torch.sigmoid(z + mid)).sum()) > budget:
+            hi = mid
+        else:
+            lo = mid
+    return 0.5 * (lo + hi)
+
+
+def shifted_probs(p: torch.Tensor, weights: torch.Tensor, budget: float) -> torch.Tensor:
+    """Keep-probabilities shifted in logit space so the expected kept weight is ``budget``.
+
+    The shift is monotone, so the ranking greedy compression uses is unchanged; gradients flow
+    through ``p`` (the shift is a constant).
+    """
+    z = logit(p)
+    b = budget_shift(z, weights, budget)
+    return torch.sigmoid(z + b)

@@ -1,0 +1,443 @@
+"""Supervised warm start of the compressor (LLMLingua-2 style), before any RL.
+
+Upstream TACO-RL starts its REINFORCE from LLMLingua-2's pretrained compressor; we have no
+such model offline, so a fresh keep/drop head would start RL from coin flips (per-word entropy
+~ln 2, the policy barely moves in 100 steps). ``sft`` trains the head and the encoder as a
+plain token classifier on word labels, like LLMLingua-2 itself was trained.
+
+Word labels come from one of three sources (``sft.source``):
+
+- ``teacher``: the teacher's answer to the *original* prompt, already in the warehouse. A word
+  of the original is labelled keep when it aligns to the answer (:mod:`.alignment`), at most
+  ``compressor.rate`` of the prompt. The labels say "what the teacher used to answer", the
+  thing the compressed prompt must keep for the answers to agree.
+- ``file``: an LLMLingua-2 word-label file: JSON or JSONL records ``{"words": [...],
+  "labels": [...]}`` (LLMLingua-2's ``label_word.py`` output, a mapping of such records, is
+  read too), matched to the dataset's prompts by their original text ``"origin"`` or, in order,
+  by position.
+- ``stopword``: stopwords and punctuation dropped, the rest kept (no teacher needed).
+
+The loss is token-level cross-entropy with class weights ``n / (2 n_c)`` (class-balanced), every
+token of a word carrying its word's label; padding, special tokens, question tokens and forced
+words carry none. A share of the prompts (``sft.eval_share``, chosen by prompt-id hash) is held
+out for the label F1 reported after each epoch. The result is a normal compressor directory
+(`save_pretrained`), which ``train`` starts from (``compressor.model: <dir>``). The labels are
+stored in the warehouse table ``sft_labels`` so they can be queried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tacorl_offline.alignment import align_text, labels_for_spans, trim_to_rate
+from tacorl_offline.errors import UserError
+from tacorl_offline.teachers.extractive import _STOP
+
+# ----------------------------------------------------------------------------- labels (pure)
+
+
+def is_stopword(word: str) -> bool:
+    """Stopword or pure punctuation (PCRL's heuristic drops these first)."""
+    w = word.strip().lower()
+    return (not any(c.isalnum() for c in w)) or w in _STOP
+
+
+def stopword_labels(words: Sequence[str]) -> np.ndarray:
+    return np.array([not is_stopword(w) for w in words], dtype=bool)
+
+
+def teacher_labels(
+    text: str,
+    answer: str,
+    word_spans: Sequence[tuple[int, int]],
+    weights: np.ndarray,
+    rate: float,
+) -> np.ndarray:
+    """Compressor words aligned to the teacher's answer, at most ``rate`` of the weight."""
+    al, spans = align_text(text, answer)
+    kept = [s for s, k in zip(spans, al.labels, strict=True) if k]
+    labels = labels_for_spans(kept, word_spans)
+    return trim_to_rate(labels, weights, rate)
+
+
+def read_label_file(path: str | Path) -> list[dict[str, Any]]:
+    """Records ``{"words", "labels", "origin"?}`` from JSON (list or mapping) or JSONL."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: label file not found; pass an existing file with --labels")
+    raw = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".jsonl":
+            recs: Any = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        else:
+            recs = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); fix the file") from None
+    if isinstance(recs, dict):
+        recs = list(recs.values())
+    if not isinstance(recs, list):
+        raise UserError(f"{p}: expected a list or mapping of label records")
+    out = []
+    for i, r in enumerate(recs):
+        if not isinstance(r, dict) or not isinstance(r.get("words"), list):
+            raise UserError(
+                f"{p}: record {i} has no 'words' list; each record needs words and labels"
+            )
+        labels = r.get("labels")
+        if not isinstance(labels, list) or len(labels) != len(r["words"]):
+            raise UserError(
+                f"{p}: record {i}: 'labels' must be a list as long as 'words' ({len(r['words'])})"
+            )
+        out.append(
+            {
+                "words": [str(w) for w in r["words"]],
+                "labels": [bool(x) for x in labels],
+                "origin": r.get("origin"),
+            }
+        )
+    return out
+
+
+def file_labels(
+    text: str, record: dict[str, Any], word_spans: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Map a label record's words onto the text (in order) and then onto compressor words."""
+    kept: list[tuple[int, int]] = []
+    pos = 0
+    for w, keep in zip(record["words"], record["labels"], strict=True):
+        at = text.find(w, pos)
+        if at < 0:
+            continue  # a word the text does not hold (variation): no label
+        if keep:
+            kept.append((at, at + len(w)))
+        pos = at + len(w)
+    return labels_for_spans(kept, word_spans)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class SftExample:
+    prompt_id: str
+    text: str
+    fields: dict[str, Any]
+    labels: np.ndarray  # bool per compressor word
+
+
+@dataclass
+class LabelScores:
+    precision: float
+    recall: float
+    f1: float
+
+
+def label_f1(pred: Sequence[np.ndarray], gold: Sequence[np.ndarray]) -> LabelScores:
+    tp = sum(int((p & g).sum()) for p, g in zip(pred, gold, strict=True))
+    npred = sum(int(p.sum()) for p in pred)
+    ngold = sum(int(g.sum()) for g in gold)
+    prec = tp / npred if npred else 0.0
+    rec = tp / ngold if ngold else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return LabelScores(prec, rec, f1)
+
+
+def held_out(prompt_id: str, share: float) -> bool:
+    h = hashlib.sha256(prompt_id.encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < share
+
+
+def class_weights(
+    examples: Sequence[SftExample], weights_of: Callable[[SftExample], np.ndarray]
+) -> tuple[float, float]:
+    """``n / (2 n_c)`` over tokens (a word's label counts once per token)."""
+    pos = neg = 0.0
+    for ex in examples:
+        w = weights_of(ex)
+        pos += float(w[ex.labels].sum())
+        neg += float(w[~ex.labels].sum())
+    n = pos + neg
+    if pos == 0 or neg == 0:
+        raise UserError("SFT labels are all keep or all drop; check sft.source and compressor.rate")
+    return n / (2 * neg), n / (2 * pos)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    label_f1: float
+    label_precision: float
+    label_recall: float
+    seconds: float
+
+
+@dataclass
+class SftResult:
+    epochs: list[EpochLog] = field(default_factory=list)
+    n_train: int = 0
+    n_eval: int = 0
+    keep_share: float = 0.0
+
+
+def train_sft(
+    comp: Any,
+    train: Sequence[SftExample],
+    evals: Sequence[SftExample],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> SftResult:
+    """Class-balanced token cross-entropy on word labels; label F1 on ``evals`` per epoch."""
+    if not train:
+        raise UserError("no SFT training examples (every prompt was held out or unlabelled)")
+    layouts = {ex.prompt_id: comp.layouts([ex.text], comp.options)[0] for ex in train}
+    w0, w1 = class_weights(train, lambda ex: layouts[ex.prompt_id].weights)
+    model = comp.model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    total = epochs * math.ceil(len(train) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda u: (
+            max(0.0, 1.0 - u / max(1, total))
+            if u >= total * 0.06
+            else (u + 1) / max(1, total * 0.06)
+        ),
+    )
+    rng = random.Random(seed)
+    res = SftResult(n_train=len(train), n_eval=len(evals))
+    res.keep_share = float(np.mean([ex.labels.mean() for ex in train if len(ex.labels)]))
+    done = 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        model.train()
+        losses = []
+        for k in range(0, len(order), batch_size):
+            batch = [train[i] for i in order[k : k + batch_size]]
+            lays, tps = comp.token_probs(
+                [ex.text for ex in batch], fields=[ex.fields for ex in batch]
+            )
+            parts = []
+            for ex, lay, tp in zip(batch, lays, tps, strict=True):
+                wot = torch.as_tensor(lay.word_of_token[: tp.shape[0]])
+                ok = wot >= 0
+                if ok.any():
+                    deciding = ~torch.as_tensor(lay.forced)[wot[ok]]
+                    y = torch.as_tensor(ex.labels)[wot[ok]][deciding].to(tp.dtype)
+                    p = tp[ok][deciding].clamp(1e-6, 1 - 1e-6)
+                    parts.append(-(w1 * y * p.log() + w0 * (1 - y) * (1 - p).log()))
+            if not parts:
+                continue
+            loss = torch.cat(parts).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            done += 1
+            if on_batch:
+                on_batch(done, total)
+        scores = (
+            evaluate_labels(comp, evals) if evals else LabelScores(math.nan, math.nan, math.nan)
+        )
+        log = EpochLog(
+            epoch,
+            float(np.mean(losses)) if losses else math.nan,
+            scores.f1,
+            scores.precision,
+            scores.recall,
+            time.perf_counter() - t0,
+        )
+        res.epochs.append(log)
+        if on_epoch:
+            on_epoch(log)
+    model.eval()
+    return res
+
+
+def evaluate_labels(comp: Any, examples: Sequence[SftExample], batch_size: int = 32) -> LabelScores:
+    """Label F1 of ``p > 0.5`` per deciding word against the labels."""
+    preds, golds = [], []
+    was = comp.model.training
+    comp.model.eval()
+    try:
+        with torch.inference_mode():
+            for k in range(0, len(examples), batch_size):
+                batch = examples[k : k + batch_size]
+                lays, wps = comp.word_probs(
+                    [ex.text for ex in batch], fields=[ex.fields for ex in batch]
+                )
+                for ex, lay, p in zip(batch, lays, wps, strict=True):
+                    dec = ~lay.forced
+                    preds.append((p.cpu().numpy() > 0.5)[dec])
+                    golds.append(ex.labels[dec])
+    finally:
+        comp.model.train(was)
+    return label_f1(preds, golds)
+
+
+def new_run_id() -> str:
+    return "sft-" + uuid.uuid4().hex[:12]
+
+
+# ----------------------------------------------------------------------------- the phase (I/O)
+
+
+@dataclass
+class SftSummary:
+    run_id: str
+    source: str
+    output: Path
+    prompts: int
+    result: SftResult
+    seconds: float
+
+
+def build_examples(
+    comp: Any, items: Sequence[Any], source: str, rate: float, labels_path: str | None
+) -> list[SftExample]:
+    """Word labels for every item (``items`` carry ``text``, ``fields`` and, for the teacher
+    source, ``reference``: the teacher's answer to the original)."""
+    lays = comp.layouts([it.text for it in items], comp.options)
+    records = read_label_file(labels_path) if source == "file" else []
+    if source == "file":
+        if not labels_path:
+            raise UserError("sft.source 'file' needs sft.labels_path (or --labels FILE)")
+        by_origin = {r["origin"]: r for r in records if r.get("origin")}
+    out = []
+    for k, (it, lay) in enumerate(zip(items, lays, strict=True)):
+        if source == "teacher":
+            if not it.reference:
+                continue  # the teacher failed on this prompt: nothing to align to
+            labels = teacher_labels(it.text, it.reference, lay.spans, lay.weights, rate)
+        elif source == "stopword":
+            labels = stopword_labels(lay.words)
+        else:
+            rec = by_origin.get(it.text) or (
+                records[k] if k < len(records) and not by_origin else None
+            )
+            if rec is None:
+                continue
+            labels = file_labels(it.text, rec, lay.spans)
+        out.append(SftExample(it.prompt_id, it.text, dict(it.fields or {}), labels | lay.forced))
+    return out
+
+
+def run_sft(
+    cfg: Any,
+    *,
+    warehouse: Any,
+    items: Sequence[Any],
+    teacher_key: str,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> SftSummary:
+    """Label, store the labels, train, save. ``items`` come from the warehouse (see items.py)."""
+    from tacorl_offline.compressor import Compressor
+    from tacorl_offline.compressor.text import rebuild
+    from tacorl_offline.warehouse import Warehouse, insert_rows
+
+    sc = cfg.sft
+    t0 = time.perf_counter()
+    torch.manual_seed(sc.seed)
+    comp = Compressor.from_pretrained(
+        cfg.compressor.model,
+        device=cfg.compressor.device,
+        options=cfg.compressor.options(),
+        condition_on=cfg.compressor.condition_on,
+    )
+    examples = build_examples(comp, items, sc.source, cfg.compressor.rate, sc.labels_path)
+    if not examples:
+        raise UserError(
+            f"no prompt could be labelled from source '{sc.source}'; check the teacher answers or the label file"
+        )
+    run_id = new_run_id()
+    evals = [ex for ex in examples if held_out(ex.prompt_id, sc.eval_share)]
+    train = [ex for ex in examples if not held_out(ex.prompt_id, sc.eval_share)]
+    heldout_ids = {ex.prompt_id for ex in evals}
+    rows = []
+    lays = comp.layouts([ex.text for ex in examples], comp.options)
+    for ex, lay in zip(examples, lays, strict=True):
+        rows.append(
+            {
+                "run_id": run_id,
+                "prompt_id": ex.prompt_id,
+                "source": sc.source,
+                "heldout": ex.prompt_id in heldout_ids,
+                "n_words": len(ex.labels),
+                "n_kept": int(ex.labels.sum()),
+                "keep": [bool(x) for x in ex.labels],
+                "kept_text": rebuild(ex.text, lay.spans, ex.labels),
+            }
+        )
+    out_dir = Path(sc.output_dir) / run_id
+    with warehouse.transaction() as con:
+        Warehouse.start_run(
+            con,
+            {
+                "run_id": run_id,
+                "kind": "sft",
+                "dataset": cfg.data.dataset,
+                "split": cfg.data.split,
+                "teacher_key": teacher_key,
+                "config": cfg.model_dump(mode="json"),
+            },
+        )
+        insert_rows(con, "sft_labels", rows)
+    status, message = "failed", None
+    try:
+
+        def epoch_done(log: EpochLog) -> None:
+            comp.save_pretrained(out_dir / "checkpoints" / f"epoch-{log.epoch}")
+            old = out_dir / "checkpoints" / f"epoch-{log.epoch - 1}"
+            if old.exists():
+                import shutil
+
+                shutil.rmtree(old)
+            if on_epoch:
+                on_epoch(log)
+
+        result = train_sft(
+            comp,
+            train,
+            evals,
+            epochs=sc.epochs,
+            lr=sc.lr,
+            batch_size=sc.batch_size,
+            seed=sc.seed,
+            on_epoch=epoch_done,
+            on_batch=on_batch,
+        )
+        final = comp.save_pretrained(out_dir / "final")
+        last = result.epochs[-1] if result.epochs else None
+        status = "finished"
+        message = f"label F1 {last.label_f1:.3f}" if last else None
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        with warehouse.transaction() as con:
+            Warehouse.finish_run(con, run_id, status, message)
+    return SftSummary(run_id, sc.source, final, len(examples), result, time.perf_counter() - t0)
