@@ -187,6 +187,16 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("cost_usd", "DOUBLE"),
         ("created_at", TS),
     ],
+    "sft_labels": [
+        ("run_id", "VARCHAR"),
+        ("prompt_id", "VARCHAR"),
+        ("source", "VARCHAR"),
+        ("heldout", "BOOLEAN"),
+        ("n_words", "INTEGER"),
+        ("n_kept", "INTEGER"),
+        ("keep", "BOOLEAN[]"),
+        ("kept_text", "VARCHAR"),
+    ],
 }
 EXPECTED_KEYS = {
     "api_calls": ["call_id"],
@@ -200,6 +210,7 @@ EXPECTED_KEYS = {
     "runs": ["run_id"],
     "samples": ["run_id", "step", "prompt_id", "sample_idx"],
     "schema_migrations": ["name"],
+    "sft_labels": ["run_id", "prompt_id"],
     "steps": ["run_id", "step"],
 }
 EXPECTED_VIEWS = ["teacher_outputs"]

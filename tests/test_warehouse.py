@@ -24,6 +24,7 @@ EXPECTED_TABLES = [
     "runs",
     "samples",
     "schema_migrations",
+    "sft_labels",
     "steps",
     "teacher_outputs",
 ]
