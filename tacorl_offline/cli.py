@@ -30,8 +30,10 @@ from tacorl_offline.display import (
     print_fill_summary,
     print_json,
     print_run_report,
+    print_sft_summary,
     print_train_summary,
     render,
+    sft_with_progress,
     show_stage,
     train_with_progress,
 )
@@ -281,6 +283,42 @@ def teacher_fill(
     if summary.budget_stopped:
         err.print("budget reached: stopped cleanly; rerun teacher-fill to resume", markup=False)
         raise typer.Exit(3)
+
+
+# --------------------------------------------------------------------------- sft
+
+
+@app.command()
+@user_errors
+def sft(
+    config: ConfigOpt = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Word labels: teacher, file or stopword (sft.source)."),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="LLMLingua-2 word-label file for --source file.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (sft.epochs).")] = None,
+    output_dir: Annotated[
+        str | None, typer.Option(help="Where the model directory goes (sft.output_dir).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Supervised warm start (LLMLingua-2 style): word labels, class-balanced token loss,
+    held-out label F1; the result is a compressor directory that train can start from."""
+    cfg = _config(
+        config,
+        **{
+            "warehouse": warehouse,
+            "sft.source": source,
+            "sft.labels_path": labels,
+            "sft.epochs": epochs,
+            "sft.output_dir": output_dir,
+        },
+    )
+    print_sft_summary(sft_with_progress(cfg, warehouse=_warehouse(cfg), progress=progress))
 
 
 # --------------------------------------------------------------------------- train

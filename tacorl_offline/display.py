@@ -134,6 +134,51 @@ def fill_progress(progress: bool) -> tuple[Progress, Callable[[Any, int], None]]
     return bar, on_progress
 
 
+def sft_with_progress(cfg: Config, *, warehouse: Any, progress: bool) -> Any:
+    """Run the sft phase with a progress bar over its batches and a line per epoch."""
+    from tacorl_offline.sft import sft_phase
+
+    def epoch(log: Any) -> None:
+        out.print(
+            f"epoch {log.epoch}: loss {log.loss:.4f}, held-out label F1 {log.label_f1:.3f} "
+            f"(precision {log.label_precision:.3f}, recall {log.label_recall:.3f}), {log.seconds:.0f}s",
+            markup=False,
+        )
+
+    if not progress:
+        return sft_phase(cfg, warehouse=warehouse, on_epoch=epoch)
+    bar = Progress(
+        TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    )
+    with bar:
+        task = bar.add_task("sft", total=None)
+        return sft_phase(
+            cfg,
+            warehouse=warehouse,
+            on_epoch=epoch,
+            on_batch=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+
+def print_sft_summary(s: Any) -> None:
+    t = Table(title=f"sft {s.run_id} ({s.source} labels)")
+    t.add_column("")
+    t.add_column("value")
+    last = s.result.epochs[-1] if s.result.epochs else None
+    for k, v in [
+        ("prompts labelled", str(s.prompts)),
+        ("train / held-out", f"{s.result.n_train} / {s.result.n_eval}"),
+        ("labelled keep share", f"{s.result.keep_share:.3f}"),
+        ("final loss", f"{last.loss:.4f}" if last else "-"),
+        ("held-out label F1", f"{last.label_f1:.3f}" if last else "-"),
+        ("seconds", f"{s.seconds:.0f}"),
+        ("model", str(s.output)),
+    ]:
+        t.add_row(k, v)
+    out.print(t)
+    out.print(f"start RL from it: train with compressor.model: {s.output}", markup=False)
+
+
 def print_train_summary(s: Any) -> None:
     t = Table(
         title=f"train {s.run_id}"

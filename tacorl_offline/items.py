@@ -27,7 +27,9 @@ class Item:
     gold: str | None  # the data's reference answer, if any
 
 
-def load_items(con: Any, cfg: Config, tkey: str) -> list[Item]:
+def load_items(con: Any, cfg: Config, tkey: str, *, require_answers: bool = True) -> list[Item]:
+    """The split's items with their teacher answers; ``require_answers=False`` for a phase that
+    needs none (SFT on stopword or file labels): a prompt without one keeps ``reference=None``."""
     rows = con.execute(
         """
         SELECT d.prompt_id, p.text, p.fields, p.reference
@@ -59,7 +61,7 @@ def load_items(con: Any, cfg: Config, tkey: str) -> list[Item]:
             missing += 1
         elif hit["ok"]:
             item.reference = hit["answer"]
-    if missing:
+    if missing and require_answers:
         raise UserError(
             f"{missing} of {len(items)} prompts have no teacher answer to the original prompt under this teacher; "
             "run 'tacorl-offline teacher-fill' with the same config first"

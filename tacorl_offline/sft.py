@@ -320,12 +320,11 @@ def build_examples(
 ) -> list[SftExample]:
     """Word labels for every item (``items`` carry ``text``, ``fields`` and, for the teacher
     source, ``reference``: the teacher's answer to the original)."""
+    if source == "file" and not labels_path:
+        raise UserError("sft.source 'file' needs sft.labels_path (or --labels FILE)")
+    records = read_label_file(labels_path) if source == "file" and labels_path else []
+    by_origin = {r["origin"]: r for r in records if r.get("origin")}
     lays = comp.layouts([it.text for it in items], comp.options)
-    records = read_label_file(labels_path) if source == "file" else []
-    if source == "file":
-        if not labels_path:
-            raise UserError("sft.source 'file' needs sft.labels_path (or --labels FILE)")
-        by_origin = {r["origin"]: r for r in records if r.get("origin")}
     out = []
     for k, (it, lay) in enumerate(zip(items, lays, strict=True)):
         if source == "teacher":
@@ -343,6 +342,30 @@ def build_examples(
             labels = file_labels(it.text, rec, lay.spans)
         out.append(SftExample(it.prompt_id, it.text, dict(it.fields or {}), labels | lay.forced))
     return out
+
+
+def sft_phase(
+    cfg: Any,
+    *,
+    warehouse: Any,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> SftSummary:
+    """The ``sft`` command: the split's prompts from the warehouse, then :func:`run_sft`."""
+    from tacorl_offline.items import load_items
+    from tacorl_offline.runs import key_of
+
+    tkey = key_of(cfg.teacher)
+    with warehouse.connect() as con:
+        items = load_items(con, cfg, tkey, require_answers=cfg.sft.source == "teacher")
+    return run_sft(
+        cfg,
+        warehouse=warehouse,
+        items=items,
+        teacher_key=tkey,
+        on_epoch=on_epoch,
+        on_batch=on_batch,
+    )
 
 
 def run_sft(
