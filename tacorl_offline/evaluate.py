@@ -188,7 +188,10 @@ def compress_prompts(comp: Any, items: Sequence[Item], *, rate: float, target_to
     """The one place evaluation compresses prompts with a model (fields go here when a
     question-aware compressor needs them)."""
     results = comp.compress(
-        [i.text for i in items], rate=rate, target_token=target_token if target_token > 0 else -1
+        [i.text for i in items],
+        rate=rate,
+        target_token=target_token if target_token > 0 else -1,
+        fields=[i.fields for i in items],
     )
     return [Compression(r.compressed_prompt, r.mask_hash) for r in results]
 
@@ -380,7 +383,10 @@ async def run_evaluation(
     for m in models:
         tick(f"compress with {m}")
         comp = Compressor.from_pretrained(
-            m, device=cfg.compressor.device, options=cfg.compressor.options()
+            m,
+            device=cfg.compressor.device,
+            options=cfg.compressor.options(),
+            condition_on=cfg.compressor.condition_on,
         )
         if first is None:
             first = comp
