@@ -425,6 +425,12 @@ class SftConfig(_Section):
     eval_share: float = Field(
         0.1, ge=0, lt=1, description="Share of prompts held out (by id hash) for the label F1."
     )
+    freeze_layers: int = Field(
+        0,
+        ge=0,
+        description="Freeze the embeddings and the first N encoder layers (0: train everything); "
+        "fewer weights to move on a small label set, and a cheaper backward pass.",
+    )
     seed: int = Field(0, description="Seed for the data order.")
     output_dir: str = Field("runs/sft", description="Where the SFT model directory goes.")
 

@@ -212,7 +212,8 @@ def train_sft(
     layouts = {ex.prompt_id: comp.layouts([ex.text], comp.options)[0] for ex in train}
     w0, w1 = class_weights(train, lambda ex: layouts[ex.prompt_id].weights)
     model = comp.model
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = epochs * math.ceil(len(train) / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -252,7 +253,7 @@ def train_sft(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
@@ -275,6 +276,25 @@ def train_sft(
             on_epoch(log)
     model.eval()
     return res
+
+
+def freeze_lower_layers(model: torch.nn.Module, n: int) -> int:
+    """Freeze the embeddings and the first ``n`` encoder layers of a BERT/XLM-R-style token
+    classifier; returns how many parameter tensors were frozen."""
+    if n <= 0:
+        return 0
+    base = getattr(model, "base_model", model)
+    parts = [getattr(base, "embeddings", None)]
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None:
+        raise UserError("sft.freeze_layers needs an encoder with .encoder.layer (BERT, XLM-R)")
+    parts += list(layers[:n])
+    frozen = 0
+    for part in parts:
+        for p in part.parameters() if part is not None else []:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def evaluate_labels(comp: Any, examples: Sequence[SftExample], batch_size: int = 32) -> LabelScores:
@@ -392,6 +412,7 @@ def run_sft(
         condition_on=cfg.compressor.condition_on,
     )
     examples = build_examples(comp, items, sc.source, cfg.compressor.rate, sc.labels_path)
+    freeze_lower_layers(comp.model, sc.freeze_layers)
     if not examples:
         raise UserError(
             f"no prompt could be labelled from source '{sc.source}'; check the teacher answers or the label file"

@@ -139,3 +139,14 @@ def test_entropy_term_scales_like_the_policy_term(n_words, logp_per_word, adv, h
     )
     upstream = -(adv * logp_per_word) - coeff * h_per_word
     assert float(loss) == pytest.approx(n_words * upstream)
+
+
+def test_freeze_lower_layers_leaves_the_top_and_the_head_trainable(model_dir) -> None:
+    from tacorl_offline.sft import freeze_lower_layers
+
+    comp = _comp(model_dir)
+    assert freeze_lower_layers(comp.model, 1) > 0
+    frozen = {n for n, p in comp.model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("bert.embeddings") for n in frozen)
+    assert any(".layer.0." in n for n in frozen)
+    assert not any(".layer.1." in n or n.startswith("classifier") for n in frozen)
