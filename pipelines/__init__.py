@@ -12,19 +12,21 @@ RECIPES: dict[str, Recipe] = {
     "summarization": Recipe(
         name="summarization",
         config="summarization.yaml",
-        data="summarization.json",
+        data="sample/summarization.json",
         about="Meeting summarization (upstream TACO-RL task), BLEU against the teacher's summary",
     ),
     "qa": Recipe(
         name="qa",
         config="qa.yaml",
-        data="qa.jsonl",
-        about="Extractive QA with a never-compressed question, SQuAD F1",
+        data="squad/train.jsonl",
+        heldout="squad/heldout.jsonl",
+        sft=True,
+        about="Real SQuAD 2.0 paragraphs, question-aware: SFT warm start, then RL; SQuAD F1 on held-out",
     ),
     "code": Recipe(
         name="code",
         config="code.yaml",
-        data="code.jsonl",
+        data="sample/code.jsonl",
         about="Code summarization, ROUGE-L",
     ),
 }

@@ -1,7 +1,9 @@
 """The chain every task recipe runs, one stage after another, each reporting what it did.
 
-A recipe (:class:`Recipe`) names a config under ``configs/`` and a sample under
-``data/sample/``; the recipes themselves are a plain mapping in ``pipelines/``, which only
+A recipe (:class:`Recipe`) names a config under ``configs/``, its training data under
+``data/`` (a bundled sample, or the SQuAD split) and optionally a held-out file scored at the
+end instead of the training prompts, and says whether a supervised warm start (``sft``)
+comes before RL; the recipes themselves are a plain mapping in ``pipelines/``, which only
 the CLI imports. Rendering is not done here: the caller passes ``say`` (a line of progress),
 ``show`` (a stage's result) and ``train`` (how to run training, e.g. with a progress display).
 """
@@ -23,8 +25,10 @@ from tacorl_offline.warehouse import Warehouse
 class Recipe:
     name: str
     config: str  # file name under configs/
-    data: str  # file name under data/sample/
+    data: str  # training file under data/ (e.g. sample/summarization.json)
     about: str
+    heldout: str | None = None  # held-out file under data/, evaluated instead of the train split
+    sft: bool = False  # supervised warm start before RL
 
 
 def recipe_config(recipe: Recipe, overrides: dict[str, Any] | None = None) -> Config:
@@ -54,37 +58,70 @@ def run_chain(
     show = show or (lambda stage, result: say(f"{stage}: {result}"))
     out: dict[str, Any] = {}
 
-    data = Path(resource_dir("data/sample")) / recipe.data
-    say(f"[1/5] ingest {data.name} -> {cfg.data.dataset}/{cfg.data.split} in {wh.path}")
-    records, _ = read_records(data, cfg.data)
-    out["ingest"] = store_records(
-        wh, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data
-    )
-    show("ingest", out["ingest"])
+    files = {cfg.data.split: Path(resource_dir("data")) / recipe.data}
+    if recipe.heldout:
+        files["heldout"] = Path(resource_dir("data")) / recipe.heldout
+    stages = 5 + (1 if recipe.sft else 0)
+    n = iter(range(1, stages + 1))
 
-    say(f"[2/5] teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})")
+    say(f"[{next(n)}/{stages}] ingest -> {cfg.data.dataset} in {wh.path}")
+    for split, path in files.items():
+        records, _ = read_records(path, cfg.data)
+        out[f"ingest:{split}"] = store_records(
+            wh, records, dataset=cfg.data.dataset, split=split, source_path=path
+        )
+        show("ingest", out[f"ingest:{split}"])
+    out["ingest"] = out[f"ingest:{cfg.data.split}"]
+
+    say(
+        f"[{next(n)}/{stages}] teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})"
+    )
     if cfg.teacher.backend == "extractive":
         say(
             "      note: the extractive teacher is a deterministic stand-in for an LLM, not a real model"
         )
-    out["fill"] = asyncio.run(run_fill(cfg, warehouse=wh))
-    show("fill", out["fill"])
+    for split in files:
+        out[f"fill:{split}"] = asyncio.run(run_fill(cfg, warehouse=wh, split=split))
+        show("fill", out[f"fill:{split}"])
+    out["fill"] = out[f"fill:{cfg.data.split}"]
 
-    say("[3/5] train (REINFORCE, cached teacher answers)")
-    out["train"] = train(cfg)
+    base = cfg.compressor.model
+    start = cfg
+    if recipe.sft:
+        from tacorl_offline.sft import sft_phase
+
+        say(
+            f"[{next(n)}/{stages}] sft: supervised warm start on the teacher's answers ({cfg.sft.source} labels)"
+        )
+        out["sft"] = sft_phase(
+            cfg,
+            warehouse=wh,
+            on_epoch=lambda log: say(
+                f"      epoch {log.epoch}: loss {log.loss:.4f}, held-out label F1 {log.label_f1:.3f}"
+            ),
+        )
+        start = cfg.model_copy(deep=True)
+        start.compressor.model = str(out["sft"].output)
+
+    say(f"[{next(n)}/{stages}] train (REINFORCE, cached teacher answers)")
+    out["train"] = train(start)
     show("train", out["train"])
 
-    say("[4/5] cost report")
+    say(f"[{next(n)}/{stages}] cost report")
     out["cost"] = cost_report(wh, by="phase")
     show("cost", out["cost"])
 
     trained = str(out["train"].final_model)
+    ev = cfg.model_copy(deep=True)
+    ev.data.split = "heldout" if recipe.heldout else cfg.data.split
+    models = [trained, base] + ([str(out["sft"].output)] if recipe.sft else [])
     say(
-        f"[5/5] evaluate the trained compressor against the base ({cfg.compressor.model}) and "
-        f"the baselines on {cfg.data.dataset}/{cfg.data.split}, rate {cfg.compressor.rate}"
+        f"[{next(n)}/{stages}] evaluate the trained compressor against the base ({base})"
+        + (", the SFT warm start" if recipe.sft else "")
+        + f" and the baselines on {ev.data.dataset}/{ev.data.split}, rate {cfg.compressor.rate}"
     )
     evaluate = evaluate or (lambda c, **kw: asyncio.run(run_evaluation(c, warehouse=wh, **kw)))
-    out["eval"] = evaluate(cfg, models=[trained, cfg.compressor.model], reference=trained)
+    out["eval"] = evaluate(ev, models=models, reference=trained)
     show("eval", out["eval"])
 
     from tacorl_offline.plots import write_plots

@@ -304,6 +304,8 @@ def sft(
         str | None, typer.Option(help="Where the model directory goes (sft.output_dir).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Supervised warm start (LLMLingua-2 style): word labels, class-balanced token loss,
@@ -316,8 +318,11 @@ def sft(
             "sft.labels_path": labels,
             "sft.epochs": epochs,
             "sft.output_dir": output_dir,
+            "data.dataset": dataset,
+            "data.split": split,
         },
     )
+    cfg = _settle(cfg, dataset, split)
     print_sft_summary(sft_with_progress(cfg, warehouse=_warehouse(cfg), progress=progress))
 
 
