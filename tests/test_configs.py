@@ -54,8 +54,8 @@ def test_config_resolves_and_is_usable(path: Path, monkeypatch) -> None:
 def test_task_configs_default_offline(task: str) -> None:
     cfg = _resolve(CONFIGS / f"{task}.yaml")
     assert cfg.teacher.backend == "extractive"
-    assert cfg.data.dataset == f"sample-{task}"
-    assert cfg.train.max_steps is not None and cfg.train.max_steps <= 20
+    assert cfg.data.dataset == ("squad" if task == "qa" else f"sample-{task}")
+    assert cfg.train.max_steps is not None and cfg.train.max_steps <= 30
     assert cfg.train.batch_size <= 8 and cfg.train.epochs == 1
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(1e-5)
     if task == "summarization":
@@ -72,8 +72,11 @@ def test_qa_and_code_settings() -> None:
     assert (qa.data.text_field, qa.data.fields, qa.data.reference_field) == (
         "context",
         ["question"],
-        "answer",
+        "answers",
     )
+    # the shipped QA recipe: question-aware, warm-started, rate-consistent (bench/learning.py)
+    assert qa.compressor.condition_on == ["question"] and qa.train.sampler == "rate"
+    assert qa.sft.source == "teacher" and qa.compressor.force_tokens == ["."]
     assert "{question}" in qa.teacher.template and qa.teacher.extractive_mode == "qa"
     assert "squad_f1" in parse_metric_spec(qa.train.reward.metric)
     code = _resolve(CONFIGS / "code.yaml")
@@ -181,7 +184,7 @@ def _bad_copy(tmp_path: Path, old: str, new: str, name: str = "bad.yaml") -> Pat
 
 
 def test_bad_value_names_file_and_field(tmp_path: Path) -> None:
-    p = _bad_copy(tmp_path, "  batch_size: 4\n", "  batch_size: 0\n")
+    p = _bad_copy(tmp_path, "  batch_size: 8\n", "  batch_size: 0\n")
     with pytest.raises(UserError) as e:
         _resolve(p)
     msg = str(e.value)
