@@ -236,4 +236,5 @@ async def run_batch_fill(
             break
         await sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
     outcome.pending = [str(s.batch_id) for s in open_subs]
+    caller.save_unsaved()  # answers the journal refused (disk full): saved, then one error
     return outcome

@@ -12,6 +12,7 @@ unreachable leaves the warehouse unchanged and gets one clear error instead.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,32 +20,47 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tacorl_offline.errors import UserError
-from tacorl_offline.pricing import PriceTable
+from tacorl_offline.pricing import FREE_BACKENDS, PriceTable, worst_case_input_tokens
 from tacorl_offline.teachers.base import Teacher, TeacherRequest, TeacherResult
-from tacorl_offline.warehouse import Warehouse
+from tacorl_offline.warehouse import JournalWriteError, Warehouse
 
 
 @dataclass
 class Budget:
-    """Stops *launching* calls once the cap is reached; calls in flight still finish."""
+    """Stops *launching* calls before a cap could be passed.
+
+    A dollar cap holds by reservation: before a call is sent, its worst-case cost (see
+    :func:`worst_case_cost`) is reserved, and the call is only launched if spent + reserved +
+    that worst case stays within the cap. When the answer arrives, the reservation is swapped
+    for the real cost. So ``spent_usd`` never exceeds ``max_cost_usd``, whatever the
+    concurrency.
+    """
 
     max_cost_usd: float | None = None
     max_calls: int | None = None
     spent_usd: float = 0.0
+    reserved_usd: float = 0.0
     calls: int = 0  # paid calls started (requests, not retry attempts)
     exhausted: bool = False
 
-    def can_start(self, in_flight: int) -> bool:
+    def can_start(self, worst_usd: float = 0.0) -> bool:
+        """True, and the worst case reserved, if one more call fits under every cap."""
         if self.max_calls is not None and self.calls >= self.max_calls:
             self.exhausted = True
-        if self.max_cost_usd is not None:
-            done = max(self.calls - in_flight, 0)
-            per_call = self.spent_usd / done if done else 0.0
-            if self.spent_usd + in_flight * per_call >= self.max_cost_usd and (
-                self.spent_usd > 0 or self.max_cost_usd == 0
-            ):
-                self.exhausted = True
-        return not self.exhausted
+        if (
+            self.max_cost_usd is not None
+            and self.spent_usd + self.reserved_usd + worst_usd > self.max_cost_usd
+        ):
+            self.exhausted = True
+        if self.exhausted:
+            return False
+        self.reserved_usd += worst_usd
+        return True
+
+    def settle(self, reserved_usd: float, cost_usd: float) -> None:
+        """Swap a call's reservation for what it really cost."""
+        self.reserved_usd = max(self.reserved_usd - reserved_usd, 0.0)
+        self.spent_usd += cost_usd
 
     def reached(self) -> bool:
         """True once a cap is met or a call was refused for it."""
@@ -61,6 +77,16 @@ class Budget:
         if self.max_cost_usd is not None:
             parts.append(f"${self.spent_usd:.4f}/${self.max_cost_usd:.4f}")
         return ", ".join(parts)
+
+
+def check_budget_enforceable(budget: Budget, prices: PriceTable, backend: str, model: str) -> None:
+    """A dollar cap needs a price: refuse it up front rather than spend unmetered."""
+    if budget.max_cost_usd is not None and not prices.known(backend, model):
+        raise UserError(
+            f"--max-cost-usd / budget.max_cost_usd needs a price for model '{model}', which is not in "
+            f"the price table; add prices.{model}: {{input: USD_PER_1M, output: USD_PER_1M}} to the "
+            "config, or cap with --max-calls instead"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +111,18 @@ class CallStats:
     output_tokens: int = 0
     teacher_seconds: float = 0.0
     budget_stopped: bool = False
+    # Attempts that reached the server (everything but a refused connection).
+    reached_attempts: int = 0
+    # error kind -> requests that ended in it (permanent and transient failures).
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def failure_text(self) -> str:
+        """e.g. '3 of 10 requests failed (timeout: 2, http: 1)'; '' when none failed."""
+        n = sum(self.failures.values())
+        if not n:
+            return ""
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.failures.items()))
+        return f"{n} of {self.requests} requests failed ({kinds})"
 
 
 @dataclass
@@ -99,6 +137,24 @@ class Caller:
     pending_ledger: list[dict[str, Any]] = field(default_factory=list)
     stats: CallStats = field(default_factory=CallStats)
     unreachable_after: int = 8
+    # Answers received but not journaled (disk full): kept here, never dropped silently.
+    unsaved: list[list[tuple[str, dict[str, Any]]]] = field(default_factory=list)
+    journal_error: str | None = None
+
+    def __post_init__(self) -> None:
+        check_budget_enforceable(self.budget, self.prices, self.teacher.backend, self.teacher.model)
+
+    def worst_case_cost(self, job: Job) -> float:
+        """What ``job`` could be billed at most: reserved before it is sent."""
+        if self.budget.max_cost_usd is None or self.teacher.backend in FREE_BACKENDS:
+            return 0.0
+        max_tokens = int(self.teacher.key_settings().get("max_tokens") or 0)
+        return self.prices.cost(
+            self.teacher.backend,
+            self.teacher.model,
+            worst_case_input_tokens(job.request.messages),
+            max_tokens,
+        )
 
     @property
     def source(self) -> str:
@@ -168,8 +224,14 @@ class Caller:
             "run_id": self.run_id,
         }
 
-    async def commit(self, job: Job, res: TeacherResult) -> None:
-        """Journal the answer and its ledger rows before anyone uses them."""
+    async def commit(self, job: Job, res: TeacherResult, reserved: float | None = None) -> bool:
+        """Journal the answer and its ledger rows before anyone uses them.
+
+        ``reserved``: the worst case :class:`Budget` reserved for this call, swapped for its
+        real cost here (None: the caller did its own admission, e.g. the Batch API path).
+        Returns False when the journal could not take them (disk full): they are kept in
+        :attr:`unsaved` and saved by :meth:`save_unsaved` before the phase ends.
+        """
         cost = (
             self.prices.cost(
                 self.teacher.backend,
@@ -184,7 +246,15 @@ class Caller:
         ledger = self._ledger_rows(res, cost)
         st = self.stats
         st.attempts += len(ledger)
+        st.reached_attempts += sum(1 for r in ledger if r["status"] != "connection")
         st.teacher_seconds += res.latency_s
+        if reserved is None:
+            self.budget.spent_usd += cost
+        else:
+            self.budget.settle(reserved, cost)
+        if not res.ok:
+            kind = res.error_kind or "error"
+            st.failures[kind] = st.failures.get(kind, 0) + 1
         if res.ok or res.permanent:
             entries: list[tuple[str, dict[str, Any]]] = [
                 ("responses", self._response_row(job, res, cost))
@@ -202,18 +272,48 @@ class Caller:
                     )
                 )
             entries += [("api_calls", r) for r in ledger]
-            await asyncio.to_thread(self.warehouse.journal, entries)
+            saved = True
+            try:
+                await asyncio.to_thread(self.warehouse.journal, entries)
+            except JournalWriteError as e:
+                self.unsaved.append(entries)
+                self.journal_error = str(e)
+                saved = False
             st.cost_usd += cost
             st.input_tokens += res.input_tokens
             st.output_tokens += res.output_tokens
-            self.budget.spent_usd += cost
             if res.ok:
                 st.ok += 1
             else:
                 st.permanent_failures += 1
-        else:
-            self.pending_ledger.extend(ledger)
-            st.transient_failures += 1
+            return saved
+        self.pending_ledger.extend(ledger)
+        st.transient_failures += 1
+        return True
+
+    def save_unsaved(self) -> None:
+        """Write answers the journal refused straight into DuckDB, then report the journal error.
+
+        Always raises (a run whose journal is failing must stop), but only after every paid
+        answer held in memory is saved, or named as lost in the message.
+        """
+        if not self.unsaved:
+            return
+        entries = [e for batch in self.unsaved for e in batch]
+        n = sum(1 for t, _ in entries if t == "responses")
+        try:
+            self.warehouse.write_entries(entries)
+        except Exception as e:  # the disk may be just as full for DuckDB
+            hashes = ", ".join(r["request_hash"][:12] for t, r in entries if t == "responses")
+            raise UserError(
+                f"{self.journal_error}; {n} paid answer(s) could not be saved either "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}; request hashes {hashes})"
+            ) from None
+        self.unsaved.clear()
+        raise UserError(
+            f"{self.journal_error}; the run stopped and the {n} answer(s) received meanwhile were "
+            "written to the warehouse directly; free disk space and rerun to resume"
+        )
 
     async def run(
         self,
@@ -223,56 +323,72 @@ class Caller:
         on_result: Callable[[Job, TeacherResult], None] | None = None,
     ) -> dict[str, TeacherResult]:
         """Run jobs with at most ``concurrency`` in flight. Returns request_hash -> result for
-        every job that was started (a budget stop leaves the rest unstarted)."""
-        queue: asyncio.Queue[Job] = asyncio.Queue()
+        every job that was started (a budget stop leaves the rest unstarted).
+
+        Stops launching at the first auth error (401/403: every other request would fail the
+        same way) and raises it; a teacher that refuses every connection is one error, too.
+        """
+        pending: collections.deque[Job] = collections.deque()
         seen: set[str] = set()
         for j in jobs:
             if j.request.request_hash not in seen:  # never pay twice within one batch either
                 seen.add(j.request.request_hash)
-                queue.put_nowait(j)
+                pending.append(j)
         results: dict[str, TeacherResult] = {}
-        in_flight = 0
         connection_failures = 0
-        unreachable: list[str] = []
+        stop: list[str] = []  # why launching stopped (not the budget)
+        fatal: list[UserError] = []
 
         async def worker() -> None:
-            nonlocal in_flight, connection_failures
+            nonlocal connection_failures
             while True:
-                if unreachable or not self.budget.can_start(in_flight):
+                if stop or not pending:
                     return
-                try:
-                    job = queue.get_nowait()
-                except asyncio.QueueEmpty:
+                job = pending[0]
+                reserved = self.worst_case_cost(job)
+                if not self.budget.can_start(reserved):
                     return
+                pending.popleft()
                 self.budget.calls += 1
                 self.stats.requests += 1
-                in_flight += 1
                 t0 = time.perf_counter()
                 try:
                     res = await self.teacher.answer(job.request)
-                finally:
-                    in_flight -= 1
+                except BaseException:
+                    self.budget.settle(reserved, 0.0)
+                    raise
                 if not res.latency_s:
                     res.latency_s = time.perf_counter() - t0
-                await self.commit(job, res)
+                saved = await self.commit(job, res, reserved)
+                if not saved:
+                    stop.append("journal")
+                    continue
                 results[job.request.request_hash] = res
+                if res.error_kind == "auth":
+                    stop.append("auth")
+                    fatal.append(UserError(res.error or "teacher rejected the API key"))
                 if (
                     res.error_kind == "connection"
                     and self.stats.ok + self.stats.permanent_failures == 0
                 ):
                     connection_failures += 1
                     if connection_failures >= min(self.unreachable_after, len(seen)):
-                        unreachable.append(res.error or "connection refused")
+                        stop.append("unreachable")
+                        fatal.append(
+                            UserError(
+                                f"teacher unreachable ({res.error or 'connection refused'}); "
+                                "check teacher.base_url and that the server is running"
+                            )
+                        )
                 if on_result is not None:
                     on_result(job, res)
 
-        n = max(1, min(concurrency, queue.qsize()))
+        n = max(1, min(concurrency, len(pending)))
         await asyncio.gather(*(worker() for _ in range(n)))
-        if unreachable:
-            raise UserError(
-                f"teacher unreachable ({unreachable[0]}); check teacher.base_url and that the server is running"
-            )
-        if not queue.empty():
+        self.save_unsaved()
+        if fatal:
+            raise fatal[0]
+        if pending:
             self.stats.budget_stopped = True
         return results
 

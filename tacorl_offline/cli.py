@@ -79,6 +79,10 @@ def _main(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Exit codes: 2 a user error, 3 stopped by the budget (rerun resumes), 4 a Batch API job still
+# running (rerun collects it), 5 some requests failed (rerun retries the transient ones).
+EXIT_FAILURES = 5
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML config (ours or upstream train_reinforce.yaml)."),
@@ -273,6 +277,13 @@ def teacher_fill(
     with bar:
         summary = asyncio.run(run_fill(cfg, warehouse=_warehouse(cfg), on_progress=on_progress))
     print_fill_summary(summary)
+    if summary.failures:
+        err.print(
+            f"error: {summary.failure_text}; the answers that arrived are stored; rerun teacher-fill "
+            "to retry the transient failures",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_FAILURES)
     if summary.batches_pending:
         err.print(
             f"batch still running: {', '.join(summary.batches_pending)} (id stored in the warehouse); "

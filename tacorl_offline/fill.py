@@ -45,6 +45,8 @@ class FillSummary:
     output_tokens: int = 0
     seconds: float = 0.0
     budget_stopped: bool = False
+    failures: dict[str, int] = field(default_factory=dict)  # error kind -> requests
+    failure_text: str = ""  # e.g. "3 of 10 requests failed (timeout: 3)"
     price_known: bool = True
     batches_submitted: list[str] = field(default_factory=list)
     batches_pending: list[str] = field(default_factory=list)
@@ -134,7 +136,11 @@ async def run_fill(
             summary.spend.cost_usd = st.cost_usd
             summary.input_tokens, summary.output_tokens = st.input_tokens, st.output_tokens
             summary.budget_stopped = st.budget_stopped
-        if st.budget_stopped:
+            summary.failures = dict(st.failures)
+            summary.failure_text = st.failure_text()
+        if st.failures:  # a fill in which requests failed is a failure (exit 4), not 'finished'
+            run.status, run.message = "failed", f"{summary.failure_text}; rerun to retry them"
+        elif st.budget_stopped:
             run.stop_for_budget(f"budget reached ({run.budget.remaining_text()}); rerun to resume")
     return summary
 

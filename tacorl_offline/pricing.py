@@ -5,12 +5,17 @@ OpenAI models at the time of writing; they change, so override them in config
 (``prices: {my-model: {input: 0.15, output: 0.6}}``). A model is matched by its exact name,
 then by the longest known prefix (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``). Local
 backends (extractive, hf) cost 0. An unknown API model also costs 0, and the fill/train
-summaries say so loudly rather than inventing a price.
+summaries say so loudly rather than inventing a price; a dollar cap on an unknown model is
+refused (it could not be enforced).
+
+A call's worst-case cost bounds what it can be billed before it is sent: one token per UTF-8
+byte of every message (byte-level BPE never makes a token shorter than a byte) plus a per-message
+overhead, and ``max_tokens`` of output. Reserving it is what keeps a dollar cap exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -83,3 +88,17 @@ class PriceTable:
 def prices_from_config(cfg: Config) -> PriceTable:
     """The price table with the config's ``prices`` overrides."""
     return PriceTable({k: v.model_dump() for k, v in cfg.prices.items()})
+
+
+# Chat formatting adds a few tokens per message (role, separators) and a few to prime the reply.
+MESSAGE_OVERHEAD_TOKENS = 8
+REPLY_OVERHEAD_TOKENS = 8
+
+
+def worst_case_input_tokens(messages: Iterable[Mapping[str, object]]) -> int:
+    """An upper bound on the input tokens a chat request can be billed for."""
+    n = REPLY_OVERHEAD_TOKENS
+    for m in messages:
+        n += MESSAGE_OVERHEAD_TOKENS
+        n += sum(len(str(v).encode("utf-8")) for v in m.values() if v is not None)
+    return n

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tacorl_offline.calls import Budget, Caller, hit_ledger_rows
+from tacorl_offline.calls import Budget, Caller, check_budget_enforceable, hit_ledger_rows
 from tacorl_offline.config import Config, TeacherConfig
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import teacher_key
@@ -148,6 +148,11 @@ class PhaseRun:
         st = self.caller.stats
         return st.ok + st.permanent_failures > 0
 
+    @property
+    def reached_server(self) -> bool:
+        """Did any attempt reach the server (answered or not)? Such attempts stay in the ledger."""
+        return self.caller.stats.reached_attempts > 0
+
 
 def _exit_status(e: BaseException) -> tuple[str, str]:
     if isinstance(e, UserError):
@@ -169,14 +174,16 @@ async def phase_run(
 ) -> AsyncIterator[PhaseRun]:
     """Own a phase's run from teacher to final status (see the module docstring).
 
-    ``forget_unpaid_failure``: a run that failed before paying for anything (say, an
-    unreachable teacher) is removed with its ledger rows, leaving the warehouse as it was.
+    ``forget_unpaid_failure``: a run that failed before any attempt reached the server (say,
+    an unreachable teacher) is removed with its ledger rows, leaving the warehouse as it was.
+    An attempt that reached the server is a ledger row, whatever happened to it.
     """
     prices = prices_from_config(cfg)
+    budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
+    check_budget_enforceable(budget, prices, cfg.teacher.backend, cfg.teacher.model)
     teacher = build_teacher(cfg.teacher)
     tkey = key_of(cfg.teacher)
     run_id = run_id or f"{phase}-{uuid.uuid4().hex[:12]}"
-    budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
     run = PhaseRun(
         warehouse=warehouse,
         cfg=cfg,
@@ -201,7 +208,7 @@ async def phase_run(
         await teacher.aclose()
         if run.begun:
             with warehouse.transaction() as con:
-                if forget_unpaid_failure and run.status == "failed" and not run.paid_anything:
+                if forget_unpaid_failure and run.status == "failed" and not run.reached_server:
                     con.execute("DELETE FROM api_calls WHERE run_id = ?", [run.run_id])
                     con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
                 else:

@@ -14,6 +14,12 @@ Design decisions:
   (``INSERT OR IGNORE`` on primary keys, so a replay after a crash is idempotent) and then
   truncated. A crash at any moment loses at most the calls still in flight, and the DuckDB
   lock is held only for the milliseconds a batch insert takes.
+- **A bad journal line never bricks the warehouse.** A line that is not UTF-8, not a JSON
+  object of the journal's shape, or whose row fails its insert is moved to
+  ``<file>.journal.quarantine`` (with a one-line warning naming it); the good lines still load.
+- **A failed append is one clear error.** Disk full (or any OS error) on append undoes the
+  partial write and raises :class:`JournalWriteError`; the caller keeps the answer in memory
+  and saves it another way (:meth:`Warehouse.write_entries`) before stopping.
 - **Batched writes.** Rows go in as Arrow tables, 40-100x faster than ``executemany``.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
@@ -41,6 +48,29 @@ from tacorl_offline.resources import resource_dir
 JOURNAL_TABLES = ("responses", "api_calls", "masks")
 
 _PID_RE = re.compile(r"PID (\d+)")
+
+log = logging.getLogger("tacorl_offline")
+
+
+class JournalWriteError(UserError):
+    """The journal could not take an append (disk full, permissions, not a file)."""
+
+
+def _journal_entry(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """Parse one journal line; ValueError says why it is bad."""
+    try:
+        e = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except json.JSONDecodeError:
+        raise ValueError("not JSON (a torn write?)") from None
+    if (
+        not isinstance(e, dict)
+        or e.get("t") not in JOURNAL_TABLES
+        or not isinstance(e.get("r"), dict)
+    ):
+        raise ValueError("not a journal entry object")
+    return e["t"], e["r"]
 
 
 def migrations() -> list[tuple[str, str]]:
@@ -190,16 +220,28 @@ class Warehouse:
 
     @contextlib.contextmanager
     def _locked_journal(self, mode: str) -> Iterator[Any]:
+        self._check_journal_path()
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._journal_lock, open(self.journal_path, mode, encoding="utf-8") as f:
+        with self._journal_lock, open(self.journal_path, mode) as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield f
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def _check_journal_path(self) -> None:
+        if self.journal_path.is_dir():
+            raise UserError(
+                f"the warehouse journal {self.journal_path} is a directory; move it away "
+                "(the journal must be a file beside the warehouse)"
+            )
+
     def journal(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        """Durably append (table, row) entries. Returns once they are on disk."""
+        """Durably append (table, row) entries. Returns once they are on disk.
+
+        Raises :class:`JournalWriteError` (one line) if the append fails; a partial write is
+        cut off again, so the journal never keeps half a line from it.
+        """
         lines = []
         for table, row in entries:
             if table not in JOURNAL_TABLES:
@@ -209,51 +251,118 @@ class Warehouse:
             )
         if not lines:
             return
-        with self._locked_journal("a") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        data = "".join(lines).encode("utf-8")
+        try:
+            with self._locked_journal("ab") as f:
+                start = f.seek(0, os.SEEK_END)
+                try:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        f.truncate(start)
+                    raise
+        except OSError as e:
+            raise JournalWriteError(
+                f"cannot append to the warehouse journal {self.journal_path}: "
+                f"{e.strerror or type(e).__name__}"
+            ) from None
+
+    def _read_journal(
+        self, f: Any
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[bytes, str]]]:
+        """(good entries, (bad line, why)) from an open binary journal."""
+        good, bad = [], []
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                good.append(_journal_entry(raw))
+            except ValueError as e:
+                bad.append((raw, str(e)))
+        return good, bad
 
     def pending_journal(self) -> list[tuple[str, dict[str, Any]]]:
-        """Entries not yet replayed into DuckDB (a torn last line from a crash is skipped)."""
-        if not self.journal_path.exists():
+        """Entries not yet replayed into DuckDB (bad lines, such as a torn write, are skipped)."""
+        if not self.journal_path.exists() or self.journal_path.stat().st_size == 0:
             return []
-        out = []
-        with self._locked_journal("r") as f:
-            for line in f:
+        with self._locked_journal("rb") as f:
+            return self._read_journal(f)[0]
+
+    def _quarantine(self, bad: Sequence[tuple[bytes, str]]) -> None:
+        q = self.journal_path.with_name(self.journal_path.name + ".quarantine")
+        with open(q, "ab") as f:
+            for raw, _ in bad:
+                f.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        reasons = sorted({why for _, why in bad})
+        log.warning(
+            "warning: %d bad journal line(s) (%s) moved to %s; the good lines were loaded",
+            len(bad),
+            "; ".join(reasons),
+            q,
+        )
+
+    def _insert_entries(
+        self, con: duckdb.DuckDBPyConnection, entries: Sequence[tuple[str, dict[str, Any]]]
+    ) -> list[tuple[str, dict[str, Any], str]]:
+        """Insert entries; returns the ones that failed (table, row, why).
+
+        Fast path: one Arrow batch per table in one transaction. If that fails, the rows go in
+        one by one so a single bad row cannot keep the others out.
+        """
+        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for t, r in entries:
+            by_table[t].append(r)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in JOURNAL_TABLES:
+                insert_rows(con, table, by_table.get(table, []), on_conflict="ignore")
+            con.execute("COMMIT")
+            return []
+        except Exception:
+            con.execute("ROLLBACK")
+        failed = []
+        for table in JOURNAL_TABLES:  # each row on its own (INSERT OR IGNORE: idempotent)
+            for row in by_table.get(table, []):
                 try:
-                    e = json.loads(line)
-                    out.append((e["t"], e["r"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-        return out
+                    insert_rows(con, table, [row], on_conflict="ignore")
+                except Exception as e:
+                    failed.append((table, row, " ".join(str(e).split())[:200]))
+        return failed
 
     def _replay_journal(self, con: duckdb.DuckDBPyConnection) -> int:
+        self._check_journal_path()
         if not self.journal_path.exists() or self.journal_path.stat().st_size == 0:
             return 0
-        with self._locked_journal("r+") as f:
-            by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for line in f:
-                try:
-                    e = json.loads(line)
-                    by_table[e["t"]].append(e["r"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # torn trailing write from a crash: that call was still in flight
-            n = 0
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for table in JOURNAL_TABLES:
-                    n += insert_rows(con, table, by_table.get(table, []), on_conflict="ignore")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+        with self._locked_journal("rb+") as f:
+            entries, bad = self._read_journal(f)
+            failed = self._insert_entries(con, entries)
+            bad += [
+                (
+                    json.dumps({"t": t, "r": r}, ensure_ascii=False, default=str).encode("utf-8"),
+                    f"insert into {t} failed: {why}",
+                )
+                for t, r, why in failed
+            ]
+            if bad:
+                self._quarantine(bad)
             # Only after the commit: a crash before this line replays again, harmlessly.
             f.seek(0)
             f.truncate()
             f.flush()
             os.fsync(f.fileno())
-        return n
+        return len(entries) - len(failed)
+
+    def write_entries(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Write journal-shaped entries straight into DuckDB (when the journal cannot take them)."""
+        with self.connect() as con:
+            failed = self._insert_entries(con, [(t, dict(r)) for t, r in entries])
+        if failed:
+            t, _, why = failed[0]
+            raise UserError(f"{len(failed)} row(s) could not be written: insert into {t}: {why}")
 
     def flush(self) -> None:
         """Replay the journal into DuckDB now (opens and closes a write connection)."""

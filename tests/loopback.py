@@ -6,8 +6,9 @@ work) with a deterministic answer: ``"Answer: "`` + the first 12 words of the la
 message, and usage counted in words (or what ``responder(messages)`` returns, when a test sets
 one: e.g. a judge's verdict). Behaviour is set at runtime with :meth:`LoopbackServer.set`
 (``latency_s``, a standing ``mode``) and :meth:`LoopbackServer.script` (a queue of one-shot
-modes consumed by the next requests). Modes: ``ok``, ``429`` (with ``Retry-After``), ``500``,
-``hang`` (no reply until ``hang_s`` passes or the server stops), ``malformed`` (invalid JSON),
+modes consumed by the next requests). Modes: ``ok``, ``401``/``403`` (auth refused), ``429``
+(with ``Retry-After``), ``500``, ``hang`` (no reply until ``hang_s`` passes or the server stops),
+``close`` (headers and half the body, then the connection is closed), ``malformed`` (invalid JSON),
 ``empty`` (empty content), ``content_filter`` (finish_reason content_filter), ``no_usage``.
 
 Counters are thread-safe: ``calls``, ``calls_by_hash`` (sha256 of the raw body), ``in_flight``,
@@ -43,7 +44,19 @@ from typing import Any
 
 import pytest
 
-MODES = ("ok", "429", "500", "hang", "malformed", "empty", "content_filter", "no_usage")
+MODES = (
+    "ok",
+    "401",
+    "403",
+    "429",
+    "500",
+    "hang",
+    "close",
+    "malformed",
+    "empty",
+    "content_filter",
+    "no_usage",
+)
 ANSWER_WORDS = 12
 
 
@@ -192,6 +205,30 @@ class _Handler(BaseHTTPRequestHandler):
                 {"error": {"message": "rate limited (loopback)", "type": "rate_limit_exceeded"}},
                 {"Retry-After": f"{retry_after:g}"},
             )
+            return
+        if mode in ("401", "403"):
+            self._json(
+                int(mode),
+                {
+                    "error": {
+                        "message": "invalid api key (loopback)",
+                        "type": "invalid_request_error",
+                    }
+                },
+            )
+            return
+        if mode == "close":
+            body = json.dumps({"id": "x", "choices": [], "pad": "x" * 200}).encode()
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
             return
         if mode == "500":
             self._json(

@@ -10,6 +10,9 @@ Design decisions:
 - ``answer`` never raises for per-request failures. Empty content and ``content_filter`` are
   permanent failures (upstream TACO-RL paid +0.4 for them, a bug); transport failures are
   non-permanent. Error strings are one line and scrubbed of the API key.
+- A 401/403 is classed ``auth`` (in the ledger too): the caller stops the run at the first one,
+  since every other request would be refused the same way. A connection closed mid-response
+  is ``disconnected`` (the request reached the server), not ``connection`` (it never did).
 - The API key comes from the environment variable named by ``teacher.api_key_env``. It is
   required, except for a loopback ``base_url``/``azure_endpoint`` (127.0.0.1, ::1,
   localhost: a local vLLM/Ollama/test server), where a dummy key is used if it is unset.
@@ -46,9 +49,16 @@ def _one_line(s: str, limit: int = 300) -> str:
 
 
 def _exc_kind(err: BaseException) -> str:
+    """'connection': the request never reached a server (refused, DNS, connect timeout);
+    'timeout': sent, no answer in time; 'disconnected': sent, then the connection broke."""
+    # By name: the SDK's HTTP library (httpx, or its successor) is its own business.
     name = type(err).__name__
+    if name in ("ConnectError", "ConnectTimeout"):
+        return "connection"
     if "Timeout" in name:
         return "timeout"
+    if name in ("RemoteProtocolError", "ReadError", "WriteError"):
+        return "disconnected"
     return "connection"
 
 
@@ -78,9 +88,12 @@ class _ObservedClient(openai.DefaultAsyncHttpxClient):  # type: ignore[misc,vali
             if not 200 <= code < 300:
                 retry_after = response.headers.get("retry-after")
                 error = f"HTTP {code}" + (f" (Retry-After: {retry_after})" if retry_after else "")
+            status = "ok" if error is None else f"http_{code}"
+            if code in (401, 403):
+                status = "auth"
             sink.append(
                 Attempt(
-                    status="ok" if error is None else f"http_{code}",
+                    status=status,
                     latency_s=time.perf_counter() - t0,
                     error=_one_line(error, 120) if error else None,
                 )
@@ -229,8 +242,23 @@ class OpenAITeacher:
             tries = f"after {len(attempts)} attempt(s)"
             cause = e.__cause__
             detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
+            kind = _exc_kind(cause) if cause is not None else "connection"
+            if kind == "disconnected":
+                return self._fail(
+                    request,
+                    kind,
+                    f"teacher at {where} closed the connection mid-response ({detail}) {tries}",
+                )
             return self._fail(
                 request, "connection", f"teacher unreachable at {where} ({detail}) {tries}"
+            )
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            var = self._cfg.api_key_env
+            return self._fail(
+                request,
+                "auth",
+                f"teacher at {where} rejected the API key (HTTP {e.status_code}); check the key in "
+                f"the environment variable {var} (teacher.api_key_env)",
             )
         except openai.APIStatusError as e:
             tries = f"after {len(attempts)} attempt(s)"
