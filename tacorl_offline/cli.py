@@ -684,7 +684,7 @@ def show_config(config: ConfigOpt = None) -> None:
     import yaml
 
     cfg = _config(config)
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), markup=False)
+    out.print(yaml.safe_dump(cfg.stored(), sort_keys=False), markup=False)
 
 
 def _register_compress() -> None:

@@ -413,7 +413,7 @@ async def run_evaluation(
             run.begin(
                 con,
                 config={
-                    **cfg.model_dump(mode="json"),
+                    **cfg.stored(),
                     "eval_models": models,
                     "eval_baselines": base_names,
                     "eval_rate": rate,

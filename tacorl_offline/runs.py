@@ -104,7 +104,7 @@ class PhaseRun:
                 "dataset": self.cfg.data.dataset,
                 "split": split or self.cfg.data.split,
                 "teacher_key": self.teacher_key,
-                "config": dict(config) if config is not None else self.cfg.model_dump(mode="json"),
+                "config": dict(config) if config is not None else self.cfg.stored(),
             }
             if world_size is not None:
                 row["world_size"] = world_size

@@ -45,6 +45,7 @@ from tacorl_offline.datasets import settle
 from tacorl_offline.distributed import Dist
 from tacorl_offline.errors import UserError
 from tacorl_offline.items import Item, load_items
+from tacorl_offline.redaction import URL_FIELDS, is_redacted
 from tacorl_offline.replay import ReplayStats, Wanted, resolve
 from tacorl_offline.rewards import RewardSettings, needs_teacher, score
 from tacorl_offline.runs import PhaseRun, Spend, key_of, phase_run
@@ -175,6 +176,10 @@ class Trainer:
             saved = checkpoints.read_config(ckpt)
             # The run continues with its own resolved config; only budget/output location may change.
             saved["budget"] = cfg.budget.model_dump()
+            # URLs were stored with their credentials masked: take them from today's config.
+            for section, key in URL_FIELDS:
+                if is_redacted(saved.get(section, {}).get(key)):
+                    saved[section][key] = getattr(getattr(cfg, section), key)
             saved["warehouse"] = cfg.warehouse
             cfg = Config.model_validate(saved)
         self.cfg = cfg
@@ -552,7 +557,7 @@ class Trainer:
                     "ema": NAN if self.pos.ema is None else self.pos.ema,
                 },
             },
-            config=self.cfg.model_dump(mode="json"),
+            config=self.cfg.stored(),
         )
 
     # ------------------------------------------------------------------ the loop
