@@ -631,6 +631,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}: config file not found; pass an existing YAML file with --config")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save the config as UTF-8"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -83,6 +83,10 @@ def cost_report(warehouse: Warehouse, run: str | None = None, by: str = "run") -
     base = load_named_query("cost_by_run").strip().rstrip(";")
     if run is None:
         return run_query(warehouse, base)
+    if not run_query(warehouse, "SELECT 1 FROM runs WHERE run_id = ?", [run]).rows:
+        raise UserError(
+            f"no run '{run}' in {warehouse.path}; list the runs with: tacorl-offline sql -q runs"
+        )
     return run_query(warehouse, f"SELECT * FROM ({base}) WHERE run_id = ?", [run])
 
 
@@ -131,6 +135,20 @@ def for_table(res: QueryResult, by: str) -> QueryResult:
 def export_parquet(warehouse: Warehouse, out_dir: str | Path) -> dict[str, int]:
     """Every table as Parquet under out_dir/<table>/, hive-partitioned where it helps."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"export target {out} is a file; pass a directory (it is created if missing)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".tacorl-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"cannot write the export to {out}: {e.strerror or type(e).__name__}; "
+            "pass a writable directory"
+        ) from None
     counts: dict[str, int] = {}
     with warehouse.connect(read_only=True) as con:
         for table in table_names(con):

@@ -135,7 +135,23 @@ class Warehouse:
                 f"warehouse {self.path} does not exist; run 'tacorl-offline ingest' first or pass --warehouse"
             )
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for parent in self.path.parents:
+                if parent.exists() and not parent.is_dir():
+                    raise UserError(
+                        f"cannot create warehouse {self.path}: {parent} is a file, not a "
+                        "directory; pass a --warehouse path in a directory"
+                    )
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(
+                    f"cannot create the warehouse directory {self.path.parent}: "
+                    f"{e.strerror or type(e).__name__}; pass a --warehouse path in a directory"
+                ) from None
+        if self.path.is_dir():
+            raise UserError(
+                f"warehouse {self.path} is a directory; pass a file path with --warehouse"
+            )
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
         while True:
@@ -177,6 +193,13 @@ class Warehouse:
                 self._migrate(con)
                 self._replay_journal(con)
             yield con
+        except (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException) as e:
+            # Reads past the end of a truncated file and the like: the file, not our code.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(
+                f"warehouse {self.path} cannot be read ({first}); it is damaged or truncated: "
+                "restore it from a copy, or pass another --warehouse"
+            ) from None
         finally:
             con.close()
 

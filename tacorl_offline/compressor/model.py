@@ -144,6 +144,12 @@ class Compressor:
         from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
         name = str(name_or_path)
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise UserError(
+                f"unknown device '{device}'; use cpu, cuda or cuda:N (compressor.device / --device)"
+            ) from None
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise UserError(
                 f"device {device} requested but CUDA is not available; use --device cpu"
@@ -182,10 +188,15 @@ class Compressor:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # a fresh head is seeded, hence reproducible
                 model = AutoModelForTokenClassification.from_pretrained(name, **kw)
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"cannot load a token-classification model from {name}: {str(e).splitlines()[0]}"
-            ) from e
+        except Exception as e:  # corrupt weights surface as many types (SafetensorError, ...)
+            if path.is_dir() or isinstance(e, (OSError, ValueError)):
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(
+                    f"cannot load a token-classification model from {name}: "
+                    f"{type(e).__name__}: {first}; check the directory's files (a corrupt or "
+                    "truncated model.safetensors?)"
+                ) from None
+            raise
         return cls(
             model,
             tokenizer,

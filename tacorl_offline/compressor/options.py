@@ -56,8 +56,20 @@ class CompressOptions:
         self.validate()
 
     def validate(self) -> None:
-        if not (self.rate > 0):
-            raise UserError(f"rate must be > 0 (got {self.rate}); 1.0 keeps everything")
+        if not (0 < self.rate <= 1):
+            raise UserError(
+                f"rate (--rate) is the fraction of tokens kept and must lie in (0, 1] "
+                f"(got {self.rate}); 1.0 keeps everything"
+            )
+        if self.target_token != -1 and not self.target_token > 0:
+            raise UserError(
+                f"target_token (--target-token) must be a positive number of tokens, or -1 for "
+                f"none (got {self.target_token})"
+            )
+        if not (0 < self.context_level_rate <= 1):
+            raise UserError(
+                f"context_level_rate must lie in (0, 1] (got {self.context_level_rate})"
+            )
         if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
             raise UserError(f"threshold must lie in [0, 1] (got {self.threshold})")
         if self.token_to_word not in ("mean", "first"):
