@@ -113,6 +113,13 @@ def compress(
     compat: Annotated[
         bool, typer.Option(help="Reproduce llmlingua 0.2.2's kept words exactly.")
     ] = False,
+    tiktoken_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Count tokens as llmlingua does, with this cl100k_base.tiktoken file "
+            "(default with --compat: tiktoken's cached copy under TIKTOKEN_CACHE_DIR, if any).",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON object with token counts.")
     ] = False,
@@ -155,8 +162,18 @@ def compress(
     opts = cfg.compressor.options().replace(threshold=threshold, compat=compat)
     raw = _read(file)
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
+    from tacorl_offline.tokens import llmlingua_encoding
+
+    encoding = llmlingua_encoding(tiktoken_file) if (compat or tiktoken_file) else None
+    if compat and encoding is None:
+        typer.echo(
+            "note: --compat counts tokens with the model tokenizer, so --rate keeps different words "
+            "than llmlingua (which counts with tiktoken cl100k); pass --tiktoken-file "
+            "cl100k_base.tiktoken or set TIKTOKEN_CACHE_DIR to a cache holding it",
+            err=True,
+        )
     comp = Compressor.from_pretrained(
-        cfg.compressor.model, device=cfg.compressor.device, options=opts
+        cfg.compressor.model, device=cfg.compressor.device, options=opts, token_counter=encoding
     )
     results = comp.compress([r.get("text", r.get("prompt")) for r in records])
     for rec, res in zip(records, results, strict=False):

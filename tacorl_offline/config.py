@@ -475,6 +475,7 @@ class Config(_Section):
     def reward_rate(self) -> float:
         """The taco reward's target rate c: the compressor's keep rate, one setting for both."""
         return self.compressor.rate
+
     def stored(self) -> dict[str, Any]:
         """The config as stored or printed: JSON types, credentials in URLs masked."""
         from tacorl_offline.redaction import redact_config

@@ -2,10 +2,13 @@
 
 Design decisions:
 
-- llmlingua counts with tiktoken cl100k (gpt-3.5-turbo). That file cannot be downloaded
-  here, so nothing defaults to it: without a counter the compressor counts the model
-  tokenizer's tokens (no special tokens). Pass an ``Encoding`` (or any callable) to count
-  like upstream.
+- llmlingua counts with tiktoken cl100k (gpt-3.5-turbo), and in rate mode that count is not
+  just reported: its per-chunk threshold is a percentile over word probabilities each
+  repeated once per cl100k token of the word, so kept words match llmlingua's only when
+  counted with the same encoding. That file is never downloaded: :func:`llmlingua_encoding`
+  loads it from a ``.tiktoken`` file the user names (``compress --tiktoken-file``), or from
+  tiktoken's cache (``TIKTOKEN_CACHE_DIR``) when it is already there. Without one the
+  compressor counts the model tokenizer's tokens (no special tokens).
 - The reward's counter (``train.token_counter``) is built by :func:`make_token_counter`:
   the policy tokenizer (a private copy without truncation or padding: some tokenizer.json
   files, MiniLM's among them, truncate to 128 tokens, which would cap every count),
@@ -20,11 +23,13 @@ Design decisions:
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from tacorl_offline.errors import UserError
@@ -177,3 +182,65 @@ def counter_for(model: str) -> TokenCounter:
 
 def count_messages(count: TokenCounter, messages: Iterable[dict[str, str]]) -> int:
     return sum(count(str(m.get("content") or "")) for m in messages)
+
+
+# tiktoken_ext.openai_public.cl100k_base, which llmlingua counts with (gpt-3.5-turbo).
+CL100K_URL = _BLOBS["cl100k_base"]
+CL100K_PAT = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+CL100K_SPECIAL = {
+    "<|endoftext|>": 100257,
+    "<|fim_prefix|>": 100258,
+    "<|fim_middle|>": 100259,
+    "<|fim_suffix|>": 100260,
+    "<|endofprompt|>": 100276,
+}
+
+
+def _tiktoken_cache_file() -> Path | None:
+    """Where tiktoken keeps cl100k once fetched (the same rules as tiktoken.load)."""
+    d = _cache_dir()
+    if d is None:
+        return None
+    p = Path(d) / hashlib.sha1(CL100K_URL.encode()).hexdigest()
+    return p if p.is_file() else None
+
+
+def load_tiktoken_file(path: str | os.PathLike[str]) -> Any:
+    """A cl100k-style ``tiktoken.Encoding`` from a ``.tiktoken`` file (base64 token, rank per line)."""
+    import tiktoken
+
+    p = Path(path)
+    try:
+        lines = p.read_bytes().splitlines()
+    except OSError as e:
+        raise UserError(
+            f"cannot read tiktoken file {p}: {e.strerror or type(e).__name__}"
+        ) from None
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise UserError(
+                f"{p}:{n}: not a .tiktoken file (each line is a base64 token and its rank); "
+                "pass cl100k_base.tiktoken"
+            ) from None
+    special = {k: v for k, v in CL100K_SPECIAL.items() if v not in ranks.values()}
+    return tiktoken.Encoding(
+        name=f"file:{p.name}", pat_str=CL100K_PAT, mergeable_ranks=ranks, special_tokens=special
+    )
+
+
+def llmlingua_encoding(tiktoken_file: str | os.PathLike[str] | None = None) -> Any | None:
+    """The encoding llmlingua counts with: from ``tiktoken_file``, else from tiktoken's cache
+    (``TIKTOKEN_CACHE_DIR``) if cl100k is there, else None (never downloaded)."""
+    if tiktoken_file is not None:
+        return load_tiktoken_file(tiktoken_file)
+    cached = _tiktoken_cache_file()
+    return load_tiktoken_file(cached) if cached is not None else None

@@ -6,6 +6,8 @@ sides count with the same locally built ``tiktoken.Encoding`` (tests/tiny_models
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
 
 import pytest
@@ -133,3 +135,107 @@ def test_batched_compat_equals_one_by_one(pair):
     together = ours.compress(texts, compat=True, rate=0.5, batch_size=3)
     alone = [ours.compress([t], compat=True, rate=0.5)[0] for t in texts]
     assert [r.keep for r in together] == [r.keep for r in alone]
+
+
+# ----------------------------------------------------------------------------- issue 10 item 12
+# The reported setup: the builtin MiniLM saved under a name with bert-base-multilingual-cased,
+# rate 0.5, drop_consecutive, long multi-chunk English with numbers like "$358,000", texts
+# ending in "\n". llmlingua's rate-mode threshold is a percentile over word probabilities each
+# repeated once per cl100k token, so kept words match only when both sides count with the same
+# encoding: the CLI had no way to do that. Both sides here load one .tiktoken file written from
+# local ranks with cl100k's own split pattern (the real file cannot be downloaded).
+
+SENTENCES = [
+    "The company reported revenue of $358,000 in Q3, up 12% from last year.",
+    "Mr. Smith said the board approved the plan on March 3rd, 2021.",
+    "Sales in the northern region fell to 4,250 units; the southern region grew.",
+    "We will meet again next Tuesday at 10:30am to review the budget of $1.2 million.",
+    "Employees asked whether the new policy applies to part-time staff as well.",
+    "The committee voted 7-2 to approve the proposal after a long debate.",
+]
+
+
+def english_texts() -> list[str]:
+    rng = random.Random(1)
+    texts = []
+    for k in range(2):
+        n = rng.randint(45, 60)  # 550-750 words: two or more 512-token chunks
+        texts.append(" ".join(rng.choice(SENTENCES) for _ in range(n)) + ("\n" if k % 2 else ""))
+    texts.append("Revenue was $358,000.\n")
+    return texts
+
+
+@pytest.fixture(scope="module")
+def minilm_setup(tmp_path_factory, enc):
+    from llmlingua import PromptCompressor
+
+    from tacorl_offline.tokens import CL100K_URL, load_tiktoken_file
+
+    base = tmp_path_factory.mktemp("minilm")
+    model = base / "minilm-bert-base-multilingual-cased"
+    Compressor.from_pretrained("minilm").save_pretrained(model)
+    tk = base / "cl100k_base.tiktoken"
+    tk.write_bytes(
+        b"".join(
+            base64.b64encode(t) + b" " + str(r).encode() + b"\n"
+            for t, r in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+        )
+    )
+    file_enc = load_tiktoken_file(tk)
+    cache = base / "tiktoken-cache"
+    cache.mkdir()
+    (cache / hashlib.sha1(CL100K_URL.encode()).hexdigest()).write_bytes(tk.read_bytes())
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tiktoken, "encoding_for_model", lambda name: file_enc)
+    ll = PromptCompressor(model_name=str(model), use_llmlingua2=True, device_map="cpu")
+    mp.undo()
+    return ll, model, tk, cache, file_enc
+
+
+MINILM_KW = {"rate": 0.5, "drop_consecutive": True}
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_minilm_long_english_matches_llmlingua(minilm_setup, case):
+    ll, model, _, _, file_enc = minilm_setup
+    text = english_texts()[case]
+    ours = Compressor.from_pretrained(model, token_counter=file_enc)
+    assert (
+        case == 2 or ours.tokenizer(text, return_length=True)["length"][0] > 600
+    )  # several chunks
+    res = ll.compress_prompt_llmlingua2(
+        [text], return_word_label=True, word_sep=SEP, label_sep=LSEP, **MINILM_KW
+    )
+    got = ours.compress([text], compat=True, **MINILM_KW)[0]
+    assert list(zip(got.words, [int(k) for k in got.keep], strict=False)) == ll_labels(res)
+    assert got.origin_tokens == res["origin_tokens"]
+
+
+def test_compress_cli_counts_like_llmlingua(minilm_setup, tmp_path):
+    """`compress --compat` with --tiktoken-file, or with TIKTOKEN_CACHE_DIR, keeps llmlingua's
+    words (its rate means the same); without either it says that it cannot."""
+    import json
+
+    from tacorl_offline.cli import app
+    from tests.test_cli import runner
+
+    ll, model, tk, cache, file_enc = minilm_setup
+    ours = Compressor.from_pretrained(model, token_counter=file_enc)
+    for i, text in enumerate(english_texts()[1:2]):  # multi-chunk, ends in \n
+        f = tmp_path / f"t{i}.txt"
+        f.write_text(text, encoding="utf-8")
+        want = ours.compress([text], compat=True, **MINILM_KW)[0]
+        expected = ll.compress_prompt_llmlingua2([text], **MINILM_KW)
+        args = ["compress", str(f), "-m", str(model), "--compat", "--rate", "0.5"]
+        args += ["--drop-consecutive", "--json"]
+        for extra, env in (
+            (["--tiktoken-file", str(tk)], {"TIKTOKEN_CACHE_DIR": str(tmp_path / "none")}),
+            ([], {"TIKTOKEN_CACHE_DIR": str(cache)}),
+        ):
+            r = runner.invoke(app, args + extra, env=env)
+            assert r.exit_code == 0, r.output
+            got = json.loads(r.stdout)
+            assert got["compressed_prompt"] == want.compressed_prompt
+            assert got["origin_tokens"] == expected["origin_tokens"]
+        r = runner.invoke(app, args, env={"TIKTOKEN_CACHE_DIR": str(tmp_path / "none")})
+        assert r.exit_code == 0 and "--tiktoken-file" in r.stderr
