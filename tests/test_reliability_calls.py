@@ -9,13 +9,37 @@ import logging
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from tacorl_offline.cli import app
+from tacorl_offline.config import resolve
 from tacorl_offline.errors import UserError
 from tacorl_offline.fill import run_fill
+from tacorl_offline.ingest import read_records
+from tacorl_offline.ingest_store import store_records
 from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, openai_config, warehouse_snapshot, write_upstream_json
-from tests.test_cli import invoke
-from tests.test_fill import _rows, _setup
+from tests.loopback import LoopbackServer
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+def _setup(tmp_path: Path, server: LoopbackServer, n: int, **kw) -> tuple:
+    """n prompts ingested; a config against the loopback teacher (gpt-4o-mini, priced)."""
+    data = write_upstream_json(tmp_path / "d.json", n)
+    cfg_path = openai_config(tmp_path / "c.yaml", server, **kw)
+    cfg = resolve(cfg_path, environ={}, overrides={"warehouse": str(tmp_path / "wh.duckdb")})
+    records, _ = read_records(data, cfg.data)
+    w = Warehouse(cfg.warehouse)
+    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
+    return cfg, w
+
+
+def _rows(w: Warehouse, q: str, params=None) -> list[tuple]:
+    with w.connect(read_only=True) as con:
+        return con.execute(q, params or []).fetchall()
 
 
 def test_dollar_cap_on_unpriced_model_is_refused_before_any_call(
@@ -45,7 +69,7 @@ def test_dollar_cap_on_unpriced_model_is_refused_before_any_call(
     cfg.budget.max_calls = None
     cfg.budget.max_cost_usd = 1.0
     s = asyncio.run(run_fill(cfg, warehouse=w))
-    assert s.filled == 4 and s.cost_usd > 0
+    assert s.filled == 4 and s.spend.cost_usd > 0
 
 
 def test_dollar_cap_never_overshoots_with_many_calls_in_flight(
@@ -61,7 +85,7 @@ def test_dollar_cap_never_overshoots_with_many_calls_in_flight(
     s = asyncio.run(run_fill(cfg, warehouse=w))
     spent = _rows(w, "SELECT sum(cost_usd) FROM api_calls WHERE run_id = ?", [s.run_id])[0][0]
     assert s.budget_stopped and 0 < s.filled < 24
-    assert spent == pytest.approx(s.cost_usd)
+    assert spent == pytest.approx(s.spend.cost_usd)
     assert spent <= cap, (spent, cap)
     assert loopback_server.calls == s.filled
 

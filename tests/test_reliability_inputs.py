@@ -6,9 +6,24 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from tacorl_offline.cli import app
 from tests.conftest import warehouse_snapshot
-from tests.test_cli import filled, invoke  # noqa: F401  (fixture)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Path:
+    """A warehouse with the bundled sample ingested and filled by the extractive teacher."""
+    wh = tmp_path / "w.duckdb"
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample" / "summarization.json"
+    assert invoke("ingest", str(sample), "-w", str(wh)).exit_code == 0
+    assert invoke("teacher-fill", "-w", str(wh), "--no-progress").exit_code == 0
+    return wh
 
 
 def one_line_error(r, *needles: str) -> str:
@@ -52,7 +67,7 @@ def test_compress_rejects_out_of_range(tmp_path: Path, tiny_bert: Path, args, ne
     one_line_error(r, needle)
 
 
-def test_evaluate_rejects_rate_5(filled: Path, tiny_bert: Path) -> None:  # noqa: F811
+def test_evaluate_rejects_rate_5(filled: Path, tiny_bert: Path) -> None:
     before = warehouse_snapshot(filled)
     one_line_error(
         invoke("evaluate", "-m", str(tiny_bert), "--rate", "5", "-w", str(filled)), "rate"
@@ -60,7 +75,7 @@ def test_evaluate_rejects_rate_5(filled: Path, tiny_bert: Path) -> None:  # noqa
     assert warehouse_snapshot(filled) == before
 
 
-def test_truncated_warehouse(filled: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_truncated_warehouse(filled: Path, tmp_path: Path) -> None:
     bad = tmp_path / "half.duckdb"
     data = filled.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
@@ -68,14 +83,14 @@ def test_truncated_warehouse(filled: Path, tmp_path: Path) -> None:  # noqa: F81
     one_line_error(invoke("report", "cost", "-w", str(bad)), str(bad))
 
 
-def test_journal_path_is_a_directory(filled: Path) -> None:  # noqa: F811
+def test_journal_path_is_a_directory(filled: Path) -> None:
     journal = filled.parent / (filled.name + ".journal")
     journal.unlink(missing_ok=True)  # empty after the fill
     journal.mkdir()
     one_line_error(invoke("teacher-fill", "-w", str(filled), "--no-progress"), "journal")
 
 
-def test_export_to_a_file_or_an_unwritable_place(filled: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_export_to_a_file_or_an_unwritable_place(filled: Path, tmp_path: Path) -> None:
     target = tmp_path / "afile"
     target.write_text("x")
     one_line_error(invoke("warehouse", "export", str(target), "-w", str(filled)), "afile")
@@ -89,5 +104,5 @@ def test_warehouse_parent_is_a_file(tmp_path: Path) -> None:
     one_line_error(r, "is a file")
 
 
-def test_report_cost_for_an_unknown_run(filled: Path) -> None:  # noqa: F811
+def test_report_cost_for_an_unknown_run(filled: Path) -> None:
     one_line_error(invoke("report", "cost", "--run", "nope", "-w", str(filled)), "nope")

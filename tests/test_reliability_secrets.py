@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from tacorl_offline.cli import app
+from tacorl_offline.fill import run_fill
+from tacorl_offline.ingest import read_records
+from tacorl_offline.ingest_store import store_records
 from tacorl_offline.redaction import redact_url_credentials
-from tests.test_cli import invoke
-from tests.test_trainer import (
-    Trainer,
-    Warehouse,
-    asyncio,
-    make_cfg,
-    q,
-    read_records,
-    run_fill,
-    store_records,
-    write_data,
-)
+from tacorl_offline.trainer import Trainer
+from tacorl_offline.warehouse import Warehouse
+from tests.helpers import make_cfg, q, write_data
 
 PW = "hunter2-URL-PASSWORD"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 def test_redact_url_credentials_table() -> None:
@@ -49,7 +51,7 @@ def test_url_password_never_reaches_runs_checkpoints_exports_or_output(
     store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
     asyncio.run(run_fill(cfg, warehouse=w))
     s = asyncio.run(Trainer(cfg, warehouse=Warehouse(cfg.warehouse)).run())
-    assert s.calls > 0 and loopback_server.calls > 0  # the URL with credentials was used
+    assert s.spend.calls > 0 and loopback_server.calls > 0  # the URL with credentials was used
     for (config,) in q(cfg, "SELECT config FROM runs"):
         assert PW not in config and "***@127.0.0.1" in config
     assert _files_with(tmp_path / "runs", PW.encode()) == []
