@@ -6,8 +6,14 @@ Design decisions:
   model (``model/``, the compressor's save layout), the trainer state (``trainer_state.pt``:
   optimizer, scheduler, both RNG states, position in the data, moving-average baseline), the
   resolved config (``config.json``) and the run id (``run.json``).
-- Writes are atomic: a temp directory is renamed into place, and the ``latest`` pointer is
-  replaced last, so a kill at any moment leaves the previous checkpoint usable.
+- Write new, then swap: a checkpoint is written to a temp directory, renamed to a name that
+  is not taken (``step-NNNNNNN``, or ``step-NNNNNNN.K`` when that step was saved before, say by
+  a resumed run), and the ``latest`` pointer is replaced after that. Nothing is deleted before
+  the new checkpoint is complete and pointed at, so a kill at any moment leaves ``latest``
+  pointing at a complete checkpoint. Then orphaned temp directories (from killed saves) are
+  removed and all but the newest ``keep`` checkpoints pruned.
+- ``find`` trusts ``latest`` only if it names a complete checkpoint, else falls back to the
+  newest complete one; ``--resume latest`` skips training runs that have none, and says so.
 - ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,20 +36,79 @@ from tacorl_offline.warehouse import Warehouse
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
+LATEST = "latest"
+_NAME = re.compile(r"^step-(\d{7})(?:\.(\d+))?$")
+
+log = logging.getLogger("tacorl_offline")
+
+
+def _complete(ckpt: Path) -> bool:
+    return (
+        all((ckpt / f).is_file() for f in (STATE_FILE, CONFIG_FILE, RUN_FILE))
+        and (ckpt / "model").is_dir()
+    )
+
+
+def _order(name: str) -> tuple[int, int]:
+    m = _NAME.match(name)
+    assert m is not None
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def complete_checkpoints(ck_root: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
+    if not ck_root.is_dir():
+        return []
+    found = [p for p in ck_root.iterdir() if _NAME.match(p.name) and p.is_dir() and _complete(p)]
+    return sorted(found, key=lambda p: _order(p.name))
+
+
+def latest_of(ck_root: Path) -> Path | None:
+    """What ``latest`` names if that is complete, else the newest complete checkpoint."""
+    pointer = ck_root / LATEST
+    if pointer.is_file():
+        named = ck_root / pointer.read_text().strip()
+        if _NAME.match(named.name) and _complete(named):
+            return named
+    found = complete_checkpoints(ck_root)
+    return found[-1] if found else None
 
 
 def find(output_dir: Path, run: str, warehouse: Warehouse) -> Path:
-    """The latest checkpoint of run ``run`` (an id, or 'latest': the newest training run)."""
+    """The latest checkpoint of run ``run`` (an id, or 'latest': the newest training run that
+    has a checkpoint under ``output_dir``; runs without one are skipped with a warning)."""
     if run == "latest":
         with warehouse.connect(read_only=True) as con:
-            found = con.execute(
-                "SELECT run_id FROM runs WHERE kind = 'train' ORDER BY started_at DESC LIMIT 1"
-            ).fetchall()
-        if not found:
+            runs = [
+                r[0]
+                for r in con.execute(
+                    "SELECT run_id FROM runs WHERE kind = 'train' ORDER BY started_at DESC"
+                ).fetchall()
+            ]
+        if not runs:
             raise UserError(
                 "--resume latest: no training run in the warehouse; start one without --resume"
             )
-        run = found[0][0]
+        skipped = []
+        for rid in runs:
+            if latest_of(output_dir / rid / "checkpoints") is not None:
+                break
+            skipped.append(rid)
+        else:
+            raise UserError(
+                f"--resume latest: none of the {len(runs)} training run(s) has a checkpoint under "
+                f"{output_dir}; check train.output_dir (--output-dir) or start a run without --resume"
+            )
+        if skipped:
+            log.warning(
+                "warning: --resume latest: skipped %d newer run(s) with no checkpoint under %s "
+                "(%s); resuming %s",
+                len(skipped),
+                output_dir,
+                ", ".join(skipped[:5]),
+                rid,
+            )
+        run = rid
     with warehouse.connect(read_only=True) as con:
         status = con.execute("SELECT status FROM runs WHERE run_id = ?", [run]).fetchall()
     if status and status[0][0] == "finished":
@@ -51,12 +118,12 @@ def find(output_dir: Path, run: str, warehouse: Warehouse) -> Path:
             "nothing to resume (start a new run without --resume to train further)",
             exit_code=0,
         )
-    pointer = output_dir / run / "checkpoints" / "latest"
-    if not pointer.exists():
+    ckpt = latest_of(output_dir / run / "checkpoints")
+    if ckpt is None:
         raise UserError(
             f"--resume {run}: no checkpoint under {output_dir / run / 'checkpoints'}; check train.output_dir or the run id"
         )
-    return output_dir / run / "checkpoints" / pointer.read_text().strip()
+    return ckpt
 
 
 def read_config(ckpt: Path) -> dict[str, Any]:
@@ -71,6 +138,15 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def _free_name(ck_root: Path, step: int) -> str:
+    name = f"step-{step:07d}"
+    k = 0
+    while (ck_root / name).exists():
+        k += 1
+        name = f"step-{step:07d}.{k}"
+    return name
+
+
 def save(
     run_dir: Path,
     step: int,
@@ -79,25 +155,55 @@ def save(
     save_model: Callable[[Path], None],
     state: dict[str, Any],
     config: dict[str, Any],
+    keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step-NNNNNNN`` atomically and point ``latest`` at it."""
+    """Write a checkpoint of ``step`` (write new, then swap) and point ``latest`` at it."""
     ck_root = run_dir / "checkpoints"
-    name = f"step-{step:07d}"
+    ck_root.mkdir(parents=True, exist_ok=True)
+    name = _free_name(ck_root, step)
     tmp = ck_root / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     save_model(tmp / "model")
     torch.save(state, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     (tmp / RUN_FILE).write_text(json.dumps({"run_id": run_id, "step": step}), encoding="utf-8")
     final = ck_root / name
-    if final.exists():
-        shutil.rmtree(final)
     tmp.rename(final)
     (ck_root / "latest.tmp").write_text(name)
-    (ck_root / "latest.tmp").replace(ck_root / "latest")
+    (ck_root / "latest.tmp").replace(ck_root / LATEST)
+    cleanup(ck_root, keep=keep)
     return final
+
+
+def cleanup(ck_root: Path, *, keep: int) -> list[Path]:
+    """Remove orphaned temp directories and all but the newest ``keep`` complete checkpoints
+    (never the one ``latest`` names). Returns what was removed."""
+    removed = []
+    current = latest_of(ck_root)
+    for p in ck_root.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    done = complete_checkpoints(ck_root)
+    for p in done[: max(0, len(done) - keep)]:
+        if p != current:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def swap_dir(new: Path, final: Path) -> None:
+    """Put the complete directory ``new`` in place of ``final``, deleting the old one last."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

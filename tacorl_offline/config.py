@@ -341,6 +341,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(
         100, ge=1, description="Checkpoint every N steps (and at the end)."
     )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Checkpoints kept per run; older ones are deleted after each save."
+    )
     output_dir: str = Field(
         "runs", description="Where run directories (checkpoints, final model, CSV logs) go."
     )

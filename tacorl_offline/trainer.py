@@ -181,6 +181,10 @@ class Trainer:
                 if is_redacted(saved.get(section, {}).get(key)):
                     saved[section][key] = getattr(getattr(cfg, section), key)
             saved["warehouse"] = cfg.warehouse
+            # Resume writes where it is told: today's train.output_dir (--output-dir), where the
+            # checkpoint was found, not where the run first lived. Likewise keep_checkpoints.
+            saved.setdefault("train", {})["output_dir"] = cfg.train.output_dir
+            saved["train"]["keep_checkpoints"] = cfg.train.keep_checkpoints
             cfg = Config.model_validate(saved)
         self.cfg = cfg
         tc = cfg.train
@@ -558,6 +562,7 @@ class Trainer:
                 },
             },
             config=self.cfg.stored(),
+            keep=self.cfg.train.keep_checkpoints,
         )
 
     # ------------------------------------------------------------------ the loop
@@ -609,13 +614,16 @@ class Trainer:
                 ):
                     self.save_checkpoint()
             else:
-                self.save_checkpoint()
-                if self.dist.is_main:
-                    final = self.run_dir / "final"
-                    if final.exists():
-                        shutil.rmtree(final)
-                    self.comp.save_pretrained(final)
-                    s.final_model = final
+                final = self.run_dir / "final"
+                if s.steps or not final.is_dir():  # resuming a finished run rewrites nothing
+                    self.save_checkpoint()
+                    if self.dist.is_main:
+                        tmp = self.run_dir / ".final.tmp"
+                        if tmp.exists():
+                            shutil.rmtree(tmp)
+                        self.comp.save_pretrained(tmp)
+                        checkpoints.swap_dir(tmp, final)
+                s.final_model = final
             self._check_ranks_agree()
         finally:
             s.seconds = time.perf_counter() - t0
