@@ -140,6 +140,8 @@ class Caller:
     # Answers received but not journaled (disk full): kept here, never dropped silently.
     unsaved: list[list[tuple[str, dict[str, Any]]]] = field(default_factory=list)
     journal_error: str | None = None
+    # The training step the calls belong to (written on their ledger rows); None outside train.
+    step: int | None = None
 
     def __post_init__(self) -> None:
         check_budget_enforceable(self.budget, self.prices, self.teacher.backend, self.teacher.model)
@@ -170,6 +172,7 @@ class Caller:
             "teacher_key": self.teacher_key,
             "backend": self.teacher.backend,
             "model": self.teacher.model,
+            **({"step": self.step} if self.step is not None else {}),
         }
         final_status = "ok" if res.ok else (res.error_kind or "error")
         if not attempts:
@@ -408,10 +411,12 @@ def hit_ledger_rows(
     backend: str,
     model: str,
     hits: Sequence[tuple[str, float]],
+    step: int | None = None,
 ) -> list[dict[str, Any]]:
     """Ledger rows for cache hits: cost 0, saved = what the original call cost."""
     return [
         {
+            **({"step": step} if step is not None else {}),
             "call_id": uuid.uuid4().hex,
             "run_id": run_id,
             "phase": phase,

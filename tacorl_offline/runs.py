@@ -34,7 +34,7 @@ from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import teacher_key
 from tacorl_offline.pricing import PriceTable, prices_from_config
 from tacorl_offline.teachers import Teacher, build_teacher
-from tacorl_offline.warehouse import Warehouse, insert_rows
+from tacorl_offline.warehouse import Warehouse, insert_rows, run_owner
 
 
 @dataclass
@@ -93,9 +93,11 @@ class PhaseRun:
     ) -> None:
         """Write the run row (or mark a resumed run running again) inside ``con``'s transaction."""
         if resume:
+            owner = run_owner()
             con.execute(
-                "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?",
-                [self.run_id],
+                "UPDATE runs SET status = 'running', finished_at = NULL, pid = ?, host = ?"
+                " WHERE run_id = ?",
+                [owner["pid"], owner["host"], self.run_id],
             )
         else:
             row: dict[str, Any] = {
@@ -121,6 +123,7 @@ class PhaseRun:
         *,
         hits: Sequence[tuple[str, float]] = (),
         masks: Sequence[Mapping[str, Any]] = (),
+        step: int | None = None,
     ) -> None:
         """Ledger rows for cache hits (cost 0, saved = the original cost), newly seen masks,
         and the transient-failure ledger rows buffered so far, inside ``con``'s transaction."""
@@ -135,6 +138,7 @@ class PhaseRun:
                 backend=self.teacher.backend,
                 model=self.teacher.model,
                 hits=hits,
+                step=step,
             ),
         )
         self.caller.write_pending_ledger(con)

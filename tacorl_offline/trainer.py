@@ -31,7 +31,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,17 +273,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    async def step(self, run: PhaseRun | None) -> StepLog:
+    async def step(self, run: PhaseRun | None) -> StepLog | None:
+        """One step; None when the budget stopped it before every answer it needs was sent.
+
+        Such a step is undone (position and RNG states restored, no update, nothing recorded)
+        so that the resumed run redoes it: the answers it did pay for are replayed then, and
+        no sample is left unscored without saying so.
+        """
         t_start = time.perf_counter()
+        before = (replace(self.pos), self.gen.get_state(), torch.get_rng_state())
         epoch, batch = self._next_batch()
         mine = batch[self.dist.rank :: self.dist.world_size]  # this rank's shard of the batch
         rollouts, samples = self._rollout(mine)
         everyone = [r for part in self.dist.gather(rollouts) for r in part]
         adv: Advantages | None = None
         replay = ReplayStats()
+        unsent = False
         if self.dist.is_main:
             self._length_gate(everyone)
+            if run is not None:
+                run.caller.step = self.pos.step + 1  # the ledger rows of this step say so
             replay = await self._replay(everyone, run)
+            unsent = bool(run is not None and run.caller.stats.budget_stopped)
+        if self.dist.broadcast(unsent):
+            self.pos, gen_state, rng_state = before
+            self.gen.set_state(gen_state)
+            torch.set_rng_state(rng_state)
+            return None
+        if self.dist.is_main:
             self._score(everyone)
             adv = self._advantages(everyone, batch)
         loss, lr = self._update(rollouts, samples, batch, adv)
@@ -504,18 +521,18 @@ class Trainer:
         ]
         step_row = {"run_id": self.run_id, **log.row()}
         with self.warehouse.transaction() as con:
-            # A step replayed after a resume keeps the calls its first execution paid for.
-            prev = con.execute(
-                "SELECT calls, cost_usd FROM steps WHERE run_id = ? AND step = ?",
+            if run is not None:
+                run.record(con, hits=replay.hits_ledger, masks=replay.new_masks, step=log.step)
+            # Calls and cost come from the ledger: a step redone after a kill or a budget stop
+            # counts what every execution of it paid for, exactly once.
+            calls, cost = con.execute(
+                "SELECT count(DISTINCT request_hash), coalesce(sum(cost_usd), 0) FROM api_calls"
+                " WHERE run_id = ? AND step = ? AND status <> 'hit'",
                 [self.run_id, log.step],
-            ).fetchall()
-            if prev:
-                step_row["calls"] = (step_row["calls"] or 0) + (prev[0][0] or 0)
-                step_row["cost_usd"] = (step_row["cost_usd"] or 0.0) + (prev[0][1] or 0.0)
+            ).fetchall()[0]
+            step_row["calls"], step_row["cost_usd"] = int(calls), float(cost)
             insert_rows(con, "samples", sample_rows, on_conflict="replace")
             insert_rows(con, "steps", [step_row], on_conflict="replace")
-            if run is not None:
-                run.record(con, hits=replay.hits_ledger, masks=replay.new_masks)
         if self.cfg.train.csv_logs:
             csvlogs.append_step(
                 self.run_dir,
@@ -590,6 +607,15 @@ class Trainer:
         try:
             while self.pos.step < self.total_steps:
                 log = await self.step(run)
+                if log is None:  # the budget stopped this step midway: it is redone on resume
+                    s.budget_stopped = True
+                    if run is not None:
+                        run.stop_for_budget(
+                            f"budget reached ({run.budget.remaining_text()}) during step "
+                            f"{self.pos.step + 1}, which a resume redoes; resume with --resume {self.run_id}"
+                        )
+                    self.save_checkpoint()
+                    break
                 s.steps += 1
                 s.last = log
                 if self.dist.is_main:

@@ -20,6 +20,8 @@ Design decisions:
 - **A failed append is one clear error.** Disk full (or any OS error) on append undoes the
   partial write and raises :class:`JournalWriteError`; the caller keeps the answer in memory
   and saves it another way (:meth:`Warehouse.write_entries`) before stopping.
+- **Run status tells the truth.** A run row records its process (pid, host); on every write
+  open, a ``running`` run of this host whose process is gone becomes ``interrupted``.
 - **Batched writes.** Rows go in as Arrow tables, 40-100x faster than ``executemany``.
 """
 
@@ -31,6 +33,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -192,6 +195,7 @@ class Warehouse:
             if not read_only:
                 self._migrate(con)
                 self._replay_journal(con)
+                Warehouse.mark_stale_runs(con)
             yield con
         except (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException) as e:
             # Reads past the end of a truncated file and the like: the file, not our code.
@@ -436,7 +440,26 @@ class Warehouse:
 
     @staticmethod
     def start_run(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
-        insert_rows(con, "runs", [{"status": "running", **row}], on_conflict="replace")
+        insert_rows(
+            con, "runs", [{"status": "running", **run_owner(), **row}], on_conflict="replace"
+        )
+
+    @staticmethod
+    def mark_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+        """'running' runs of this host whose process is gone become 'interrupted'."""
+        rows = con.execute(
+            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+            [socket.gethostname()],
+        ).fetchall()
+        stale = [rid for rid, pid in rows if not pid_alive(int(pid))]
+        for rid in stale:
+            con.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = current_timestamp,"
+                " message = 'its process (PID ' || CAST(pid AS VARCHAR) || ') ended without finishing the run'"
+                " WHERE run_id = ? AND status = 'running'",
+                [rid],
+            )
+        return stale
 
     @staticmethod
     def finish_run(
@@ -446,6 +469,23 @@ class Warehouse:
             "UPDATE runs SET status = ?, message = ?, finished_at = current_timestamp WHERE run_id = ?",
             [status, message, run_id],
         )
+
+
+def run_owner() -> dict[str, Any]:
+    """The run row's owner: this process on this host."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def table_names(con: duckdb.DuckDBPyConnection) -> list[str]:

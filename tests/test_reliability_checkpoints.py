@@ -52,6 +52,7 @@ def test_resuming_a_finished_run_rewrites_nothing(tmp_path, loopback_server, tin
 def test_latest_naming_a_missing_checkpoint_falls_back(tmp_path, loopback_server, tiny_bert):
     """A kill between deleting and renaming left `latest` naming nothing: resume still works."""
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=4, checkpoint_every=1)
+    train(cfg)  # warms the warehouse: the same seed samples the same masks, all replayed
     cfg.budget.max_calls = 0  # each invocation stops after one step
     s = train(cfg)
     s_mid = train(cfg, resume=s.run_id)

@@ -31,6 +31,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("saved_usd", "DOUBLE"),
         ("latency_s", "DOUBLE"),
         ("created_at", TS),
+        ("step", "INTEGER"),
     ],
     "batch_requests": [
         ("submission_id", "VARCHAR"),
@@ -129,6 +130,8 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("world_size", "INTEGER"),
         ("started_at", TS),
         ("finished_at", TS),
+        ("pid", "INTEGER"),
+        ("host", "VARCHAR"),
     ],
     "samples": [
         ("run_id", "VARCHAR"),
