@@ -59,10 +59,18 @@ async def resolve(
     st = ReplayStats()
     fresh: set[int] = set()  # positions resolved by request hash, not by the mask index
     messages: dict[int, list[dict[str, str]]] = {}
-    with warehouse.connect() as con:
+    # While a reader holds the file, lookups run read-only and the journal tail (answers paid
+    # for but not yet flushed into DuckDB) is consulted as well: training goes on.
+    with warehouse.lookup_connection() as (con, overlay):
         by_mask = Warehouse.lookup_masks(
             con, [(w.prompt_id, w.mask_hash) for w in wanted], teacher_key
         )
+        tail_responses: dict[str, dict[str, Any]] = {}
+        if overlay:
+            tail_responses, tail_masks = warehouse.journal_tail()
+            for (pid, mh, tk), rh in tail_masks.items():
+                if tk == teacher_key:
+                    by_mask.setdefault((pid, mh), rh)
         for i, w in enumerate(wanted):
             w.request_hash = by_mask.get((w.prompt_id, w.mask_hash))
             if w.request_hash is None:  # render only what the mask index did not resolve
@@ -70,6 +78,9 @@ async def resolve(
                 w.request_hash = request_hash(teacher_key, messages[i])
                 fresh.add(i)
         stored = Warehouse.lookup_responses(con, [w.request_hash for w in wanted if w.request_hash])
+        for w in wanted:
+            if w.request_hash in tail_responses and w.request_hash not in stored:
+                stored[w.request_hash] = tail_responses[w.request_hash]
     jobs: dict[str, Job] = {}
     counted: set[str] = set()
     for i, w in enumerate(wanted):

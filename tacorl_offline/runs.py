@@ -143,6 +143,28 @@ class PhaseRun:
         )
         self.caller.write_pending_ledger(con)
 
+    def record_entries(
+        self,
+        *,
+        hits: Sequence[tuple[str, float]] = (),
+        masks: Sequence[Mapping[str, Any]] = (),
+        step: int | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """What :meth:`record` writes, as journal entries (for when a reader holds the lock)."""
+        rows = hit_ledger_rows(
+            run_id=self.run_id,
+            phase=self.phase,
+            teacher_key=self.teacher_key,
+            backend=self.teacher.backend,
+            model=self.teacher.model,
+            hits=hits,
+            step=step,
+        )
+        entries = [("masks", dict(m)) for m in masks]
+        entries += [("api_calls", r) for r in rows + self.caller.pending_ledger]
+        self.caller.pending_ledger = []
+        return entries
+
     def stop_for_budget(self, message: str) -> None:
         """The phase stopped because the budget was reached: the run ends with 'budget'."""
         self.status, self.message = "budget", message
@@ -211,7 +233,9 @@ async def phase_run(
     finally:
         await teacher.aclose()
         if run.begun:
-            with warehouse.transaction() as con:
+            # The run's last write waits longer than a step's: a long reader delays it, never
+            # loses it (a step's own rows go to the journal meanwhile, see the trainer).
+            with warehouse.transaction(lock_timeout_s=warehouse.lock_timeout_s * 10) as con:
                 if forget_unpaid_failure and run.status == "failed" and not run.reached_server:
                     con.execute("DELETE FROM api_calls WHERE run_id = ?", [run.run_id])
                     con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])

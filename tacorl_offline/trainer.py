@@ -51,7 +51,7 @@ from tacorl_offline.rewards import RewardSettings, needs_teacher, score
 from tacorl_offline.runs import PhaseRun, Spend, key_of, phase_run
 from tacorl_offline.teachers import render_messages
 from tacorl_offline.tokens import make_token_counter
-from tacorl_offline.warehouse import Warehouse, insert_rows
+from tacorl_offline.warehouse import Warehouse, WarehouseLocked, insert_rows
 
 NAN = float("nan")
 GREEDY = -1  # Rollout.sample_idx of the greedy (SCST baseline) mask
@@ -520,19 +520,18 @@ class Trainer:
             for r in rollouts
         ]
         step_row = {"run_id": self.run_id, **log.row()}
-        with self.warehouse.transaction() as con:
+        try:
+            self._write_step(step_row, sample_rows, replay, run, log.step)
+        except WarehouseLocked:
+            # A long reader holds the file: training goes on. The step's rows go to the
+            # journal (durable), and the next write open, any process's, flushes them.
+            entries: list[tuple[str, dict[str, Any]]] = [("steps", step_row)]
+            entries += [("samples", r) for r in sample_rows]
             if run is not None:
-                run.record(con, hits=replay.hits_ledger, masks=replay.new_masks, step=log.step)
-            # Calls and cost come from the ledger: a step redone after a kill or a budget stop
-            # counts what every execution of it paid for, exactly once.
-            calls, cost = con.execute(
-                "SELECT count(DISTINCT request_hash), coalesce(sum(cost_usd), 0) FROM api_calls"
-                " WHERE run_id = ? AND step = ? AND status <> 'hit'",
-                [self.run_id, log.step],
-            ).fetchall()[0]
-            step_row["calls"], step_row["cost_usd"] = int(calls), float(cost)
-            insert_rows(con, "samples", sample_rows, on_conflict="replace")
-            insert_rows(con, "steps", [step_row], on_conflict="replace")
+                entries += run.record_entries(
+                    hits=replay.hits_ledger, masks=replay.new_masks, step=log.step
+                )
+            self.warehouse.journal(entries)
         if self.cfg.train.csv_logs:
             csvlogs.append_step(
                 self.run_dir,
@@ -543,6 +542,31 @@ class Trainer:
                 reward=log.reward_mean,
                 kept=log.compression,
             )
+
+    def _write_step(
+        self,
+        step_row: dict[str, Any],
+        sample_rows: list[dict[str, Any]],
+        replay: ReplayStats,
+        run: PhaseRun | None,
+        step: int,
+    ) -> None:
+        """One transaction for a step's rows. Waits at most a second for the lock."""
+        with self.warehouse.transaction(
+            lock_timeout_s=min(self.warehouse.lock_timeout_s, 1.0)
+        ) as con:
+            if run is not None:
+                run.record(con, hits=replay.hits_ledger, masks=replay.new_masks, step=step)
+            # Calls and cost come from the ledger: a step redone after a kill or a budget stop
+            # counts what every execution of it paid for, exactly once.
+            calls, cost = con.execute(
+                "SELECT count(DISTINCT request_hash), coalesce(sum(cost_usd), 0) FROM api_calls"
+                " WHERE run_id = ? AND step = ? AND status <> 'hit'",
+                [self.run_id, step],
+            ).fetchall()[0]
+            step_row["calls"], step_row["cost_usd"] = int(calls), float(cost)
+            insert_rows(con, "samples", sample_rows, on_conflict="replace")
+            insert_rows(con, "steps", [step_row], on_conflict="replace")
 
     # ------------------------------------------------------------------ checkpoints
 

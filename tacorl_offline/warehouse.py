@@ -47,16 +47,27 @@ import pyarrow as pa
 from tacorl_offline.errors import UserError
 from tacorl_offline.resources import resource_dir
 
-# Tables the journal may hold, with the conflict rule used on replay.
-JOURNAL_TABLES = ("responses", "api_calls", "masks")
+# Tables the journal may hold, with the conflict rule used on replay: paid answers and their
+# ledger are never overwritten; a training step's rows (journaled while a reader holds the
+# lock) replace an earlier execution of the same step.
+JOURNAL_TABLES = ("responses", "api_calls", "masks", "steps", "samples")
+REPLACE_ON_REPLAY = frozenset({"steps", "samples"})
 
 _PID_RE = re.compile(r"PID (\d+)")
 
 log = logging.getLogger("tacorl_offline")
 
 
+class WarehouseLocked(UserError):
+    """Another process held the warehouse for longer than the lock timeout."""
+
+
 class JournalWriteError(UserError):
     """The journal could not take an append (disk full, permissions, not a file)."""
+
+
+def _rule(table: str) -> str:
+    return "replace" if table in REPLACE_ON_REPLAY else "ignore"
 
 
 def _journal_entry(raw: bytes) -> tuple[str, dict[str, Any]]:
@@ -131,7 +142,10 @@ class Warehouse:
     # ------------------------------------------------------------------ connections
 
     def _open(
-        self, read_only: bool, config: Mapping[str, Any] | None = None
+        self,
+        read_only: bool,
+        config: Mapping[str, Any] | None = None,
+        lock_timeout_s: float | None = None,
     ) -> duckdb.DuckDBPyConnection:
         if read_only and not self.path.exists():
             raise UserError(
@@ -155,7 +169,8 @@ class Warehouse:
             raise UserError(
                 f"warehouse {self.path} is a directory; pass a file path with --warehouse"
             )
-        deadline = time.monotonic() + self.lock_timeout_s
+        wait_s = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        deadline = time.monotonic() + wait_s
         delay = 0.02
         while True:
             try:
@@ -173,16 +188,16 @@ class Warehouse:
                 if time.monotonic() >= deadline:
                     pid = _PID_RE.search(msg)
                     who = f" (PID {pid.group(1)})" if pid else ""
-                    raise UserError(
+                    raise WarehouseLocked(
                         f"warehouse {self.path} is locked by another process{who} for over "
-                        f"{self.lock_timeout_s:.0f}s; wait for it to finish or pass another --warehouse"
+                        f"{wait_s:.0f}s; wait for it to finish or pass another --warehouse"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 1.5, 0.25)
 
     @contextlib.contextmanager
     def connect(
-        self, *, read_only: bool = False, safe: bool = False
+        self, *, read_only: bool = False, safe: bool = False, lock_timeout_s: float | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open, yield, close. A write open applies migrations and replays the journal first.
 
@@ -190,7 +205,7 @@ class Warehouse:
         or write files, attach databases or load extensions.
         """
         config = {"enable_external_access": False} if safe else None
-        con = self._open(read_only, config)
+        con = self._open(read_only, config, lock_timeout_s)
         try:
             if not read_only:
                 self._migrate(con)
@@ -208,9 +223,11 @@ class Warehouse:
             con.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(
+        self, *, lock_timeout_s: float | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A write connection inside one transaction: all or nothing."""
-        with self.connect() as con:
+        with self.connect(lock_timeout_s=lock_timeout_s) as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
@@ -346,7 +363,7 @@ class Warehouse:
         con.execute("BEGIN TRANSACTION")
         try:
             for table in JOURNAL_TABLES:
-                insert_rows(con, table, by_table.get(table, []), on_conflict="ignore")
+                insert_rows(con, table, by_table.get(table, []), on_conflict=_rule(table))
             con.execute("COMMIT")
             return []
         except Exception:
@@ -355,7 +372,7 @@ class Warehouse:
         for table in JOURNAL_TABLES:  # each row on its own (INSERT OR IGNORE: idempotent)
             for row in by_table.get(table, []):
                 try:
-                    insert_rows(con, table, [row], on_conflict="ignore")
+                    insert_rows(con, table, [row], on_conflict=_rule(table))
                 except Exception as e:
                     failed.append((table, row, " ".join(str(e).split())[:200]))
         return failed
@@ -390,6 +407,39 @@ class Warehouse:
         if failed:
             t, _, why = failed[0]
             raise UserError(f"{len(failed)} row(s) could not be written: insert into {t}: {why}")
+
+    @contextlib.contextmanager
+    def lookup_connection(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, bool]]:
+        """A connection for lookups, and whether the journal tail must be consulted too.
+
+        A write open (which replays the journal) is tried briefly; if a reader holds the file,
+        a read-only open (readers share it) is used instead, and the caller overlays
+        :meth:`journal_tail`: answers journaled but not yet in DuckDB.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                con = stack.enter_context(
+                    self.connect(lock_timeout_s=min(self.lock_timeout_s, 1.0))
+                )
+                overlay = False
+            except WarehouseLocked:
+                con = stack.enter_context(self.connect(read_only=True))
+                overlay = True
+            yield con, overlay
+
+    def journal_tail(self) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str, str], str]]:
+        """(request_hash -> response row, (prompt_id, mask_hash, teacher_key) -> request_hash)
+        for what the journal holds and DuckDB may not yet."""
+        responses: dict[str, dict[str, Any]] = {}
+        masks: dict[tuple[str, str, str], str] = {}
+        for table, row in self.pending_journal():
+            if table == "responses" and row.get("request_hash"):
+                responses[row["request_hash"]] = row
+            elif table == "masks":
+                masks[(row["prompt_id"], row["mask_hash"], row["teacher_key"])] = row[
+                    "request_hash"
+                ]
+        return responses, masks
 
     def flush(self) -> None:
         """Replay the journal into DuckDB now (opens and closes a write connection)."""
