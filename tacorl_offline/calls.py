@@ -31,35 +31,45 @@ class Budget:
 
     A dollar cap holds by reservation: before a call is sent, its worst-case cost (see
     :func:`worst_case_cost`) is reserved, and the call is only launched if spent + reserved +
-    that worst case stays within the cap. When the answer arrives, the reservation is swapped
-    for the real cost. So ``spent_usd`` never exceeds ``max_cost_usd``, whatever the
-    concurrency.
+    that worst case stays within the cap; near the cap, a call that does not fit waits for the
+    calls in flight to settle, and launching stops only when it does not fit with none in
+    flight. When an answer arrives, its reservation is swapped for the real cost. So
+    ``spent_usd`` never exceeds ``max_cost_usd``, whatever the concurrency.
     """
 
     max_cost_usd: float | None = None
     max_calls: int | None = None
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
+    in_flight: int = 0  # calls admitted and not yet settled
     calls: int = 0  # paid calls started (requests, not retry attempts)
     exhausted: bool = False
 
-    def can_start(self, worst_usd: float = 0.0) -> bool:
-        """True, and the worst case reserved, if one more call fits under every cap."""
+    def admit(self, worst_usd: float = 0.0) -> str:
+        """'go' (and the worst case is reserved) if one more call fits under every cap;
+        'wait' if it would fit once calls in flight settle (their reservations are released);
+        'stop' if it cannot fit."""
         if self.max_calls is not None and self.calls >= self.max_calls:
             self.exhausted = True
+        if self.exhausted:
+            return "stop"
         if (
             self.max_cost_usd is not None
             and self.spent_usd + self.reserved_usd + worst_usd > self.max_cost_usd
         ):
+            if self.in_flight > 0:
+                return "wait"
             self.exhausted = True
-        if self.exhausted:
-            return False
+            return "stop"
         self.reserved_usd += worst_usd
-        return True
+        self.in_flight += 1
+        return "go"
 
     def settle(self, reserved_usd: float, cost_usd: float) -> None:
         """Swap a call's reservation for what it really cost."""
-        self.reserved_usd = max(self.reserved_usd - reserved_usd, 0.0)
+        self.in_flight -= 1
+        # Exactly 0 once nothing is in flight: float residue must not look like a reservation.
+        self.reserved_usd = max(self.reserved_usd - reserved_usd, 0.0) if self.in_flight else 0.0
         self.spent_usd += cost_usd
 
     def reached(self) -> bool:
@@ -340,6 +350,7 @@ class Caller:
         results: dict[str, TeacherResult] = {}
         connection_failures = 0
         stop: list[str] = []  # why launching stopped (not the budget)
+        settled = asyncio.Condition()  # notified whenever a call's reservation is released
         fatal: list[UserError] = []
 
         async def worker() -> None:
@@ -349,8 +360,13 @@ class Caller:
                     return
                 job = pending[0]
                 reserved = self.worst_case_cost(job)
-                if not self.budget.can_start(reserved):
+                verdict = self.budget.admit(reserved)
+                if verdict == "stop":
                     return
+                if verdict == "wait":  # near the cap: wait for a call in flight to settle
+                    async with settled:
+                        await settled.wait()
+                    continue
                 pending.popleft()
                 self.budget.calls += 1
                 self.stats.requests += 1
@@ -359,10 +375,16 @@ class Caller:
                     res = await self.teacher.answer(job.request)
                 except BaseException:
                     self.budget.settle(reserved, 0.0)
+                    async with settled:
+                        settled.notify_all()
                     raise
                 if not res.latency_s:
                     res.latency_s = time.perf_counter() - t0
-                saved = await self.commit(job, res, reserved)
+                try:
+                    saved = await self.commit(job, res, reserved)
+                finally:
+                    async with settled:
+                        settled.notify_all()
                 if not saved:
                     stop.append("journal")
                     continue

@@ -72,15 +72,17 @@ def test_dollar_cap_on_unpriced_model_is_refused_before_any_call(
     assert s.filled == 4 and s.spend.cost_usd > 0
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cap", [1.2e-4, 3.8e-4])
 def test_dollar_cap_never_overshoots_with_many_calls_in_flight(
-    tmp_path, loopback_server, monkeypatch
+    tmp_path, loopback_server, monkeypatch, cap
 ) -> None:
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
     loopback_server.set(latency_s=0.1)
     cfg, w = _setup(tmp_path, loopback_server, 24, concurrency=8)
     cfg.teacher.max_tokens = 20
-    # One answer costs about 1.7e-5 here; its worst case (bytes + max_tokens) about 7e-5.
-    cap = 1.2e-4
+    # One answer costs about 1.7e-5 here; its worst case (bytes + max_tokens) about 7e-5, so
+    # 8 in flight could overshoot either cap (before: by up to 8 calls).
     cfg.budget.max_cost_usd = cap
     s = asyncio.run(run_fill(cfg, warehouse=w))
     spent = _rows(w, "SELECT sum(cost_usd) FROM api_calls WHERE run_id = ?", [s.run_id])[0][0]
@@ -88,6 +90,8 @@ def test_dollar_cap_never_overshoots_with_many_calls_in_flight(
     assert spent == pytest.approx(s.spend.cost_usd)
     assert spent <= cap, (spent, cap)
     assert loopback_server.calls == s.filled
+    # Near the cap, calls wait for those in flight instead of giving up early.
+    assert spent > cap - 7e-5 - 1.7e-5, (spent, cap)
 
 
 def test_auth_error_stops_the_run_at_once_and_names_the_key_variable(
