@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 from tacorl_offline.errors import UserError
-
 from tacorl_offline.warehouse import Warehouse
 from tests.helpers import prepare, q, train
 
