@@ -24,9 +24,9 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from tacorl_offline.errors import UserError
+from tacorl_offline.pricing import worst_case_input_tokens
 from tacorl_offline.teachers.base import Attempt, TeacherRequest, TeacherResult
 from tacorl_offline.teachers.openai_teacher import OpenAITeacher, redact_url
-from tacorl_offline.tokens import count_messages
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 ENDPOINT = "/v1/chat/completions"
@@ -71,8 +71,10 @@ class OpenAIBatchTeacher(OpenAITeacher):
         return f"OpenAIBatchTeacher(model={self.model!r}, endpoint={redact_url(self.endpoint)!r})"
 
     def worst_case_tokens(self, request: TeacherRequest) -> tuple[int, int]:
-        """(input tokens counted locally, ``max_tokens``): the most one request can be billed."""
-        return count_messages(self._count, request.messages), int(self._cfg.max_tokens)
+        """(input bound, ``max_tokens``): the most one request can be billed. The input bound is
+        one token per UTF-8 byte plus chat overhead (:func:`~tacorl_offline.pricing.worst_case_input_tokens`):
+        a local count could be lower than what the API bills."""
+        return worst_case_input_tokens(request.messages), int(self._cfg.max_tokens)
 
     def jsonl(self, requests: Iterable[TeacherRequest]) -> bytes:
         """The batch input file: one chat-completions request per line, keyed by request hash."""
