@@ -13,6 +13,7 @@ RECIPES: dict[str, Recipe] = {
         name="summarization",
         config="summarization.yaml",
         data="sample/summarization.json",
+        sft=True,
         about="Meeting summarization (upstream TACO-RL task), BLEU against the teacher's summary",
     ),
     "qa": Recipe(
