@@ -552,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_a = mean(list(stats_a["teacher_s"].values()))
             notes.append(
                 f"a) mean step {wall_a:.3f} s = teacher wait {wait_a:.3f} s + sampling/loss/"
-                f"backward/lookups {logged_a - wait_a:.3f} s + warehouse writes/checkpoints "
-                f"{wall_a - logged_a:.3f} s (StepLog.seconds = {logged_a:.3f} s excludes the "
-                "writes); the non-teacher part is what upstream's serial time is added to"
+                f"backward and the step's one warehouse connection (the previous step's rows, "
+                f"the journal, the lookups) {logged_a - wait_a:.3f} s + checkpoints/logging "
+                f"{wall_a - logged_a:.3f} s (StepLog.seconds = {logged_a:.3f} s); the "
+                "non-teacher part is what upstream's serial time is added to"
             )
 
             # ---- b) the same run again on the warm warehouse
