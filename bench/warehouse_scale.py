@@ -471,7 +471,7 @@ class Scratch:
         from tacorl_offline.reports import cost_report
 
         def run() -> None:
-            res = cost_report(self.w)
+            res = cost_report(self.w, by="phase")  # what `report cost` runs
             assert res.rows
 
         return run
