@@ -278,6 +278,10 @@ class OpenAITeacher:
     def _parse(
         self, request: TeacherRequest, resp: Any, attempts: list[Attempt], where: str
     ) -> TeacherResult:
+        """``resp``: the chat completion as parsed JSON (a dict), or an SDK model (the Batch
+        API teacher validates its result lines into ``ChatCompletion``)."""
+        if hasattr(resp, "model_dump"):
+            resp = resp.model_dump()
         try:
             choice = resp["choices"][0]
             content = choice["message"].get("content")
