@@ -363,9 +363,10 @@ class Scratch:
         return self._mask_map
 
     def op_step(self) -> Callable[[], None]:
-        """All of a training step's warehouse work, as the trainer does it: one open; the
-        previous step's rows and a 64-answer journal in one transaction; the 64-key lookup
-        (mask map + answers) and the metric values of the hits; close."""
+        """A training step's warehouse work in one open: the previous step's rows and a
+        64-answer journal, then the 64-key lookup (mask map + answers) and the metric values
+        of the hits; close. Issue 13's design; since the merge with issue 10 the trainer opens
+        twice (lookups, then the step's own rows), so this times one open less than it does."""
         write = self._step_rows_writer()
         self._journal_answers()
         keys = self.sample_keys()

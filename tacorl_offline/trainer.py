@@ -12,12 +12,14 @@ One step reads top to bottom as its stages (:meth:`Trainer.step`):
 4. **score** -> 5. **advantages** (baseline) -> 6. **update** (loss, optimizer step);
 7. **record** the step and its samples in the warehouse.
 
-A step opens the warehouse once (stage 3): the previous step's rows and the journal of
-answers paid since go in one transaction, then this step's lookups (the run's mask map is in
-memory, warmed once; answers and cached metric values by key), and the connection is closed
-before any teacher call. So a step's rows are written by the next step's connection (or
-before a checkpoint, or when the run ends); a crash loses at most those log rows, never an
-answer paid for, which is journaled first.
+A step opens the warehouse twice. Stage 3 opens it once for all its lookups (the run's mask
+map is in memory, warmed once; answers and cached metric values by key, with IN lists) and
+closes it before any teacher call, so readers get the lock during the step; while a reader
+holds the file that connection is read-only and the journal tail is consulted too. Stage 7
+writes the step's rows (ledger, samples, step, new metric values) in one transaction; if a
+reader holds the lock past a second, they go to the journal instead (metric values, a cache,
+are then left out) and the next write open flushes them. Every answer paid for is journaled
+first, so a crash never loses one.
 
 Stages 2-5 run on rank 0, which owns the warehouse and the teacher; the advantages are
 broadcast, and every rank updates its shard (DDP averages the gradients).
