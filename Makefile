@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/compress_speed.py
 	$(BIN)/python bench/fill_speed.py
 	$(BIN)/python bench/api_savings.py
+	$(BIN)/python bench/warehouse_scale.py
 
 # Build outputs and caches. Never the warehouse (its answers were paid for) nor runs/ (models);
 # `tacorl-offline runs prune` frees checkpoint space safely.

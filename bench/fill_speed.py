@@ -160,6 +160,57 @@ def bench_fill(
     }
 
 
+class _Endpoint:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+
+def bench_fill_client_cpu(tmp: Path, concurrency: int, n: int, latency: float) -> dict[str, Any]:
+    """The same fill with the loopback server in its own process, so this process's CPU time
+    is the client's alone (rendering, hashing, the openai client, the journal, the flusher)."""
+    import subprocess
+
+    srv = subprocess.Popen(
+        [sys.executable, "-m", "tests.loopback", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert srv.stdout is not None
+        endpoint = _Endpoint(srv.stdout.readline().strip())
+        d = tmp / f"fill_sub_c{concurrency}"
+        d.mkdir()
+        cfg = fill_config(endpoint, d / "wh.duckdb", concurrency)  # type: ignore[arg-type]
+        w = Warehouse(cfg.warehouse)
+        store_records(
+            w,
+            synthetic_records(n, tag=f"s{concurrency}"),
+            dataset="bench",
+            split="train",
+            source_path="synthetic",
+        )
+        cpu0 = time.process_time()
+        s: FillSummary = asyncio.run(run_fill(cfg, warehouse=w, concurrency=concurrency))
+        cpu = time.process_time() - cpu0
+    finally:
+        srv.terminate()
+        srv.wait()
+    if s.filled != n:
+        raise SystemExit(f"c={concurrency} (subprocess server): filled {s.filled}, expected {n}")
+    ideal = concurrency / latency
+    return {
+        "concurrency": concurrency,
+        "prompts": n,
+        "rate": s.answers_per_s,
+        "ideal": ideal,
+        "efficiency": s.answers_per_s / ideal,
+        "cpu_ms": cpu / n * 1000,
+        "load": os.getloadavg()[0],
+    }
+
+
 # ----------------------------------------------------------------------------- warehouse
 
 
@@ -239,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print(f"command: {cmd}")
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"cpus: {os.cpu_count()}  latency: {args.latency * 1000:.0f} ms  quick: {args.quick}"
         "  (the loopback server sends with TCP_NODELAY)"
@@ -251,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"temp dir: {tmp}")
         with LoopbackServer(latency_s=args.latency) as server:
             fills = [bench_fill(server, tmp, c, n, args.latency) for c, n in settings]
+        sub = [bench_fill_client_cpu(tmp, c, n, args.latency) for c, n in settings if c >= 32] + (
+            [bench_fill_client_cpu(tmp, 64, 2 * settings[-1][1], args.latency)]
+        )
         ins = bench_insert(tmp, n_arrow, n_many)
         jr = bench_journal(tmp, n_append, n_replay)
 
@@ -272,6 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     print("  speedup is over concurrency 1; in flight = max requests the server saw at once;")
     print("  overhead/call = seconds * concurrency / prompts - latency.")
     print()
+    print("client CPU (server in its own process; this process's CPU time per answer)")
+    hdr3 = (
+        f"{'concurrency':>11} {'prompts':>7} {'answers/s':>10} {'ideal/s':>8} {'efficiency':>10}"
+        f" {'client CPU/answer':>17} {'load avg':>8}"
+    )
+    print(hdr3)
+    print("-" * len(hdr3))
+    for f in sub:
+        print(
+            f"{f['concurrency']:>11} {f['prompts']:>7} {f['rate']:>10.1f} {f['ideal']:>8.1f}"
+            f" {f['efficiency']:>9.0%} {f['cpu_ms']:>14.2f} ms {f['load']:>8.2f}"
+        )
+    print()
     print("warehouse writes (responses table)")
     hdr2 = f"{'operation':<44} {'rows':>7} {'seconds':>8} {'rows/s':>10}"
     print(hdr2)
@@ -290,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, n, s, r in lines:
         print(f"{name:<44} {n:>7} {s:>8.3f} {r:>10,.0f}")
     print(f"  Arrow batch vs executemany: {ins['arrow_rate'] / ins['many_rate']:.0f}x rows/s")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
     print(f"total {time.perf_counter() - t_start:.1f} s")
     return 0

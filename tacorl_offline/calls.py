@@ -4,6 +4,11 @@ Shared by ``teacher-fill`` and ``train``. The rule it enforces: **an answer is c
 before it is used.** Each result is appended to the warehouse journal (fsync'd) as soon as
 it arrives, together with its ledger rows, and only then handed back to the caller.
 
+Journal writes are **group-committed**: answers that arrive while an fsync is in flight wait
+and go to disk together in the next one, so at high concurrency one fsync covers several
+answers. Each caller still awaits the fsync that covers its own answer before it returns, so
+nothing is used before it is durable.
+
 Transient failures (timeouts, 5xx, connection errors) carry nothing paid for: their ledger
 rows are kept in memory and written when the phase ends, so that a teacher that is simply
 unreachable leaves the warehouse unchanged and gets one clear error instead.
@@ -168,6 +173,40 @@ class Caller:
             max_tokens,
         )
 
+    # Group commit: entries waiting for the next fsync, each with the future its caller awaits.
+    _waiting: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[None]]] = field(
+        default_factory=list, init=False, repr=False
+    )
+    _flusher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    fsyncs: int = field(default=0, init=False)  # journal fsyncs made (group commit counter)
+
+    async def _journal(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Return once ``entries`` are on disk; concurrent callers share one fsync."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entries, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_waiting())
+        await fut
+
+    async def _flush_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await asyncio.to_thread(
+                    self.warehouse.journal, [e for entries, _ in group for e in entries]
+                )
+            except BaseException as e:  # e.g. disk full: every answer of the group fails loudly
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            self.fsyncs += 1
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_result(None)
+
     @property
     def source(self) -> str:
         return "local" if self.teacher.backend in ("extractive", "hf") else "api"
@@ -287,7 +326,7 @@ class Caller:
             entries += [("api_calls", r) for r in ledger]
             saved = True
             try:
-                await asyncio.to_thread(self.warehouse.journal, entries)
+                await self._journal(entries)
             except JournalWriteError as e:
                 self.unsaved.append(entries)
                 self.journal_error = str(e)

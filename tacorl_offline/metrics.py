@@ -228,6 +228,27 @@ def bertscore(
 # ---------------------------------------------------------------------------- batch API
 
 
+def cache_names(
+    spec: str | Mapping[str, float],
+    *,
+    bertscore_model: str | None = None,
+    bertscore_layers: int = 6,
+) -> dict[str, str]:
+    """Component -> the name its values are cached under: the name plus every setting that
+    changes the value (BERTScore: a digest of the model directory and the layer)."""
+    out = {}
+    for m in parse_metric_spec(spec):
+        if m == "bertscore":
+            import hashlib
+
+            path = str(Path(bertscore_model or default_bertscore_model()).resolve())
+            digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
+            out[m] = f"bertscore:{digest}:{int(bertscore_layers)}"
+        else:
+            out[m] = m
+    return out
+
+
 def score_pairs(
     spec: str | Mapping[str, float],
     predictions: Sequence[str],
@@ -235,35 +256,66 @@ def score_pairs(
     *,
     bertscore_model: str | None = None,
     bertscore_layers: int = 6,
+    known: Sequence[Mapping[str, float] | None] | None = None,
 ) -> list[dict[str, float]]:
     """Score each (prediction, reference) pair on every metric in ``spec``.
 
     Returns one dict per pair holding each component metric and ``"metric"``, their weighted
-    sum. BERTScore, if requested, runs once over the whole batch.
+    sum. BERTScore, if requested, runs once over the whole batch. ``known[i]``, if given,
+    holds component values already computed for pair i (a cache): those are used as they
+    are and only the missing components are computed.
     """
     weights = parse_metric_spec(spec)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if known is not None and len(known) != len(predictions):
+        raise ValueError(f"{len(known)} known rows but {len(predictions)} predictions")
+    # The same pair twice (an in-step duplicate) is scored once.
+    first: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(zip(predictions, references, strict=True)):
+        first.setdefault(pair, i)
+    if len(first) < len(predictions):
+        uniq = list(first.values())
+        rows_u = score_pairs(
+            weights,
+            [predictions[i] for i in uniq],
+            [references[i] for i in uniq],
+            bertscore_model=bertscore_model,
+            bertscore_layers=bertscore_layers,
+            known=[known[i] for i in uniq] if known is not None else None,
+        )
+        by_pair = {pair: rows_u[n] for n, pair in enumerate(first)}
+        return [dict(by_pair[pair]) for pair in zip(predictions, references, strict=True)]
     empty = [not p.strip() or not r.strip() for p, r in zip(predictions, references, strict=True)]
-    rows: list[dict[str, float]] = [{} for _ in predictions]
+    rows: list[dict[str, float]] = [
+        {m: float(v) for m, v in (k or {}).items() if m in weights}
+        for k in (known or [None] * len(predictions))
+    ]
     if "bertscore" in weights:
-        bs = bertscore(predictions, references, model=bertscore_model, num_layers=bertscore_layers)
-        for row, v in zip(rows, bs, strict=True):
-            row["bertscore"] = v
-    need_rouge = any(m in weights for m in _ROUGE_TYPES)
+        todo = [i for i, row in enumerate(rows) if "bertscore" not in row]
+        if todo:
+            bs = bertscore(
+                [predictions[i] for i in todo],
+                [references[i] for i in todo],
+                model=bertscore_model,
+                num_layers=bertscore_layers,
+            )
+            for i, v in zip(todo, bs, strict=True):
+                rows[i]["bertscore"] = v
+    rouge_wanted = [m for m in _ROUGE_TYPES if m in weights]
     for i, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
         row = rows[i]
         if empty[i]:
             row.update({m: 0.0 for m in weights})
         else:
-            if need_rouge:
+            if any(m not in row for m in rouge_wanted):
                 r = rouge(pred, ref)
-                row.update({m: r[m] for m in _ROUGE_TYPES if m in weights})
-            if "bleu" in weights:
+                row.update({m: r[m] for m in rouge_wanted if m not in row})
+            if "bleu" in weights and "bleu" not in row:
                 row["bleu"] = bleu(pred, ref)
-            if "squad_f1" in weights:
+            if "squad_f1" in weights and "squad_f1" not in row:
                 row["squad_f1"] = squad_f1(pred, ref)
-            if "exact_match" in weights:
+            if "exact_match" in weights and "exact_match" not in row:
                 row["exact_match"] = exact_match(pred, ref)
         row["metric"] = sum(w * row[m] for m, w in weights.items())
     return rows

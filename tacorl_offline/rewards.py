@@ -237,6 +237,7 @@ def score(
     gold: Sequence[str | None] | None = None,
     *,
     gates: Sequence[float | None] | None = None,
+    known: Sequence[Mapping[str, float] | None] | None = None,
 ) -> RewardBatch:
     """Rewards for one step.
 
@@ -247,6 +248,8 @@ def score(
     needed the teacher but has no usable answer or reference is NaN. Metrics run once over
     the scorable samples of the batch. ``gates``: the result of :func:`needs_teacher` for
     these counts when the caller already has it (the length gate is computed once per step).
+    ``known[i]``, if given, holds metric values already computed for sample i's (answer,
+    reference) pair (the metric cache); only what it lacks is computed.
     """
     n = len(n_orig)
     gold = [None] * n if gold is None else list(gold)
@@ -266,6 +269,7 @@ def score(
     todo = [i for i in range(n) if need[i] and _usable(answers[i]) and _usable(references[i])]
     preds = [str(answers[i]) for i in todo]
     refs = [str(references[i]) for i in todo]
+    cached = [known[i] for i in todo] if known is not None else None
 
     rc = settings.reward
     if rc.family == "taco" and todo:
@@ -275,12 +279,13 @@ def score(
             refs,
             bertscore_model=rc.bertscore_model,
             bertscore_layers=rc.bertscore_layers,
+            known=cached,
         )
         for i, row in zip(todo, scored, strict=True):
             rows[i] = row
             rewards[i] = taco_reward(gates[i], row["metric"])
     elif rc.family == "pcrl" and todo:
-        scored = metrics.score_pairs("rougeL", preds, refs)
+        scored = metrics.score_pairs("rougeL", preds, refs, known=cached)
         for i, row in zip(todo, scored, strict=True):
             comp = compression_ratio(n_orig[i], n_comp[i])
             rows[i] = {"rougeL": row["rougeL"], "compression": comp}
@@ -288,7 +293,7 @@ def score(
                 n_orig[i], n_comp[i], row["rougeL"], tau=rc.pcrl_tau, lam=rc.pcrl_lambda
             )
     elif rc.family == "grpo" and todo:
-        sims = metrics.score_pairs("rougeL", preds, refs)
+        sims = metrics.score_pairs("rougeL", preds, refs, known=cached)
         for i, pred, ref, sim in zip(todo, preds, refs, sims, strict=True):
             golds = [x for x in _as_list(gold[i]) if x.strip()] or [ref]
             row = {

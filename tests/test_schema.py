@@ -88,6 +88,13 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("request_hash", "VARCHAR"),
         ("created_at", TS),
     ],
+    "metric_values": [
+        ("request_hash", "VARCHAR"),
+        ("reference_hash", "VARCHAR"),
+        ("metric", "VARCHAR"),
+        ("value", "DOUBLE"),
+        ("created_at", TS),
+    ],
     "prompts": [
         ("prompt_id", "VARCHAR"),
         ("text", "VARCHAR"),
@@ -208,6 +215,7 @@ EXPECTED_KEYS = {
     "dataset_items": ["dataset", "split", "prompt_id"],
     "evaluations": ["run_id", "system", "variant", "prompt_id"],
     "masks": ["prompt_id", "mask_hash", "teacher_key"],
+    "metric_values": ["request_hash", "reference_hash", "metric"],
     "prompts": ["prompt_id"],
     "responses": ["request_hash"],
     "runs": ["run_id"],

@@ -19,6 +19,7 @@ EXPECTED_TABLES = [
     "dataset_items",
     "evaluations",
     "masks",
+    "metric_values",
     "prompts",
     "responses",
     "runs",

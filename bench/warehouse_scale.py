@@ -1,0 +1,627 @@
+"""Warehouse work per training step at 10k, 100k and 1M cached answers, side by side.
+
+Design decisions:
+
+- **Built through the project's own insert path.** Prompts go in through ``store_records``
+  (ingest); every answer's ``responses``, ``masks`` and ``api_calls`` rows are made by the
+  real :class:`~tacorl_offline.calls.Caller` row builders from real hashes (``mask_hash``,
+  ``request_hash`` of the rendered messages) and inserted with ``insert_rows`` in Arrow
+  batches, plus one ``samples`` row per answer and one ``steps`` row per 64. The builds are
+  cached under ``bench/.cache`` (gitignored); each size extends a copy of the one below.
+- **Measured on a scratch copy**, so the cache stays pristine: for every size, the
+  operations run interleaved (size A op 1, size B op 1, ...) for 5 rounds and the median is
+  printed, next to the load average.
+- **Per-step warehouse work** = one write open + the 64-key lookup + the step write + the
+  replay of a 64-answer journal. Its share is taken of a MiniLM training step (sample 8
+  prompts, loss, backward, AdamW step) measured in the same run.
+
+Run from the repository root::
+
+    python bench/warehouse_scale.py                 # builds the cache on the first run
+    python bench/warehouse_scale.py --sizes 10k,100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tacorl_offline import metric_cache  # noqa: E402
+from tacorl_offline.calls import Caller, Job, hit_ledger_rows  # noqa: E402
+from tacorl_offline.config import Config, resolve  # noqa: E402
+from tacorl_offline.hashing import mask_hash, prompt_id, request_hash, teacher_key  # noqa: E402
+from tacorl_offline.ingest import Record  # noqa: E402
+from tacorl_offline.ingest_store import store_records  # noqa: E402
+from tacorl_offline.replay import MaskMap  # noqa: E402
+from tacorl_offline.teachers import render_messages  # noqa: E402
+from tacorl_offline.teachers.base import TeacherRequest, TeacherResult  # noqa: E402
+from tacorl_offline.warehouse import Warehouse, insert_rows  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache"
+BUILD_VERSION = 1  # bump when the shape of the built rows changes
+SIZES = {"10k": 10_000, "100k": 100_000, "1M": 1_000_000}
+MASKS_PER_PROMPT = 100
+BATCH = 50_000
+STEP = 64  # answers per step: the lookup size and the step write size
+ROUNDS = 5
+
+
+@dataclass(frozen=True)
+class NamedTeacher:
+    """What the Caller row builders read from a teacher (no call is ever made here)."""
+
+    backend: str = "openai"
+    model: str = "gpt-4o-mini"
+
+
+def bench_config() -> Config:
+    return resolve(
+        None,
+        environ={},
+        overrides={
+            "data.dataset": "scale",
+            "teacher.backend": "openai",
+            "teacher.model": "gpt-4o-mini",
+            "teacher.base_url": "http://127.0.0.1:9/v1",
+        },
+    )
+
+
+CFG = bench_config()
+TKEY = teacher_key(CFG.teacher.key_settings())
+
+
+def prompt_text(p: int) -> str:
+    words = " ".join(f"w{p}_{j}" for j in range(60))
+    return f"Meeting {p}.\nAlice: we discussed {words}.\nBob: decision {p} was taken."
+
+
+def compression(p: int, k: int) -> tuple[str, str, str]:
+    """(prompt id, mask hash, compressed text) of the k-th distinct mask of prompt p."""
+    text = prompt_text(p)
+    pid = prompt_id(text, {})
+    rng = random.Random(p * 1_000_003 + k)
+    spans, start = [], 0
+    for word in text.split(" "):
+        spans.append((start, start + len(word)))
+        start += len(word) + 1
+    kept = sorted(rng.sample(range(len(spans)), len(spans) // 2))
+    kept_spans = [spans[i] for i in kept]
+    comp = " ".join(text[s:e] for s, e in kept_spans)
+    return pid, mask_hash(text, kept_spans), comp
+
+
+def answer_rows(
+    caller: Caller, lo: int, hi: int, *, run_id: str
+) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[str, str, str]]]:
+    """Rows for answers lo..hi-1 as the trainer writes them, and their (pid, mask, rh) keys."""
+    out: dict[str, list[dict[str, Any]]] = {
+        "responses": [],
+        "masks": [],
+        "api_calls": [],
+        "samples": [],
+        "steps": [],
+    }
+    keys = []
+    cost = 1.8e-05
+    for i in range(lo, hi):
+        p, k = divmod(i, MASKS_PER_PROMPT)
+        pid, mh, comp = compression(p, k)
+        messages = render_messages(CFG.teacher, comp, {})
+        rh = request_hash(TKEY, messages)
+        job = Job(TeacherRequest(rh, messages, text=comp), "compressed", pid, mh)
+        res = TeacherResult(
+            rh,
+            True,
+            f"Answer {i}: the team agreed on decision {p} and the budget.",
+            input_tokens=70,
+            output_tokens=13,
+            finish_reason="stop",
+            latency_s=0.3,
+        )
+        out["responses"].append(caller._response_row(job, res, cost))
+        out["masks"].append(
+            {"prompt_id": pid, "mask_hash": mh, "teacher_key": TKEY, "request_hash": rh}
+        )
+        out["api_calls"].extend(caller._ledger_rows(res, cost))
+        step, idx = divmod(i, STEP)
+        out["samples"].append(
+            {
+                "run_id": run_id,
+                "step": step,
+                "prompt_id": pid,
+                "sample_idx": idx,
+                "mask_hash": mh,
+                "request_hash": rh,
+                "reward": 0.5,
+                "metrics": {"bleu": 0.5, "metric": 0.5},
+                "n_orig_tokens": 68,
+                "n_comp_tokens": 34,
+                "n_words": 64,
+                "n_kept": 32,
+                "cache_hit": False,
+                "short_circuit": False,
+                "unscorable": False,
+            }
+        )
+        if idx == STEP - 1:
+            out["steps"].append(step_row(run_id, step))
+        keys.append((pid, mh, rh))
+    return out, keys
+
+
+def step_row(run_id: str, step: int) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "step": step,
+        "epoch": 0,
+        "loss": 0.1,
+        "reward_mean": 0.5,
+        "reward_std": 0.1,
+        "reward_min": 0.1,
+        "reward_max": 0.9,
+        "compression": 0.5,
+        "entropy": 0.69,
+        "lr": 1e-5,
+        "n_samples": STEP,
+        "n_unscorable": 0,
+        "calls": STEP,
+        "hits": 0,
+        "short_circuits": 0,
+        "cost_usd": STEP * 1.8e-05,
+        "saved_usd": 0.0,
+        "seconds": 1.3,
+        "teacher_seconds": 0.3,
+    }
+
+
+def make_caller(w: Warehouse, run_id: str) -> Caller:
+    from tacorl_offline.pricing import prices_from_config
+
+    return Caller(w, NamedTeacher(), TKEY, prices_from_config(CFG), "train", run_id)  # type: ignore[arg-type]
+
+
+def build(path: Path, lo: int, hi: int) -> None:
+    w = Warehouse(path)
+    caller = make_caller(w, "scale-build")
+    n_prompts = -(-hi // MASKS_PER_PROMPT)
+    first = lo // MASKS_PER_PROMPT
+    records = [
+        Record(
+            prompt_id=prompt_id(prompt_text(p), {}),
+            text=prompt_text(p),
+            fields={},
+            reference=None,
+            imported_answer=None,
+            row=p,
+        )
+        for p in range(first, n_prompts)
+    ]
+    store_records(w, records, dataset="scale", split="train", source_path="synthetic")
+    t0 = time.perf_counter()
+    for a in range(lo, hi, BATCH):
+        b = min(hi, a + BATCH)
+        rows, _ = answer_rows(caller, a, b, run_id="scale-build")
+        with w.transaction() as con:
+            if a == 0:
+                Warehouse.start_run(
+                    con,
+                    {"run_id": "scale-build", "kind": "train", "config": {}, "teacher_key": TKEY},
+                )
+            for table, table_rows in rows.items():
+                insert_rows(con, table, table_rows)
+        print(f"  built {b:,}/{hi:,} answers ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def cached(name: str) -> Path:
+    """The cached warehouse of a size, built (from the next size down) if missing."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"scale_{name}.duckdb"
+    stamp = CACHE / f"scale_{name}.json"
+    n = SIZES[name]
+    if (
+        path.exists()
+        and stamp.exists()
+        and json.loads(stamp.read_text())["version"] == BUILD_VERSION
+    ):
+        return path
+    smaller = [(k, v) for k, v in SIZES.items() if v < n]
+    base = 0
+    path.unlink(missing_ok=True)
+    if smaller:
+        prev_name, base = smaller[-1]
+        shutil.copyfile(cached(prev_name), path)
+    print(f"building {name} ({n:,} answers) at {path} ...", flush=True)
+    build(path, base, n)
+    stamp.write_text(json.dumps({"version": BUILD_VERSION, "answers": n}))
+    return path
+
+
+# ----------------------------------------------------------------------------- per-step work
+
+
+class Scratch:
+    """A scratch copy of one cached size, with the keys and rows the operations use."""
+
+    def __init__(self, name: str, tmp: Path) -> None:
+        self.name = name
+        self.n = SIZES[name]
+        self.path = tmp / f"{name}.duckdb"
+        shutil.copyfile(cached(name), self.path)
+        self.w = Warehouse(self.path)
+        with self.w.connect():  # applies any migration newer than the cache, untimed
+            pass
+        self.caller = make_caller(self.w, "scale-bench")
+        self.rng = random.Random(0)
+        self.next_answer = self.n  # journaled answers get fresh indices past the build
+        self.step = 0
+        self.timed: float | None = None
+        self._mask_map: MaskMap | None = None
+        self.warm_s = float("nan")
+
+    def sample_keys(self) -> list[tuple[str, str, str]]:
+        """64 stored (prompt id, mask hash, request hash) keys, spread over the whole file."""
+        out = []
+        for i in self.rng.sample(range(self.n), STEP):
+            p, k = divmod(i, MASKS_PER_PROMPT)
+            pid, mh, comp = compression(p, k)
+            out.append((pid, mh, request_hash(TKEY, render_messages(CFG.teacher, comp, {}))))
+        return out
+
+    # -- the operations, each timed by the caller -------------------------------------
+
+    def op_open(self) -> Callable[[], None]:
+        def run() -> None:
+            with self.w.connect():
+                pass
+
+        return run
+
+    def op_lookup_join(self) -> Callable[[], None]:
+        """The lookup as it was: joins against registered Arrow tables (full scans)."""
+        import pyarrow as pa
+
+        keys = self.sample_keys()
+
+        def run() -> None:
+            with self.w.connect() as con:
+                t0 = time.perf_counter()
+                con.register(
+                    "_mk",
+                    pa.table(
+                        {"prompt_id": [k[0] for k in keys], "mask_hash": [k[1] for k in keys]}
+                    ),
+                )
+                m = con.execute(
+                    "SELECT m.request_hash FROM masks m JOIN _mk USING (prompt_id, mask_hash) WHERE m.teacher_key = ?",
+                    [TKEY],
+                ).fetchall()
+                con.unregister("_mk")
+                con.register("_rk", pa.table({"request_hash": [r for (r,) in m]}))
+                r = con.execute(
+                    "SELECT r.request_hash, r.answer FROM responses r JOIN _rk USING (request_hash)"
+                ).fetchall()
+                con.unregister("_rk")
+                self.timed = time.perf_counter() - t0
+            assert len(r) == STEP, len(r)
+
+        return run
+
+    def op_lookup(self) -> Callable[[], None]:
+        """The lookup as ``resolve`` does it without a mask map: two IN-list queries."""
+        keys = self.sample_keys()
+
+        def run() -> None:
+            with self.w.connect() as con:
+                t0 = time.perf_counter()
+                by_mask = Warehouse.lookup_masks(con, [(k[0], k[1]) for k in keys], TKEY)
+                got = Warehouse.lookup_responses(con, list(by_mask.values()))
+                self.timed = time.perf_counter() - t0
+            assert len(got) == STEP, len(got)
+
+        return run
+
+    def op_lookup_map(self) -> Callable[[], None]:
+        """The lookup as the trainer does it: masks from the warmed in-process map, answers by
+        one IN-list query."""
+        keys = self.sample_keys()
+        mm = self.mask_map()
+
+        def run() -> None:
+            with self.w.connect() as con:
+                t0 = time.perf_counter()
+                rhs = [mm.get(k[0], k[1]) for k in keys]
+                got = Warehouse.lookup_responses(con, [r for r in rhs if r])
+                self.timed = time.perf_counter() - t0
+            assert len(got) == STEP, len(got)
+
+        return run
+
+    def mask_map(self) -> MaskMap:
+        if self._mask_map is None:
+            t0 = time.perf_counter()
+            self._mask_map = MaskMap(TKEY)
+            with self.w.connect() as con:
+                pids = [r[0] for r in con.execute("SELECT prompt_id FROM prompts").fetchall()]
+                self._mask_map.warm(con, pids)
+            self.warm_s = time.perf_counter() - t0
+        return self._mask_map
+
+    def op_step(self) -> Callable[[], None]:
+        """A training step's warehouse work in one open: the previous step's rows and a
+        64-answer journal, then the 64-key lookup (mask map + answers) and the metric values
+        of the hits; close. Issue 13's design; since the merge with issue 10 the trainer opens
+        twice (lookups, then the step's own rows), so this times one open less than it does."""
+        write = self._step_rows_writer()
+        self._journal_answers()
+        keys = self.sample_keys()
+        mm = self.mask_map()
+        names = {"bleu": "bleu"}
+
+        def run() -> None:
+            with self.w.connect(replay_journal=False) as con:
+                self.w.flush_with(con, write)
+                rhs = [mm.get(k[0], k[1]) for k in keys]
+                got = Warehouse.lookup_responses(con, [r for r in rhs if r])
+                metric_cache.load(con, [(r, "v1:ref") for r in rhs if r], names)
+            assert len(got) == STEP, len(got)
+
+        return run
+
+    def _journal_answers(self) -> None:
+        lo = self.next_answer
+        self.next_answer += STEP
+        rows, _ = answer_rows(self.caller, lo, lo + STEP, run_id="scale-bench-j")
+        entries = [(t, r) for t in ("responses", "masks", "api_calls") for r in rows[t]]
+        self.w.journal(entries)  # one group-committed fsync, untimed
+
+    def op_step_write(self) -> Callable[[], None]:
+        write = self._step_rows_writer()
+
+        def run() -> None:
+            with self.w.transaction() as con:
+                t0 = time.perf_counter()
+                write(con)
+            self.timed = time.perf_counter() - t0  # includes the COMMIT
+
+        return run
+
+    def _step_rows_writer(self) -> Callable[[Any], None]:
+        """The trainer's step write: samples, the step row, masks, hit ledger, metric values."""
+        keys = self.sample_keys()
+        self.step += 1
+        step = self.step
+        samples = []
+        for j, (pid, mh, rh) in enumerate(keys):
+            samples.append(
+                {
+                    "run_id": "scale-bench",
+                    "step": step,
+                    "prompt_id": pid,
+                    "sample_idx": j,
+                    "mask_hash": mh,
+                    "request_hash": rh,
+                    "reward": 0.5,
+                    "metrics": {"bleu": 0.5, "metric": 0.5},
+                    "n_orig_tokens": 68,
+                    "n_comp_tokens": 34,
+                    "n_words": 64,
+                    "n_kept": 32,
+                    "cache_hit": True,
+                    "short_circuit": False,
+                    "unscorable": False,
+                }
+            )
+        hits = hit_ledger_rows(
+            run_id="scale-bench",
+            phase="train",
+            teacher_key=TKEY,
+            backend="openai",
+            model="gpt-4o-mini",
+            hits=[(k[2], 1.8e-05) for k in keys],
+        )
+        metric_rows = [
+            {
+                "request_hash": k[2],
+                "reference_hash": f"v1:ref{step}",
+                "metric": "bleu",
+                "value": 0.5,
+            }
+            for k in keys
+        ]
+
+        def write(con: Any) -> None:
+            con.execute(
+                "SELECT calls, cost_usd FROM steps WHERE run_id = ? AND step = ?",
+                ["scale-bench", step],
+            ).fetchall()
+            insert_rows(con, "samples", samples, on_conflict="error")  # a new step, as the trainer
+            insert_rows(con, "steps", [step_row("scale-bench", step)], on_conflict="replace")
+            insert_rows(con, "masks", [], on_conflict="ignore")
+            insert_rows(con, "metric_values", metric_rows, on_conflict="ignore")
+            insert_rows(con, "api_calls", hits)
+
+        return write
+
+    def op_replay(self) -> Callable[[], None]:
+        """Open + replay of a journal holding 64 answers (responses, masks, ledger rows)."""
+        self._journal_answers()
+
+        def run() -> None:
+            with self.w.connect():
+                pass
+
+        return run
+
+    def op_report(self) -> Callable[[], None]:
+        from tacorl_offline.reports import cost_report
+
+        def run() -> None:
+            res = cost_report(self.w, by="phase")  # what `report cost` runs
+            assert res.rows
+
+        return run
+
+
+OPS = ("open", "lookup_join", "lookup", "lookup_map", "step_write", "replay", "step", "report")
+
+
+# ----------------------------------------------------------------------------- MiniLM step
+
+
+class MiniLMStep:
+    """One training step's compute with the real MiniLM: sample, loss, backward, AdamW."""
+
+    def __init__(self, batch: int = 8) -> None:
+        import torch
+
+        from tacorl_offline.compressor import Compressor
+        from tacorl_offline.trainer import build_optimizer
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.comp = Compressor.from_pretrained("minilm")
+        data = json.loads((ROOT / "data/sample/summarization.json").read_text(encoding="utf-8"))
+        self.texts = [v["original_prompt"] for v in list(data.values())[:batch]]
+        params = list(self.comp.model.parameters())
+        self.opts = {
+            "fused": build_optimizer(params, lr=1e-5, weight_decay=0.0),
+            "default": torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0),
+        }
+        self.gen = torch.Generator().manual_seed(0)
+
+    def run(self) -> dict[str, float]:
+        torch = self.torch
+        t0 = time.perf_counter()
+        self.comp.model.train()
+        samples = self.comp.sample(self.texts, num_samples=1, generator=self.gen)
+        lp = torch.stack([s.log_prob for row in samples for s in row])
+        loss = -(lp * torch.linspace(-1, 1, len(lp))).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.comp.model.parameters(), 1.0)
+        t1 = time.perf_counter()
+        self.opts["fused"].step()
+        t2 = time.perf_counter()
+        self.opts["default"].step()  # the same gradients, the old optimizer: side by side
+        t3 = time.perf_counter()
+        for o in self.opts.values():
+            o.zero_grad(set_to_none=True)
+        return {
+            "step": (t1 - t0) + (t2 - t1),  # the step as the trainer runs it (fused)
+            "opt_fused": t2 - t1,
+            "opt_default": t3 - t2,
+        }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def median_ms(xs: Sequence[float]) -> float:
+    return statistics.median(xs) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10k,100k,1M", help="comma-separated, from 10k,100k,1M")
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--no-minilm", action="store_true", help="skip the MiniLM step")
+    args = ap.parse_args(argv)
+    names = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    for n in names:
+        if n not in SIZES:
+            ap.error(f"unknown size {n!r}; choose from {', '.join(SIZES)}")
+    print(f"load average before: {load_avg()}", flush=True)
+    for n in names:
+        cached(n)
+    times: dict[str, dict[str, list[float]]] = {n: {op: [] for op in OPS} for n in names}
+    step_times: dict[str, list[float]] = {"step": [], "opt_fused": [], "opt_default": []}
+    with tempfile.TemporaryDirectory(prefix="wh-scale-") as tmp:
+        scratch = {n: Scratch(n, Path(tmp)) for n in names}
+        minilm = None if args.no_minilm else MiniLMStep()
+        if minilm is not None:
+            minilm.run()  # warm-up
+        for n in names:  # warm-up: first touch of each file
+            for op in OPS:
+                getattr(scratch[n], f"op_{op}")()()
+        for _ in range(args.rounds):
+            for op in OPS:
+                for n in names:
+                    sc = scratch[n]
+                    fn = getattr(sc, f"op_{op}")()
+                    sc.timed = None
+                    t0 = time.perf_counter()
+                    fn()
+                    wall = time.perf_counter() - t0
+                    # Lookups and the step write report the work inside their connection.
+                    times[n][op].append(sc.timed if sc.timed is not None else wall)
+            if minilm is not None:
+                for k, v in minilm.run().items():
+                    step_times[k].append(v)
+        sizes = {n: scratch[n].path.stat().st_size for n in names}
+        scratch_warm = {n: scratch[n].warm_s for n in names}
+    la = load_avg()
+    step_ms = median_ms(step_times["step"]) if minilm is not None else float("nan")
+    print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {la}\n")
+    print(
+        "| answers | open (write) | lookup64 join (before) | lookup64 IN-list | ratio"
+        " | lookup64 mask map + IN | step write | open + replay 64-answer journal"
+        " | all per-step work (one open) | share of MiniLM step | report cost | file size"
+        " | mask map warm-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    overhead = {}
+    for n in names:
+        t = {op: median_ms(v) for op, v in times[n].items()}
+        overhead[n] = (t["lookup"], 100 * t["step"] / step_ms)
+        print(
+            f"| {n} | {t['open']:.1f} ms | {t['lookup_join']:.1f} ms | {t['lookup']:.1f} ms"
+            f" | {t['lookup_join'] / t['lookup']:.1f}x | {t['lookup_map']:.1f} ms"
+            f" | {t['step_write']:.1f} ms | {t['replay']:.1f} ms | {t['step']:.1f} ms"
+            f" | {overhead[n][1]:.1f}% | {t['report']:.1f} ms | {sizes[n] / 1e6:.0f} MB"
+            f" | {scratch_warm[n]:.2f} s |"
+        )
+    print(
+        "\nlookup64: the 64 masks' request hashes, then their answers, on an open connection"
+        " (IN-list: two queries, as resolve does without a map; mask map: one query)."
+        " all per-step work: what the trainer does per step, timed whole."
+    )
+    if minilm is not None:
+        f, d = median_ms(step_times["opt_fused"]), median_ms(step_times["opt_default"])
+        print(
+            f"\nMiniLM step (batch 8, sample + backward + fused AdamW): {step_ms:.0f} ms;"
+            f" AdamW fused {f:.1f} ms ({100 * f / step_ms:.1f}% of the step) vs default"
+            f" {d:.1f} ms ({100 * d / step_ms:.1f}%), {d / f:.1f}x"
+        )
+    if len(names) > 1:
+        lo, hi = names[0], names[-1]
+        print(f"lookup64 {hi} / {lo}: {overhead[hi][0] / overhead[lo][0]:.2f}x")
+    last = names[-1]
+    print(f"{last}: lookup64 {overhead[last][0]:.1f} ms, step overhead {overhead[last][1]:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    if "--build-only" in sys.argv:
+        for s in sys.argv[sys.argv.index("--build-only") + 1].split(","):
+            cached(s)
+        sys.exit(0)
+    sys.exit(main())
