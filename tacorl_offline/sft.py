@@ -43,19 +43,15 @@ import torch
 
 from tacorl_offline.alignment import align_text, labels_for_spans, trim_to_rate
 from tacorl_offline.errors import UserError
-from tacorl_offline.teachers.extractive import _STOP
+from tacorl_offline.heuristics import is_droppable
 
 # ----------------------------------------------------------------------------- labels (pure)
 
 
-def is_stopword(word: str) -> bool:
-    """Stopword or pure punctuation (PCRL's heuristic drops these first)."""
-    w = word.strip().lower()
-    return (not any(c.isalnum() for c in w)) or w in _STOP
-
-
 def stopword_labels(words: Sequence[str]) -> np.ndarray:
-    return np.array([not is_stopword(w) for w in words], dtype=bool)
+    """Keep every word the ``stopword`` baseline would keep first (not a stopword, not
+    punctuation): the same list as the baseline, so the two can be compared."""
+    return np.array([not is_droppable(w) for w in words], dtype=bool)
 
 
 def teacher_labels(
