@@ -37,6 +37,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Library chatter (load reports, shard-writing progress bars) is not this report's (as the CLI).
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from tacorl_offline.config import Config, resolve  # noqa: E402
 from tacorl_offline.evaluate import run_evaluation  # noqa: E402
