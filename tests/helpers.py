@@ -163,14 +163,55 @@ def make_cfg(
     return resolve(None, environ={}, overrides=overrides)
 
 
+def ingest_file(cfg: Config, data: Path) -> Warehouse:
+    """Ingest ``data`` into the config's warehouse, dataset and split."""
+    records, _ = read_records(data, cfg.data)
+    w = Warehouse(cfg.warehouse)
+    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
+    return w
+
+
+def openai_setup(tmp_path: Path, server: LoopbackServer, n: int, **kw: Any) -> tuple:
+    """n prompts ingested (``with_output`` of them with an imported answer) and a config
+    against the loopback teacher (``openai_config`` keywords)."""
+    from tests.conftest import openai_config, write_upstream_json
+
+    data = write_upstream_json(tmp_path / "d.json", n, with_output=kw.pop("with_output", 0))
+    cfg_path = openai_config(tmp_path / "c.yaml", server, **kw)
+    cfg = resolve(cfg_path, environ={}, overrides={"warehouse": str(tmp_path / "wh.duckdb")})
+    return cfg, ingest_file(cfg, data)
+
+
+def rows(w: Warehouse, q: str, params: list[Any] | None = None) -> list[tuple]:
+    """A read-only query's rows."""
+    with w.connect(read_only=True) as con:
+        return con.execute(q, params or []).fetchall()
+
+
+def train_command(cfg: Config, tmp_path: Path) -> list[str]:
+    """The config written to ``tmp_path/c.yaml`` and a ``train`` command line for a subprocess."""
+    import sys
+
+    import yaml
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+    return [
+        sys.executable,
+        "-m",
+        "tacorl_offline.cli",
+        "train",
+        "-c",
+        str(cfg_path),
+        "--no-progress",
+    ]
+
+
 def prepare(
     tmp: Path, server: LoopbackServer, model: Path, rate: float | None = None, **train
 ) -> Config:
     cfg = make_cfg(tmp, server, model, rate, **train)
-    data = write_data(tmp / "d.json")
-    records, _ = read_records(data, cfg.data)
-    w = Warehouse(cfg.warehouse)
-    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
+    w = ingest_file(cfg, write_data(tmp / "d.json"))
     asyncio.run(run_fill(cfg, warehouse=w))
     return cfg
 

@@ -13,12 +13,10 @@ from typer.testing import CliRunner
 from tacorl_offline.cli import app
 from tacorl_offline.config import resolve
 from tacorl_offline.fill import run_fill
-from tacorl_offline.ingest import read_records
-from tacorl_offline.ingest_store import store_records
 from tacorl_offline.pricing import PriceTable
 from tacorl_offline.teachers.openai_batch import OpenAIBatchTeacher
-from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, write_upstream_json
+from tests.helpers import ingest_file, rows
 from tests.loopback import LoopbackServer, answer_for
 
 
@@ -49,15 +47,7 @@ def _setup(tmp_path: Path, server: LoopbackServer, n: int = 12, extra: str = "",
         environ={},
         overrides={"warehouse": str(tmp_path / "wh.duckdb")},
     )
-    records, _ = read_records(data, cfg.data)
-    w = Warehouse(cfg.warehouse)
-    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
-    return cfg, w
-
-
-def _rows(w: Warehouse, q: str, params=None) -> list[tuple]:
-    with w.connect(read_only=True) as con:
-        return con.execute(q, params or []).fetchall()
+    return cfg, ingest_file(cfg, data)
 
 
 def test_batch_fill_journals_answers_at_the_batch_price_and_rerun_pays_nothing(
@@ -70,7 +60,7 @@ def test_batch_fill_journals_answers_at_the_batch_price_and_rerun_pays_nothing(
     assert (loopback_server.files_uploaded, loopback_server.batches_created) == (1, 1)
     assert loopback_server.batch_lines == 10 and loopback_server.calls == 0  # nothing online
     assert s.batches_submitted and not s.batches_pending and not s.budget_stopped
-    got = _rows(
+    got = rows(
         w,
         "SELECT count(*), sum(input_tokens), sum(output_tokens), sum(cost_usd) FROM responses"
         " WHERE source = 'batch' AND ok AND run_id = ?",
@@ -79,18 +69,18 @@ def test_batch_fill_journals_answers_at_the_batch_price_and_rerun_pays_nothing(
     assert got[0] == 10
     online = PriceTable().cost("openai", "gpt-4o-mini", got[1], got[2])
     assert got[3] == pytest.approx(online * 0.5)  # the batch discount, in responses...
-    ledger = _rows(
+    ledger = rows(
         w,
         "SELECT count(*), sum(cost_usd), min(backend) FROM api_calls WHERE run_id = ? AND status = 'ok'",
         [s.run_id],
     )[0]
     assert ledger[0] == 10 and ledger[1] == pytest.approx(online * 0.5)  # ...and in the ledger
     assert ledger[2] == "openai_batch" and s.spend.cost_usd == pytest.approx(online * 0.5)
-    batch = _rows(w, "SELECT batch_id, status, n_requests, collected_at FROM batches")
+    batch = rows(w, "SELECT batch_id, status, n_requests, collected_at FROM batches")
     assert len(batch) == 1 and batch[0][0] == s.batches_submitted[0]
     assert batch[0][1:3] == ("collected", 10) and batch[0][3] is not None
     # The answers are the ones the server gave for exactly what the online teacher sends.
-    answers = _rows(w, "SELECT answer, messages FROM responses WHERE source = 'batch'")
+    answers = rows(w, "SELECT answer, messages FROM responses WHERE source = 'batch'")
     assert all(a == answer_for(json.loads(m)) for a, m in answers)
 
     loopback_server.reset()
@@ -109,18 +99,18 @@ def test_restarted_fill_collects_the_stored_batch_instead_of_paying_again(
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert s.batches_pending == s.batches_submitted and len(s.batches_pending) == 1
     assert s.filled == 0
-    stored = _rows(w, "SELECT batch_id, status FROM batches")
+    stored = rows(w, "SELECT batch_id, status FROM batches")
     assert stored == [(s.batches_pending[0], "in_progress")]
-    assert _rows(w, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("batch_pending",)]
-    assert _rows(w, "SELECT count(*) FROM responses WHERE source = 'batch'") == [(0,)]
+    assert rows(w, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("batch_pending",)]
+    assert rows(w, "SELECT count(*) FROM responses WHERE source = 'batch'") == [(0,)]
 
     loopback_server.set(batch_latency_s=0)  # the batch is done by the time the user reruns
     s2 = asyncio.run(run_fill(cfg, warehouse=w))
     assert (loopback_server.files_uploaded, loopback_server.batches_created) == (1, 1)
     assert s2.filled == 10 and not s2.batches_pending and not s2.batches_submitted
     assert any(s.batches_pending[0] in n for n in s2.notes)
-    assert _rows(w, "SELECT count(*) FROM responses WHERE source = 'batch' AND ok") == [(10,)]
-    assert _rows(w, "SELECT status FROM batches") == [("collected",)]
+    assert rows(w, "SELECT count(*) FROM responses WHERE source = 'batch' AND ok") == [(10,)]
+    assert rows(w, "SELECT status FROM batches") == [("collected",)]
 
 
 def test_fill_killed_inside_the_create_call_finds_its_batch_by_input_file(
@@ -137,12 +127,12 @@ def test_fill_killed_inside_the_create_call_finds_its_batch_by_input_file(
     monkeypatch.setattr(OpenAIBatchTeacher, "create", create_then_die)
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(run_fill(cfg, warehouse=w))
-    assert _rows(w, "SELECT batch_id, status FROM batches") == [(None, "submitting")]
+    assert rows(w, "SELECT batch_id, status FROM batches") == [(None, "submitting")]
     monkeypatch.setattr(OpenAIBatchTeacher, "create", real_create)
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert loopback_server.batches_created == 1 and loopback_server.files_uploaded == 1
     assert s.filled == 10
-    assert _rows(w, "SELECT status FROM batches WHERE batch_id IS NOT NULL") == [("collected",)]
+    assert rows(w, "SELECT status FROM batches WHERE batch_id IS NOT NULL") == [("collected",)]
 
 
 def test_failed_lines_are_resubmitted_and_permanent_ones_are_not(
@@ -153,7 +143,7 @@ def test_failed_lines_are_resubmitted_and_permanent_ones_are_not(
     loopback_server.script("500", "empty")  # first line: error file; second: empty content
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert (s.filled, s.permanent_failures, s.transient_failures) == (8, 1, 1)
-    assert _rows(w, "SELECT count(*) FROM responses WHERE source = 'batch' AND NOT ok") == [(1,)]
+    assert rows(w, "SELECT count(*) FROM responses WHERE source = 'batch' AND NOT ok") == [(1,)]
     loopback_server.reset()
     s2 = asyncio.run(run_fill(cfg, warehouse=w))
     assert loopback_server.batches_created == 1 and loopback_server.batch_lines == 1

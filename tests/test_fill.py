@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,41 +12,27 @@ from tacorl_offline.fill import run_fill
 from tacorl_offline.ingest import read_records
 from tacorl_offline.ingest_store import store_records
 from tacorl_offline.warehouse import Warehouse
-from tests.conftest import SECRET, openai_config, warehouse_snapshot, write_upstream_json
+from tests.conftest import SECRET, warehouse_snapshot, write_upstream_json
+from tests.helpers import openai_setup, rows
 from tests.loopback import LoopbackServer
-
-
-def _setup(tmp_path: Path, server: LoopbackServer, n: int, **kw) -> tuple:
-    data = write_upstream_json(tmp_path / "d.json", n, with_output=kw.pop("with_output", 0))
-    cfg_path = openai_config(tmp_path / "c.yaml", server, **kw)
-    cfg = resolve(cfg_path, environ={}, overrides={"warehouse": str(tmp_path / "wh.duckdb")})
-    records, _ = read_records(data, cfg.data)
-    w = Warehouse(cfg.warehouse)
-    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
-    return cfg, w
-
-
-def _rows(w: Warehouse, q: str, params=None) -> list[tuple]:
-    with w.connect(read_only=True) as con:
-        return con.execute(q, params or []).fetchall()
 
 
 def test_fill_all_then_rerun_pays_nothing(tmp_path, loopback_server, monkeypatch) -> None:
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
     loopback_server.set(latency_s=0.15)
-    cfg, w = _setup(tmp_path, loopback_server, 40, concurrency=8, with_output=5)
+    cfg, w = openai_setup(tmp_path, loopback_server, 40, concurrency=8, with_output=5)
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert (s.prompts, s.imported, s.filled, s.todo) == (40, 5, 35, 35)
     assert loopback_server.calls == 35
     assert loopback_server.max_in_flight == 8  # K calls really were in flight at once
     assert s.spend.cost_usd > 0  # gpt-4o-mini has a default price
-    answered = _rows(
+    answered = rows(
         w,
         "SELECT count(DISTINCT prompt_id) FROM responses WHERE kind='original' AND ok",
     )[0][0]
     assert answered == 40
     # Exactly one stored answer per prompt under the teacher key (plus the imports).
-    dup = _rows(
+    dup = rows(
         w, "SELECT prompt_id, count(*) c FROM responses WHERE source='api' GROUP BY 1 HAVING c > 1"
     )
     assert dup == []
@@ -57,7 +42,7 @@ def test_fill_all_then_rerun_pays_nothing(tmp_path, loopback_server, monkeypatch
     assert loopback_server.calls == 0
     assert (s2.filled, s2.already, s2.spend.cost_usd) == (0, 35, 0.0)
     assert s2.spend.saved_usd == pytest.approx(s.spend.cost_usd)
-    hits = _rows(
+    hits = rows(
         w,
         "SELECT count(*), sum(saved_usd), sum(cost_usd) FROM api_calls WHERE run_id = ? AND status='hit'",
         [s2.run_id],
@@ -71,41 +56,41 @@ def test_failure_modes_land_in_ledger_and_no_answer_is_lost(
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
     loopback_server.set(retry_after=0.05, hang_s=3.0)
     # max_retries=1: each request gets at most 2 attempts.
-    cfg, w = _setup(tmp_path, loopback_server, 12, concurrency=1)
+    cfg, w = openai_setup(tmp_path, loopback_server, 12, concurrency=1)
     cfg.teacher.timeout_s = 0.5
     loopback_server.script(
         "429", "500", "500", "malformed", "empty", "content_filter", "hang", "hang"
     )
     s = asyncio.run(run_fill(cfg, warehouse=w))
-    statuses = [r[0] for r in _rows(w, "SELECT status FROM api_calls WHERE run_id = ?", [s.run_id])]
+    statuses = [r[0] for r in rows(w, "SELECT status FROM api_calls WHERE run_id = ?", [s.run_id])]
     for expected in ("http_429", "http_500", "empty", "content_filter", "timeout", "ok"):
         assert expected in statuses, (expected, statuses)
-    perm = _rows(w, "SELECT error_kind FROM responses WHERE NOT ok ORDER BY 1")
+    perm = rows(w, "SELECT error_kind FROM responses WHERE NOT ok ORDER BY 1")
     assert perm == [("content_filter",), ("empty",)]
     # Every request whose final attempt succeeded has its answer stored.
-    lost = _rows(
+    lost = rows(
         w,
         "SELECT request_hash FROM api_calls WHERE status = 'ok' AND request_hash NOT IN (SELECT request_hash FROM responses)",
     )
     assert lost == []
     assert s.permanent_failures == 2 and s.transient_failures >= 2
-    ok_before = _rows(w, "SELECT count(*) FROM responses WHERE ok")[0][0]
+    ok_before = rows(w, "SELECT count(*) FROM responses WHERE ok")[0][0]
     assert ok_before == 12 - 2 - s.transient_failures
     # A rerun retries only the transient failures; permanent ones are never paid again.
     loopback_server.reset()
     s2 = asyncio.run(run_fill(cfg, warehouse=w))
     assert loopback_server.calls == s.transient_failures
     assert s2.filled == s.transient_failures
-    assert _rows(w, "SELECT count(*) FROM responses WHERE kind='original'")[0][0] == 12
+    assert rows(w, "SELECT count(*) FROM responses WHERE kind='original'")[0][0] == 12
 
 
 def test_budget_stops_cleanly_and_resumes(tmp_path, loopback_server, monkeypatch) -> None:
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
-    cfg, w = _setup(tmp_path, loopback_server, 20, concurrency=4)
+    cfg, w = openai_setup(tmp_path, loopback_server, 20, concurrency=4)
     cfg.budget.max_calls = 7
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert s.budget_stopped and s.filled == 7 and loopback_server.calls == 7
-    assert _rows(w, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("budget",)]
+    assert rows(w, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("budget",)]
     cfg.budget.max_calls = None
     s2 = asyncio.run(run_fill(cfg, warehouse=w))
     assert not s2.budget_stopped and s2.filled == 13 and loopback_server.calls == 20
@@ -119,7 +104,7 @@ def test_unreachable_teacher_is_one_error_and_leaves_warehouse_unchanged(
     server = LoopbackServer()
     server.stop()  # nothing listens on that port any more
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
-    cfg, w = _setup(tmp_path, server, 5)
+    cfg, w = openai_setup(tmp_path, server, 5)
     cfg.teacher.max_retries = 0
     w.flush()
     snapshot = warehouse_snapshot(w.path)
@@ -137,7 +122,7 @@ def test_extractive_fill_is_free_and_messages_are_stored(tmp_path) -> None:
     store_records(w, records, dataset="sample", split="train", source_path=data)
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert s.filled == 6 and s.spend.cost_usd == 0
-    msgs = _rows(w, "SELECT messages FROM responses LIMIT 1")[0][0]
+    msgs = rows(w, "SELECT messages FROM responses LIMIT 1")[0][0]
     assert json.loads(msgs)[0]["role"] == "system"
 
 

@@ -12,41 +12,22 @@ import pytest
 from typer.testing import CliRunner
 
 from tacorl_offline.cli import app
-from tacorl_offline.config import resolve
 from tacorl_offline.errors import UserError
 from tacorl_offline.fill import run_fill
-from tacorl_offline.ingest import read_records
-from tacorl_offline.ingest_store import store_records
 from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, openai_config, warehouse_snapshot, write_upstream_json
-from tests.loopback import LoopbackServer
+from tests.helpers import openai_setup, rows
 
 
 def invoke(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
 
 
-def _setup(tmp_path: Path, server: LoopbackServer, n: int, **kw) -> tuple:
-    """n prompts ingested; a config against the loopback teacher (gpt-4o-mini, priced)."""
-    data = write_upstream_json(tmp_path / "d.json", n)
-    cfg_path = openai_config(tmp_path / "c.yaml", server, **kw)
-    cfg = resolve(cfg_path, environ={}, overrides={"warehouse": str(tmp_path / "wh.duckdb")})
-    records, _ = read_records(data, cfg.data)
-    w = Warehouse(cfg.warehouse)
-    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=data)
-    return cfg, w
-
-
-def _rows(w: Warehouse, q: str, params=None) -> list[tuple]:
-    with w.connect(read_only=True) as con:
-        return con.execute(q, params or []).fetchall()
-
-
 def test_dollar_cap_on_unpriced_model_is_refused_before_any_call(
     tmp_path, loopback_server, monkeypatch
 ) -> None:
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
-    cfg, w = _setup(tmp_path, loopback_server, 6)
+    cfg, w = openai_setup(tmp_path, loopback_server, 6)
     cfg.teacher.model = "my-vllm-deployment"
     cfg.budget.max_cost_usd = 0.001
     w.flush()
@@ -79,13 +60,13 @@ def test_dollar_cap_never_overshoots_with_many_calls_in_flight(
 ) -> None:
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
     loopback_server.set(latency_s=0.1)
-    cfg, w = _setup(tmp_path, loopback_server, 24, concurrency=8)
+    cfg, w = openai_setup(tmp_path, loopback_server, 24, concurrency=8)
     cfg.teacher.max_tokens = 20
     # One answer costs about 1.7e-5 here; its worst case (bytes + max_tokens) about 7e-5, so
     # 8 in flight could overshoot either cap (before: by up to 8 calls).
     cfg.budget.max_cost_usd = cap
     s = asyncio.run(run_fill(cfg, warehouse=w))
-    spent = _rows(w, "SELECT sum(cost_usd) FROM api_calls WHERE run_id = ?", [s.run_id])[0][0]
+    spent = rows(w, "SELECT sum(cost_usd) FROM api_calls WHERE run_id = ?", [s.run_id])[0][0]
     assert s.budget_stopped and 0 < s.filled < 24
     assert spent == pytest.approx(s.spend.cost_usd)
     assert spent <= cap, (spent, cap)
@@ -112,9 +93,9 @@ def test_auth_error_stops_the_run_at_once_and_names_the_key_variable(
         assert "TACORL_TEST_KEY" in lines[0] and "401" in lines[0] and SECRET not in r.output
         assert loopback_server.calls <= 2  # only what was already in flight
     w = Warehouse(wh)
-    assert _rows(w, "SELECT DISTINCT status FROM api_calls") == [("auth",)]
-    assert _rows(w, "SELECT count(*) FROM api_calls")[0][0] <= 4
-    assert {r[0] for r in _rows(w, "SELECT status FROM runs")} == {"failed"}
+    assert rows(w, "SELECT DISTINCT status FROM api_calls") == [("auth",)]
+    assert rows(w, "SELECT count(*) FROM api_calls")[0][0] <= 4
+    assert {r[0] for r in rows(w, "SELECT status FROM runs")} == {"failed"}
 
 
 @pytest.mark.parametrize("mode", ["500", "malformed", "hang"])
@@ -138,7 +119,7 @@ def test_fill_with_failures_exits_nonzero_and_says_how_many_and_why(
     assert r.exit_code == 5, r.output
     kind = {"500": "http", "malformed": "malformed", "hang": "timeout"}[mode]
     assert f"4 of 4 requests failed ({kind}: 4)" in r.stderr, r.stderr
-    status = _rows(Warehouse(wh), "SELECT status, message FROM runs")
+    status = rows(Warehouse(wh), "SELECT status, message FROM runs")
     assert status[0][0] == "failed" and "4 of 4" in status[0][1]
 
 
@@ -147,13 +128,13 @@ def test_connection_closed_mid_response_is_a_ledger_row_per_attempt(
 ) -> None:
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
     loopback_server.set(mode="close")
-    cfg, w = _setup(tmp_path, loopback_server, 6, concurrency=2)  # max_retries 1: 2 attempts
+    cfg, w = openai_setup(tmp_path, loopback_server, 6, concurrency=2)  # max_retries 1: 2 attempts
     s = asyncio.run(run_fill(cfg, warehouse=w))
     assert s.failures == {"disconnected": 6}
-    rows = _rows(w, "SELECT status FROM api_calls WHERE run_id = ?", [s.run_id])
+    ledger = rows(w, "SELECT status FROM api_calls WHERE run_id = ?", [s.run_id])
     assert loopback_server.calls == 12
-    assert len(rows) == loopback_server.calls and {r[0] for r in rows} == {"disconnected"}
-    assert _rows(w, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("failed",)]
+    assert len(ledger) == loopback_server.calls and {r[0] for r in ledger} == {"disconnected"}
+    assert rows(w, "SELECT status FROM runs WHERE run_id = ?", [s.run_id]) == [("failed",)]
 
 
 # ------------------------------------------------------------------------------- journal
@@ -202,7 +183,7 @@ def test_bad_journal_lines_are_quarantined_and_good_lines_load(tmp_path, caplog)
     assert [r.getMessage() for r in caplog.records if str(quarantine) in r.getMessage()]
     assert len(quarantine.read_bytes().splitlines()) == 5
     assert b"\xff\xfe not utf-8" in quarantine.read_bytes()
-    assert _rows(w, "SELECT call_id FROM api_calls ORDER BY 1") == [("c1",), ("c2",)]
+    assert rows(w, "SELECT call_id FROM api_calls ORDER BY 1") == [("c1",), ("c2",)]
     assert w.journal_path.stat().st_size == 0
     w.flush()  # and the warehouse keeps working
     assert len(quarantine.read_bytes().splitlines()) == 5
@@ -214,7 +195,7 @@ def test_disk_full_on_append_is_one_line_and_no_paid_answer_is_lost(
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
     monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
-    cfg, w = _setup(tmp_path, loopback_server, 10, concurrency=2)
+    cfg, w = openai_setup(tmp_path, loopback_server, 10, concurrency=2)
     w.flush()
     w.journal_path.unlink(missing_ok=True)
     w.journal_path.symlink_to("/dev/full")  # every append: ENOSPC
@@ -223,7 +204,7 @@ def test_disk_full_on_append_is_one_line_and_no_paid_answer_is_lost(
     msg = str(e.value)
     assert "No space left on device" in msg and "\n" not in msg
     assert 0 < loopback_server.calls < 10  # it stopped launching
-    answered = _rows(w, "SELECT count(*) FROM responses WHERE kind = 'original' AND ok")[0][0]
+    answered = rows(w, "SELECT count(*) FROM responses WHERE kind = 'original' AND ok")[0][0]
     assert answered == loopback_server.calls  # every paid answer was saved another way
     w.journal_path.unlink()
     loopback_server.reset()

@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from tacorl_offline.cli import app
 from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, openai_config, write_upstream_json
-from tests.helpers import prepare, q, train
+from tests.helpers import prepare, q, train, train_command
 from tests.loopback import LoopbackServer
 
 
@@ -70,18 +69,8 @@ def test_ctrl_c_before_the_first_checkpoint_is_interrupted(
 ) -> None:
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=6, checkpoint_every=5)
     loopback_server.set(latency_s=1.0)
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+    cmd = train_command(cfg, tmp_path)
     loopback_server.reset()
-    cmd = [
-        sys.executable,
-        "-m",
-        "tacorl_offline.cli",
-        "train",
-        "-c",
-        str(cfg_path),
-        "--no-progress",
-    ]
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and loopback_server.calls < 1 and child.poll() is None:

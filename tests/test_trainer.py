@@ -13,7 +13,7 @@ from tacorl_offline.ingest import read_records
 from tacorl_offline.ingest_store import store_records
 from tacorl_offline.trainer import Trainer
 from tacorl_offline.warehouse import Warehouse
-from tests.helpers import make_cfg, prepare, q, train, write_data
+from tests.helpers import make_cfg, prepare, q, train, train_command, write_data
 
 
 def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) -> None:
@@ -171,25 +171,12 @@ def test_sigkilled_training_process_resumes_to_the_same_weights(
 ) -> None:
     """A real SIGKILL of `tacorl-offline train` mid-run; --resume finishes it identically, paying nothing."""
     import subprocess
-    import sys
     import time
-
-    import yaml
 
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=8, checkpoint_every=2)
     ref = train(cfg)  # uninterrupted reference; warms the warehouse
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")
+    cmd = train_command(cfg, tmp_path)
     loopback_server.reset()
-    cmd = [
-        sys.executable,
-        "-m",
-        "tacorl_offline.cli",
-        "train",
-        "-c",
-        str(cfg_path),
-        "--no-progress",
-    ]
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     runs = Path(cfg.train.output_dir)
