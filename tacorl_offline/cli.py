@@ -361,6 +361,13 @@ def train(
     split: SplitOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a live progress display.")] = True,
     warehouse: WarehouseOpt = None,
+    rescore: Annotated[
+        str | None,
+        typer.Option(
+            help="Do not train: score a train run's stored answers (its id, or 'latest') under "
+            "this config's reward, with no teacher call; writes a 'rescore' run."
+        ),
+    ] = None,
 ) -> None:
     """REINFORCE on the compressor, replaying cached teacher answers and paying only misses."""
     cfg = _config(
@@ -377,6 +384,23 @@ def train(
     )
     if not resume:
         cfg = _settle(cfg, dataset, split)
+    if rescore is not None:
+        from tacorl_offline.rescore import rescore_run
+
+        r = rescore_run(cfg, _warehouse(cfg), rescore)
+        out.print(
+            f"rescored run {r.source_run} as {r.run_id}: {r.samples} samples, {r.calls} teacher "
+            f"calls; mean reward {r.reward_before:.4f} -> {r.reward_after:.4f} "
+            f"({cfg.train.reward.family}, {cfg.train.reward.metric})",
+            markup=False,
+        )
+        if r.unscorable:
+            out.print(
+                f"{r.unscorable} sample(s) would need an answer the run never asked for: "
+                "left unscorable",
+                markup=False,
+            )
+        return
     summary, d = train_with_progress(cfg, resume=resume, progress=progress)
     if not d.is_main:
         return

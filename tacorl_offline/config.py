@@ -293,6 +293,53 @@ _GROUP_BASELINES = {
 }
 
 
+class ReuseConfig(_Section):
+    """Off-policy reuse of paid answers (:mod:`tacorl_offline.offpolicy`). Off by default:
+    ``update_epochs: 1`` and ``stored_per_prompt: 0`` is plain on-policy REINFORCE."""
+
+    update_epochs: int = Field(
+        1,
+        ge=1,
+        description="Gradient passes over each paid batch (PPO-style, like TRL GRPO's "
+        "num_iterations): the first is plain REINFORCE, later ones weight each word by its "
+        "importance ratio, clipped to [1-clip_eps, 1+clip_eps].",
+    )
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range of update_epochs > 1.")
+    stored_per_prompt: int = Field(
+        0,
+        ge=0,
+        description="Up to this many scored samples of the same prompt, read from the warehouse "
+        "(this run's earlier epochs, and finished runs with the same teacher, reward and rate), "
+        "join each prompt's group in place of fresh draws; they cost no call and are weighted "
+        "by truncated importance ratios (V-trace).",
+    )
+    min_fresh: int = Field(
+        1, ge=1, description="Fresh (paid or cache-replayed) draws per prompt, at least."
+    )
+    rho_bar: float = Field(1.0, gt=0, description="Cap of a stored sample's per-word ratio.")
+    max_log_ratio: float = Field(
+        0.5,
+        gt=0,
+        description="A stored sample whose mean per-word |log ratio| exceeds this is stale: "
+        "dropped (and counted in steps.replay_dropped).",
+    )
+    max_age_steps: int | None = Field(
+        None,
+        ge=1,
+        description="This run's own samples older than this many steps are not reused; "
+        "null: no age limit (the ratio test still applies).",
+    )
+    from_other_runs: bool = Field(
+        True,
+        description="Also reuse samples of finished runs (other seeds, sweeps, rescored runs) "
+        "that share this run's teacher, reward, rate and sampler.",
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.update_epochs > 1 or self.stored_per_prompt > 0
+
+
 class TrainConfig(_Section):
     epochs: int = Field(4, ge=1, description="Passes over the split.")
     batch_size: int = Field(8, ge=1, description="Prompts per step.")
@@ -335,6 +382,12 @@ class TrainConfig(_Section):
         description="Token counter for rewards: the policy tokenizer, tiktoken cl100k if cached, or whitespace.",
     )
     seed: int = Field(0, description="Seed for data order and mask sampling.")
+    data_seed: int | None = Field(
+        None,
+        description="Seed for the data order alone (null: train.seed). A seed sweep with a fixed "
+        "data_seed meets the same prompts at the same steps, so with train.reuse each seed "
+        "after the first can learn from the samples the others paid for.",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many steps (overrides epochs)."
     )
@@ -352,6 +405,26 @@ class TrainConfig(_Section):
         description="Also write upstream reinforce_logs_updated.csv / rewards_logs_updated.csv.",
     )
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward settings.")
+    reuse: ReuseConfig = Field(
+        default_factory=ReuseConfig, description="Off-policy reuse of paid answers (off)."
+    )
+
+    @model_validator(mode="after")
+    def _check_reuse(self) -> TrainConfig:
+        r = self.reuse
+        if r.min_fresh > self.samples_per_prompt:
+            raise ValueError(
+                f"train.reuse.min_fresh ({r.min_fresh}) exceeds train.samples_per_prompt "
+                f"({self.samples_per_prompt}); lower it"
+            )
+        if r.active and self.grad_accum != 1:
+            raise ValueError("train.reuse needs train.grad_accum: 1 (each pass is one update)")
+        if r.stored_per_prompt and self.baseline == "scst":
+            raise ValueError(
+                "train.reuse.stored_per_prompt needs a group or moving-average baseline, not scst "
+                "(a stored sample has no greedy mask of today's policy)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_baseline(self) -> TrainConfig:

@@ -21,6 +21,12 @@ reader holds the lock past a second, they go to the journal instead (metric valu
 are then left out) and the next write open flushes them. Every answer paid for is journaled
 first, so a crash never loses one.
 
+Off-policy reuse (``train.reuse``, off by default; :mod:`tacorl_offline.offpolicy`): stage 1
+may fill part of a prompt's group with samples of that prompt read from the warehouse at the
+run's start (:mod:`tacorl_offline.reuse`); they carry their stored reward and skip stages 2-4,
+and stage 6 runs ``update_epochs`` importance-weighted passes instead of one. Stage 7 records
+them in ``replays`` and counts fresh and replayed contributions in ``steps``.
+
 Stages 2-5 run on rank 0, which owns the warehouse and the teacher; the advantages are
 broadcast, and every rank updates its shard (DDP averages the gradients).
 
@@ -46,7 +52,7 @@ from typing import Any
 
 import torch
 
-from tacorl_offline import checkpoints, csvlogs, metric_cache
+from tacorl_offline import checkpoints, csvlogs, metric_cache, offpolicy, reuse
 from tacorl_offline.advantages import Advantages, compute_advantages, policy_loss
 from tacorl_offline.calls import Budget
 from tacorl_offline.config import Config
@@ -89,6 +95,12 @@ class Rollout:
     n_words: int
     n_kept: int
     entropy: float  # per action
+    # Off-policy reuse: the deciding words' actions and their behaviour log-probs (float32,
+    # as stored); a sample replayed from the warehouse carries its origin and stored reward.
+    actions: Any = None
+    behaviour: torch.Tensor | None = None
+    stored: reuse.StoredSample | None = None
+    drift: float = 0.0
     # Filled on rank 0 by the later stages:
     gate: float | None = None  # the reward decided by length alone; None: ask the teacher
     request_hash: str | None = None
@@ -100,11 +112,16 @@ class Rollout:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.gate is None
+        return self.gate is None and self.stored is None
 
     @property
     def trains(self) -> bool:
         return self.sample_idx != GREEDY
+
+    @property
+    def fresh(self) -> bool:
+        """Drawn this step (paid for or replayed from the answer cache), not a stored sample."""
+        return self.stored is None
 
 
 @dataclass
@@ -127,6 +144,10 @@ class StepLog:
     spend: Spend = field(default_factory=Spend)
     seconds: float = 0.0
     teacher_seconds: float = 0.0
+    fresh_samples: int = 0  # gradient contributions drawn this step
+    replayed_samples: int = 0  # ... and read back from the warehouse (no call)
+    replay_dropped: int = 0  # stored samples left out: their policy drifted too far
+    update_epochs: int = 1
 
     def row(self) -> dict[str, Any]:
         """Flat, with NaN as NULL."""
@@ -217,6 +238,14 @@ class Trainer:
         self.settings = RewardSettings.from_config(cfg)
         self.metric_names = metric_cache.metric_names(self.settings)
         self.mask_map = MaskMap(key_of(cfg.teacher))
+        self.reuse = tc.reuse
+        self.store = reuse.ReplayStore()
+        self._dropped = 0  # stored samples dropped for drift in the current step
+        if self.reuse.active and self.dist.enabled:
+            raise UserError(
+                "train.reuse runs in one process; set update_epochs: 1 and stored_per_prompt: 0 "
+                "for a multi-process (torchrun) run"
+            )
         self.budget = budget or Budget(cfg.budget.max_cost_usd, cfg.budget.max_calls)
 
         cc = cfg.compressor
@@ -265,6 +294,17 @@ class Trainer:
         if self.dist.enabled:
             self.run_id = self.dist.broadcast(self.run_id)
         self.run_dir = Path(tc.output_dir) / self.run_id
+        if self.reuse.stored_per_prompt and self.dist.is_main:
+            with self.warehouse.connect() as con:
+                self.store = reuse.load(
+                    con,
+                    self.cfg,
+                    teacher_key=key_of(self.cfg.teacher),
+                    run_id=self.run_id,
+                    upto_step=self.pos.step,
+                    prompt_ids=[i.prompt_id for i in self.items],
+                    other_runs=self.reuse.from_other_runs,
+                )
 
     def _load_items(self, settle_dataset: bool) -> list[Item]:
         items: list[Item] | UserError | None = None
@@ -294,7 +334,9 @@ class Trainer:
         if self.pos.index >= len(self.items):
             self.pos.epoch += 1
             self.pos.index = 0
-        order = epoch_order(len(self.items), self.cfg.train.seed, self.pos.epoch)
+        tc = self.cfg.train
+        seed = tc.seed if tc.data_seed is None else tc.data_seed
+        order = epoch_order(len(self.items), seed, self.pos.epoch)
         idx = order[self.pos.index : self.pos.index + b]
         self.pos.index += b
         return self.pos.epoch, idx
@@ -317,11 +359,12 @@ class Trainer:
         adv: Advantages | None = None
         replay = ReplayStats()
         unsent = False
+        fresh = [r for r in everyone if r.fresh]  # stored samples carry their reward
         if self.dist.is_main:
-            self._length_gate(everyone)
+            self._length_gate(fresh)
             if run is not None:
                 run.caller.step = self.pos.step + 1  # the ledger rows of this step say so
-            replay = await self._replay(everyone, run)
+            replay = await self._replay(fresh, run)
             unsent = bool(run is not None and run.caller.stats.budget_stopped)
         if self.dist.broadcast(unsent):
             self.pos, gen_state, rng_state = before
@@ -329,9 +372,12 @@ class Trainer:
             torch.set_rng_state(rng_state)
             return None
         if self.dist.is_main:
-            self._score(everyone, replay)
+            self._score(fresh, replay)
             adv = self._advantages(everyone, batch)
-        loss, lr = self._update(rollouts, samples, batch, adv)
+        if self.reuse.active:
+            loss, lr = self._update_reusing(rollouts, samples, batch, adv)
+        else:
+            loss, lr = self._update(rollouts, samples, batch, adv)
         if not self.dist.is_main:
             return StepLog(self.pos.step, epoch, loss, lr)
         log = self._step_log(epoch, loss, lr, everyone, replay, time.perf_counter() - t_start)
@@ -352,43 +398,77 @@ class Trainer:
         fields = [self.items[i].fields for i in mine]
         # train.sampler 'rate': masks keep, in expectation, the budget greedy keeps at evaluation
         rate = self.cfg.compressor.rate if tc.sampler == "rate" else None
-        sampled = self.comp.sample(
-            texts,
-            num_samples=tc.samples_per_prompt,
-            generator=self.gen,
-            model=self.policy,
-            fields=fields,
-            rate=rate,
-        )
+        decisions = self.comp.decisions(texts, model=self.policy, fields=fields, rate=rate)
+        opts = self.comp.options
         # SCST: the greedy mask of the same prompts, at the same budget, is the baseline.
         greedy = (
             self.comp.greedy(texts, model=self.policy, fields=fields, rate=rate)
             if tc.baseline == "scst"
             else []
         )
+        self._dropped = 0
         rollouts: list[Rollout] = []
         samples: list[Any] = []
         for k, i in enumerate(mine):
             item = self.items[i]
+            d = decisions[k]
             n_orig = self.count(item.text)
-            group = list(enumerate(sampled[k])) + ([(GREEDY, greedy[k])] if greedy else [])
-            for j, s in group:
-                rollouts.append(
-                    Rollout(
-                        item=i,
-                        prompt_id=item.prompt_id,
-                        sample_idx=j,
-                        mask_hash=s.mask_hash,
-                        text=s.text,
-                        n_orig=n_orig,
-                        n_comp=self.count(s.text),
-                        n_words=s.n_words,
-                        n_kept=s.n_kept,
-                        entropy=float(s.entropy.detach()) / max(1, s.n_actions),
-                    )
+            # Stored samples of this prompt join its group in place of fresh draws (no call).
+            kept = self._pick_stored(item.prompt_id, d) if self.reuse.stored_per_prompt else []
+            n_fresh = max(self.reuse.min_fresh, tc.samples_per_prompt - len(kept))
+            kept = kept[: tc.samples_per_prompt - n_fresh]
+            group: list[tuple[int, Any, tuple[reuse.StoredSample, float] | None]] = [
+                (j, s, None) for j, s in enumerate(d.draw(n_fresh, self.gen, opts))
+            ]
+            group += [(n_fresh + j, s, (st, drift)) for j, (st, s, drift) in enumerate(kept)]
+            if greedy:
+                group.append((GREEDY, greedy[k], None))
+            for j, s, origin in group:
+                r = Rollout(
+                    item=i,
+                    prompt_id=item.prompt_id,
+                    sample_idx=j,
+                    mask_hash=s.mask_hash,
+                    text=s.text,
+                    n_orig=n_orig,
+                    n_comp=self.count(s.text),
+                    n_words=s.n_words,
+                    n_kept=s.n_kept,
+                    entropy=float(s.entropy.detach()) / max(1, s.n_actions),
+                    actions=s.actions,
                 )
+                if origin is not None:
+                    r.stored, r.drift = origin
+                    r.behaviour = r.stored.behaviour
+                    r.reward = r.stored.reward
+                elif j != GREEDY and s.word_log_probs is not None:
+                    r.behaviour = s.word_log_probs.detach().to("cpu", torch.float32)
+                rollouts.append(r)
                 samples.append(s)
         return rollouts, samples
+
+    def _pick_stored(self, prompt_id: str, d: Any) -> list[tuple[reuse.StoredSample, Any, float]]:
+        """The prompt's stored samples that today's policy may learn from, closest first:
+        (stored sample, its ``Sample`` under today's policy with gradient, drift). A sample
+        whose mask no longer matches (other compressor options) is skipped; one whose policy
+        drifted past ``max_log_ratio`` is dropped and counted."""
+        out = []
+        opts = self.comp.options
+        for st in self.store.of(
+            prompt_id, run_id=self.run_id, step=self.pos.step + 1, max_age=self.reuse.max_age_steps
+        ):
+            if len(st.actions) != len(d.dec):
+                continue
+            s = d.sample_of(st.actions, opts)
+            if s.mask_hash != st.mask_hash:
+                continue
+            drift = offpolicy.drift(s.word_log_probs, st.behaviour)
+            if drift > self.reuse.max_log_ratio:
+                self._dropped += 1
+                continue
+            out.append((st, s, drift))
+        out.sort(key=lambda t: (t[2], t[0].run_id, t[0].step, t[0].sample_idx))
+        return out[: self.reuse.stored_per_prompt]
 
     def _length_gate(self, rollouts: list[Rollout]) -> None:
         gates, _ = needs_teacher(
@@ -527,6 +607,73 @@ class Trainer:
         lr = self.sched.get_last_lr()[0]
         return float(self.dist.broadcast(float(loss.detach()))), lr
 
+    def _update_reusing(
+        self,
+        rollouts: list[Rollout],
+        samples: list[Any],
+        batch: list[int],
+        adv: Advantages | None,
+    ) -> tuple[float, float]:
+        """``update_epochs`` optimizer steps on the step's group (fresh and stored samples).
+
+        Pass 1 differentiates the rollout's own forward: fresh samples have ratio 1 (weight 1,
+        plain REINFORCE), stored ones their truncated ratio. Later passes run the policy again
+        on the same prompts and weight every word by its ratio to the behaviour policy: PPO's
+        clip for fresh samples, V-trace's truncation for stored ones
+        (:mod:`tacorl_offline.offpolicy`). The learning rate schedule advances once per step.
+        Returns (pass-1 loss, learning rate)."""
+        tc, ru = self.cfg.train, self.reuse
+        assert adv is not None  # reuse runs in one process: rank 0 computed it
+        self.pos.ema = adv.ema
+        row_of = {i: n for n, i in enumerate(batch)}
+        pairs = [
+            (r, s)
+            for r, s in zip(rollouts, samples, strict=True)
+            if r.trains and bool(adv.valid[row_of[r.item], r.sample_idx])
+        ]
+        advs = [float(adv.values[row_of[r.item], r.sample_idx]) for r, _ in pairs]
+        kinds: list[offpolicy.Kind] = ["clip" if r.fresh else "truncate" for r, _ in pairs]
+
+        def one_pass(word_lps: list[torch.Tensor], ents: list[torch.Tensor]) -> float:
+            if not pairs:
+                loss = sum(p.sum() * 0.0 for p in self.model.parameters())
+            else:
+                weights = [
+                    offpolicy.word_weights(
+                        lp, r.behaviour, a, k, clip_eps=ru.clip_eps, rho_bar=ru.rho_bar
+                    )
+                    for lp, (r, _), a, k in zip(word_lps, pairs, advs, kinds, strict=True)
+                ]
+                loss, _ = offpolicy.weighted_policy_loss(
+                    word_lps, weights, advs, ents, tc.entropy_coeff
+                )
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            return float(loss.detach())
+
+        first = one_pass([s.word_log_probs for _, s in pairs], [s.entropy for _, s in pairs])
+        if pairs and ru.update_epochs > 1:
+            items = sorted({r.item for r, _ in pairs}, key=row_of.__getitem__)
+            at = {i: k for k, i in enumerate(items)}
+            rate = self.cfg.compressor.rate if tc.sampler == "rate" else None
+            for _ in range(ru.update_epochs - 1):
+                ds = self.comp.decisions(
+                    [self.items[i].text for i in items],
+                    model=self.policy,
+                    fields=[self.items[i].fields for i in items],
+                    rate=rate,
+                )
+                one_pass(
+                    [ds[at[r.item]].word_log_probs(r.actions) for r, _ in pairs],
+                    [ds[at[r.item]].entropy for r, _ in pairs],
+                )
+        self.pos.step += 1
+        self.sched.step()
+        return first, self.sched.get_last_lr()[0]
+
     def _step_log(
         self,
         epoch: int,
@@ -536,7 +683,7 @@ class Trainer:
         replay: ReplayStats,
         seconds: float,
     ) -> StepLog:
-        train = [r for r in rollouts if r.trains]
+        train = [r for r in rollouts if r.trains and r.fresh]
         finite = [r.reward for r in train if not math.isnan(r.reward)]
         mean, std = _mean_std(finite)
         comp = [r.n_comp / r.n_orig for r in train if r.n_orig > 0]
@@ -552,16 +699,21 @@ class Trainer:
             compression=sum(comp) / len(comp) if comp else NAN,
             entropy=sum(r.entropy for r in train) / max(1, len(train)),
             n_samples=len(train),
-            n_unscorable=sum(1 for r in rollouts if math.isnan(r.reward)),
-            short_circuits=sum(1 for r in rollouts if not r.needs_teacher),
+            n_unscorable=sum(1 for r in rollouts if r.fresh and math.isnan(r.reward)),
+            short_circuits=sum(1 for r in rollouts if r.fresh and r.gate is not None),
             spend=replay.spend,
             seconds=seconds,
             teacher_seconds=replay.teacher_seconds,
+            fresh_samples=len(train),
+            replayed_samples=sum(1 for r in rollouts if r.stored is not None),
+            replay_dropped=self._dropped,
+            update_epochs=self.reuse.update_epochs,
         )
 
     def _record(
         self, log: StepLog, rollouts: list[Rollout], replay: ReplayStats, run: PhaseRun | None
     ) -> None:
+        fresh = [r for r in rollouts if r.fresh]
         sample_rows = [
             {
                 "run_id": self.run_id,
@@ -579,22 +731,54 @@ class Trainer:
                 "cache_hit": r.cache_hit,
                 "short_circuit": not r.needs_teacher,
                 "unscorable": math.isnan(r.reward),
+                **self._behaviour_columns(r),
+            }
+            for r in fresh
+        ]
+        replay_rows = [
+            {
+                "run_id": self.run_id,
+                "step": log.step,
+                "prompt_id": r.prompt_id,
+                "slot": r.sample_idx,
+                "source_run": r.stored.run_id,
+                "source_step": r.stored.step,
+                "source_sample_idx": r.stored.sample_idx,
+                "reward": r.reward,
+                "drift": r.drift,
             }
             for r in rollouts
+            if r.stored is not None
         ]
         step_row = {"run_id": self.run_id, **log.row()}
         try:
-            self._write_step(step_row, sample_rows, replay, run, log.step)
+            self._write_step(step_row, sample_rows, replay, run, log.step, replay_rows)
         except WarehouseLocked:
             # A long reader holds the file: training goes on. The step's rows go to the
             # journal (durable), and the next write open, any process's, flushes them.
             entries: list[tuple[str, dict[str, Any]]] = [("steps", step_row)]
             entries += [("samples", r) for r in sample_rows]
+            entries += [("replays", r) for r in replay_rows]
             if run is not None:
                 entries += run.record_entries(
                     hits=replay.hits_ledger, masks=replay.new_masks, step=log.step
                 )
             self.warehouse.journal(entries)
+        if self.reuse.stored_per_prompt:  # this run's samples may join later groups
+            for row in sample_rows:
+                if row["reward"] is not None and row["sample_idx"] >= 0:
+                    self.store.add(
+                        reuse.stored(
+                            self.run_id,
+                            log.step,
+                            row["sample_idx"],
+                            row["prompt_id"],
+                            row["mask_hash"],
+                            row["actions"],
+                            row["behaviour_logp"],
+                            row["reward"],
+                        )
+                    )
         if self.cfg.train.csv_logs:
             csvlogs.append_step(
                 self.run_dir,
@@ -606,6 +790,14 @@ class Trainer:
                 kept=log.compression,
             )
 
+    @staticmethod
+    def _behaviour_columns(r: Rollout) -> dict[str, Any]:
+        """samples.actions / behaviour_logp of a sampled mask (NULL for the greedy one)."""
+        if r.behaviour is None or r.actions is None or not r.trains:
+            return {"actions": None, "behaviour_logp": None}
+        acts, blp = reuse.as_row_lists(r.actions, r.behaviour)
+        return {"actions": acts, "behaviour_logp": blp}
+
     def _write_step(
         self,
         step_row: dict[str, Any],
@@ -613,6 +805,7 @@ class Trainer:
         replay: ReplayStats,
         run: PhaseRun | None,
         step: int,
+        replay_rows: list[dict[str, Any]] | None = None,
     ) -> None:
         """One transaction for a step's rows. Waits at most a second for the lock."""
         with self.warehouse.transaction(
@@ -630,6 +823,7 @@ class Trainer:
             step_row["calls"], step_row["cost_usd"] = int(calls), float(cost)
             insert_rows(con, "samples", sample_rows, on_conflict="replace")
             insert_rows(con, "steps", [step_row], on_conflict="replace")
+            insert_rows(con, "replays", replay_rows or [], on_conflict="replace")
             # Metric values computed this step: a cache, so a step journaled instead (a reader
             # held the lock) leaves them out and a later replay computes them again.
             insert_rows(con, "metric_values", replay.metric_rows, on_conflict="ignore")

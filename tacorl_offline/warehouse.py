@@ -50,8 +50,8 @@ from tacorl_offline.resources import resource_dir
 # Tables the journal may hold, with the conflict rule used on replay: paid answers and their
 # ledger are never overwritten; a training step's rows (journaled while a reader holds the
 # lock) replace an earlier execution of the same step.
-JOURNAL_TABLES = ("responses", "api_calls", "masks", "steps", "samples")
-REPLACE_ON_REPLAY = frozenset({"steps", "samples"})
+JOURNAL_TABLES = ("responses", "api_calls", "masks", "steps", "samples", "replays")
+REPLACE_ON_REPLAY = frozenset({"steps", "samples", "replays"})
 
 _PID_RE = re.compile(r"PID (\d+)")
 # Keys per IN list: far below DuckDB's index-scan limit (index_scan_max_count, 2048).
@@ -105,12 +105,19 @@ def migrations() -> list[tuple[str, str]]:
     return [(p.stem, p.read_text(encoding="utf-8")) for p in sorted(d.glob("*.sql"))]
 
 
+# Columns typed as SQL lists (``samples.actions`` BOOLEAN[], ``behaviour_logp`` FLOAT[]): their
+# Python lists go in as Arrow lists; every other dict or list value is stored as JSON text.
+LIST_COLUMNS = frozenset({"actions", "behaviour_logp"})
+
+
 def _rows_to_arrow(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pa.Table:
     data: dict[str, list[Any]] = {c: [] for c in columns}
     for r in rows:
         for c in columns:
             v = r.get(c)
-            if isinstance(v, (dict, list)):
+            if c in LIST_COLUMNS:
+                pass
+            elif isinstance(v, (dict, list)):
                 v = json.dumps(v, ensure_ascii=False, sort_keys=True)
             data[c].append(v)
     return pa.table(data)

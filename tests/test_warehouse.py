@@ -21,6 +21,7 @@ EXPECTED_TABLES = [
     "masks",
     "metric_values",
     "prompts",
+    "replays",
     "responses",
     "runs",
     "samples",

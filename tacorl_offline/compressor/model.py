@@ -624,6 +624,22 @@ class Compressor:
             rate=rate,
         )
 
+    def decisions(
+        self,
+        texts: Sequence[str],
+        *,
+        model: torch.nn.Module | None = None,
+        fields: Sequence[Any] | None = None,
+        rate: float | None = None,
+        **overrides: Any,
+    ) -> list[policy.Decisions]:
+        """Per prompt, the deciding words and their (rate-shifted) keep-probabilities, with
+        gradient when grad is on: draw masks from them, or score a stored mask's actions
+        under today's policy (see :func:`.policy.decisions`)."""
+        return policy.decisions(
+            self, texts, self._opts(overrides), model=model, fields=fields, rate=rate
+        )
+
     def token_probs(
         self,
         texts: Sequence[str],

@@ -10,6 +10,7 @@ call it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,10 +86,17 @@ def forward(
 
 
 def _make_sample(
-    lay: Layout, dec: np.ndarray, act: torch.Tensor, lp: Any, ent: Any, opts: CompressOptions
+    lay: Layout,
+    dec: np.ndarray,
+    act: torch.Tensor,
+    lp: Any,
+    ent: Any,
+    opts: CompressOptions,
+    word_lp: torch.Tensor | None = None,
 ) -> Sample:
     keep = lay.forced.copy()
-    keep[dec] = act.cpu().numpy()
+    actions = act.cpu().numpy().astype(bool)
+    keep[dec] = actions
     if opts.drop_consecutive:
         keep = selection.drop_consecutive(keep, lay.words, lay.is_force)
     kept = [s for s, k in zip(lay.spans, keep, strict=False) if k]
@@ -102,7 +110,82 @@ def _make_sample(
         n_actions=len(dec),
         n_words=lay.n_words,
         word_spans=lay.spans,
+        actions=actions,
+        word_log_probs=word_lp,
     )
+
+
+@dataclass
+class Decisions:
+    """One prompt's deciding words under the policy: the layout, the indices of the words that
+    are not forced, and their keep-probabilities (shifted to the rate budget when sampling is
+    rate-consistent; with gradient when grad is on). Drawing masks, and scoring the actions of
+    a stored mask under today's policy (off-policy reuse), both start from it."""
+
+    layout: Layout
+    dec: np.ndarray
+    probs: torch.Tensor
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return sampling.entropy(self.probs)
+
+    def draw(
+        self, n: int, generator: torch.Generator | None, opts: CompressOptions
+    ) -> list[Sample]:
+        """``n`` sampled masks (``n`` may be 0)."""
+        if n < 1:
+            return []
+        acts = sampling.draw(self.probs, n, generator)
+        wlp = sampling.word_log_probs(self.probs, acts)
+        lps = wlp.sum(dim=1)
+        ent = self.entropy
+        return [
+            _make_sample(self.layout, self.dec, acts[g], lps[g], ent, opts, wlp[g])
+            for g in range(n)
+        ]
+
+    def word_log_probs(self, actions: Any) -> torch.Tensor:
+        """Per-word log-probs [n] of given actions (a bool array, one per deciding word)."""
+        a = torch.as_tensor(np.asarray(actions, dtype=bool), device=self.probs.device)
+        return sampling.word_log_probs(self.probs, a.unsqueeze(0))[0]
+
+    def sample_of(self, actions: Any, opts: CompressOptions) -> Sample:
+        """The ``Sample`` (mask, text, hash, log-probs under this policy) of given actions."""
+        a = torch.as_tensor(np.asarray(actions, dtype=bool), device=self.probs.device)
+        wlp = sampling.word_log_probs(self.probs, a.unsqueeze(0))[0]
+        return _make_sample(self.layout, self.dec, a, wlp.sum(), self.entropy, opts, wlp)
+
+
+def decisions(
+    comp: Compressor,
+    texts: Sequence[str],
+    opts: CompressOptions,
+    *,
+    model: torch.nn.Module | None = None,
+    fields: Sequence[Any] | None = None,
+    rate: float | None = None,
+) -> list[Decisions]:
+    """Per prompt, the deciding words and their keep-probabilities, from one forward pass.
+
+    ``rate=None``: the word probability itself (upstream TACO-RL; the rate is enforced only by
+    the reward). ``rate=c`` (rate-consistent): the prompt's word probabilities are shifted in
+    logit space so the expected kept weight (model tokens, forced words included) equals the
+    budget greedy compression keeps at rate c (:func:`.sampling.shifted_probs`). The shift is
+    monotone, so the ranking greedy uses is unchanged, and the log-prob and entropy are those
+    of the shifted Bernoullis, exactly. The shift is a per-prompt constant, so the log-prob of
+    a stored mask under a later policy is well defined (recomputed with that policy's shift)."""
+    lays, wps = forward(comp, texts, model, opts, fields)
+    out = []
+    for lay, p in zip(lays, wps, strict=False):
+        dec = np.flatnonzero(~lay.forced)
+        pd = p[torch.as_tensor(dec, device=p.device)]
+        if rate is not None and rate < 1.0:
+            w = torch.as_tensor(lay.weights, dtype=torch.float64)
+            budget = rate * float(w.sum()) - float(w[torch.as_tensor(lay.forced)].sum())
+            pd = sampling.shifted_probs(pd, w[torch.as_tensor(dec)].to(pd.device), budget)
+        out.append(Decisions(lay, dec, pd))
+    return out
 
 
 def sample(
@@ -117,30 +200,12 @@ def sample(
     rate: float | None = None,
 ) -> list[list[Sample]]:
     """``num_samples`` masks per prompt from one forward pass, with gradient: a Bernoulli per
-    word that is not forced.
-
-    ``rate=None``: on the word probability itself (upstream TACO-RL; the rate is enforced only
-    by the reward). ``rate=c`` (rate-consistent): the prompt's word probabilities are shifted in
-    logit space so the expected kept weight (model tokens, forced words included) equals the
-    budget greedy compression keeps at rate c (:func:`.sampling.shifted_probs`). The shift is
-    monotone, so the ranking greedy uses is unchanged, and the log-prob and entropy are those
-    of the shifted Bernoullis, exactly."""
+    word that is not forced, on the probabilities of :func:`decisions` (see there for
+    ``rate``)."""
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
-    lays, wps = forward(comp, texts, model, opts, fields)
-    out = []
-    for lay, p in zip(lays, wps, strict=False):
-        dec = np.flatnonzero(~lay.forced)
-        pd = p[torch.as_tensor(dec, device=p.device)]
-        if rate is not None and rate < 1.0:
-            w = torch.as_tensor(lay.weights, dtype=torch.float64)
-            budget = rate * float(w.sum()) - float(w[torch.as_tensor(lay.forced)].sum())
-            pd = sampling.shifted_probs(pd, w[torch.as_tensor(dec)].to(pd.device), budget)
-        acts = sampling.draw(pd, num_samples, generator)
-        lps = sampling.log_prob(pd, acts)
-        ent = sampling.entropy(pd)
-        out.append([_make_sample(lay, dec, acts[g], lps[g], ent, opts) for g in range(num_samples)])
-    return out
+    ds = decisions(comp, texts, opts, model=model, fields=fields, rate=rate)
+    return [d.draw(num_samples, generator, opts) for d in ds]
 
 
 def greedy(

@@ -108,6 +108,11 @@ class Sample:
     n_actions: int  # deciding words (not forced, not special, not padding)
     n_words: int
     word_spans: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    # The deciding words' actions (True: keep), in layout order, and each one's log-prob under
+    # the policy that drew it (with gradient): the behaviour policy that off-policy reuse
+    # importance-weights against. ``log_prob`` is their sum.
+    actions: Any = field(default=None, repr=False)  # np.ndarray[bool], one per deciding word
+    word_log_probs: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n_kept(self) -> int:

@@ -23,11 +23,16 @@ def draw(
     return u.to(p.device) < p.detach().unsqueeze(0)
 
 
-def log_prob(p: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Sum of log-probabilities of ``actions`` [S, n] under Bernoulli(p): a tensor [S]."""
+def word_log_probs(p: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Per-word log-probabilities of ``actions`` [S, n] under Bernoulli(p): a tensor [S, n]."""
     pc = p.clamp(EPS, 1 - EPS).unsqueeze(0)
     a = actions.to(pc.dtype)
-    return (a * pc.log() + (1 - a) * (1 - pc).log()).sum(dim=1)
+    return a * pc.log() + (1 - a) * (1 - pc).log()
+
+
+def log_prob(p: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Sum of log-probabilities of ``actions`` [S, n] under Bernoulli(p): a tensor [S]."""
+    return word_log_probs(p, actions).sum(dim=1)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
