@@ -242,8 +242,8 @@ def main() -> None:
     on_final_calls, on_final = curves[on_name][-1][0], curves[on_name][-1][1]
     need = reach([(c, m) for c, m, _, _ in curves[ours_name]], on_final)
     if sweep:
-        single = paid[0]  # seed 1 has nothing stored to learn from: a single run's calls
         paid = [s.spend.calls for s in sweep]
+        single = paid[0]  # seed 1 has nothing stored to learn from: a single run's calls
         print()
         print(
             f"3-seed sweep ({args.sweep_steps} steps each), one warehouse, one data order: "
