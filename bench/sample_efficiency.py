@@ -25,7 +25,7 @@ Run from the repository root::
     python bench/sample_efficiency.py            # ~25 min on 2 quiet cores
     python bench/sample_efficiency.py --quick    # a smoke run on a subset
 
-The last line reads ``calls ratio: X``. A PNG of the two curves is written beside the workdir.
+The last line reads ``calls ratio: X``. A PNG of the two curves goes to ``bench/sample_efficiency.png``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from learning import fmt_ci, load, prepare, with_split  # noqa: E402
+from learning import fmt_ci, fmt_diff, load, prepare, with_split  # noqa: E402
 
 from tacorl_offline.config import Config, resolve  # noqa: E402
 from tacorl_offline.evaluate import run_evaluation  # noqa: E402
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--sweep-steps", type=int, default=30, help="steps per sweep run")
     ap.add_argument("--quick", action="store_true", help="a subset and short runs (smoke test)")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--plot", default=str(ROOT / "bench/sample_efficiency.png"))
     args = ap.parse_args()
     if args.quick:
         args.steps, args.every, args.sweep_steps = 4, 2, 4
@@ -207,8 +208,15 @@ def main() -> None:
         models += [str(s.final_model) for s in sweep]
 
     t0 = time.perf_counter()
+    on_final_model = points["on-policy (G=1)"][-1][2]
     report = asyncio.run(
-        run_evaluation(with_split(base, "heldout"), models=models, baselines=[], warehouse=wh)
+        run_evaluation(
+            with_split(base, "heldout"),
+            models=models,
+            baselines=[],
+            reference=on_final_model,
+            warehouse=wh,
+        )
     )
     print(f"  evaluate: {len(models)} models, {time.perf_counter() - t0:.0f} s", flush=True)
     metric = (
@@ -221,20 +229,27 @@ def main() -> None:
         r = report.row(model, metric)
         return r.mean, r.ci_low, r.ci_high
 
+    def diff(model: str) -> str:
+        r = report.row(model, metric)
+        return fmt_diff(r.diff, r.diff_ci_low, r.diff_ci_high)
+
     print()
     print(
         f"held-out: {report.prompts} questions, rate {report.rate}, metric {metric}, "
         f"{report.confidence:.0%} bootstrap CIs; calls = cumulative paid teacher calls"
     )
-    print(f"{'run':26s} {'step':>5s} {'calls':>6s} | {metric + ' [CI]':>26s}")
+    print(
+        f"{'run':26s} {'step':>5s} {'calls':>6s} | {metric + ' [CI]':>26s} "
+        f"{'diff vs on-policy final [CI]':>30s}"
+    )
     curves: dict[str, list[tuple[int, float, float, float]]] = {}
     for name, pts in points.items():
         curves[name] = []
         for step, calls, model in pts:
             m, lo, hi = score(model)
             curves[name].append((calls, m, lo, hi))
-            print(f"{name:26s} {step:5d} {calls:6d} | {fmt_ci(m, lo, hi):>26s}")
-    png = work.parent / "sample_efficiency.png"
+            print(f"{name:26s} {step:5d} {calls:6d} | {fmt_ci(m, lo, hi):>26s} {diff(model):>30s}")
+    png = Path(args.plot)
     plot(curves, png)
     print(f"plot: {png}")
 
@@ -255,7 +270,9 @@ def main() -> None:
         )
         for seed, s in zip((1, 2, 3), sweep, strict=True):
             m, lo, hi = score(str(s.final_model))
-            print(f"  seed {seed}: held-out {fmt_ci(m, lo, hi)}")
+            print(
+                f"  seed {seed}: held-out {fmt_ci(m, lo, hi)}, vs on-policy final {diff(str(s.final_model))}"
+            )
     print()
     print(f"on-policy final: {on_final:.3f} after {on_final_calls} calls; load average {load()}")
     if need is None:
@@ -263,7 +280,11 @@ def main() -> None:
         print(f"reuse never reached it (best {best:.3f}): target missed")
         print("calls ratio: n/a (not reached)")
     else:
-        print(f"reuse reaches it after {need:.0f} calls")
+        first = next(c for c, m, _, _ in curves[ours_name] if m >= on_final)
+        print(
+            f"reuse reaches it after {need:.0f} calls (linear between checkpoints; the first "
+            f"checkpoint at or above it: {first} calls, ratio {first / max(1, on_final_calls):.2f})"
+        )
         print(f"calls ratio: {need / max(1, on_final_calls):.2f}")
 
 
