@@ -485,7 +485,7 @@ class Scratch:
                 " WHERE run_id = ? AND step = ? AND status <> 'hit'",
                 ["scale-bench", step],
             ).fetchall()
-            insert_rows(con, "samples", samples, on_conflict="error")  # a new step, as the trainer
+            insert_rows(con, "samples", samples, on_conflict="replace")  # as the trainer
             insert_rows(con, "steps", [step_row("scale-bench", step)], on_conflict="replace")
             insert_rows(con, "masks", [], on_conflict="ignore")
             insert_rows(con, "metric_values", metric_rows, on_conflict="ignore")

@@ -162,9 +162,10 @@ class MaskMap:
         warehouse: Warehouse | None = None,
         metric_names: Iterable[str] = (),
     ) -> int:
-        """Load the run's masks, their answers and metric values, and the request hashes
-        answered for other prompts (three queries). With ``warehouse`` (whose connection
-        ``con`` is) the map becomes exact and listens to the warehouse's entries."""
+        """Load the run's masks, the answers stored for its prompts (and those its masks lead
+        to), their metric values, and the request hashes answered for other prompts. With
+        ``warehouse`` (whose connection ``con`` is) the map becomes exact and listens to the
+        warehouse's entries."""
         import pyarrow as pa
 
         self._prompts = set(prompt_ids)
@@ -184,27 +185,39 @@ class MaskMap:
                     if ok is not None:
                         self._answers[rh] = (answer, bool(ok), float(cost or 0.0))
                 n += len(batch)
+            # Every answer under the key: the run's prompts' in memory (a mask never recorded
+            # may reach one), the others' as digests (left to DuckDB).
             cur = con.execute(
-                "SELECT request_hash FROM responses WHERE teacher_key = ?", [self.teacher_key]
+                "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, p.prompt_id IS NOT NULL"
+                " FROM responses r LEFT JOIN _mask_map_prompts p USING (prompt_id)"
+                " WHERE r.teacher_key = ?",
+                [self.teacher_key],
             )
             while batch := cur.fetchmany(100_000):
-                for (rh,) in batch:
-                    if rh not in self._answers:
+                for rh, answer, ok, cost, ours in batch:
+                    if rh in self._answers:
+                        continue
+                    if ours:
+                        self._answers[rh] = (answer, bool(ok), float(cost or 0.0))
+                    else:
                         self._elsewhere.add(self._digest(rh))
             names = list(dict.fromkeys(metric_names))
-            if names:
-                cur = con.execute(
-                    "SELECT v.request_hash, v.reference_hash, v.metric, v.value"
-                    " FROM metric_values v SEMI JOIN (SELECT m.request_hash FROM masks m"
-                    " SEMI JOIN _mask_map_prompts p USING (prompt_id) WHERE m.teacher_key = ?)"
-                    f" USING (request_hash) WHERE v.metric IN ({', '.join(['?'] * len(names))})",
-                    [self.teacher_key, *names],
-                )
-                while batch := cur.fetchmany(100_000):
-                    self.add_metrics(
-                        {"request_hash": a, "reference_hash": b, "metric": c, "value": d}
-                        for a, b, c, d in batch
+            if names and self._answers:
+                con.register("_mask_map_answers", pa.table({"request_hash": list(self._answers)}))
+                try:
+                    cur = con.execute(
+                        "SELECT v.request_hash, v.reference_hash, v.metric, v.value"
+                        " FROM metric_values v SEMI JOIN _mask_map_answers USING (request_hash)"
+                        f" WHERE v.metric IN ({', '.join(['?'] * len(names))})",
+                        names,
                     )
+                    while batch := cur.fetchmany(100_000):
+                        self.add_metrics(
+                            {"request_hash": a, "reference_hash": b, "metric": c, "value": d}
+                            for a, b, c, d in batch
+                        )
+                finally:
+                    con.unregister("_mask_map_answers")
         finally:
             con.unregister("_mask_map_prompts")
         if warehouse is not None:
