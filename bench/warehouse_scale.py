@@ -547,8 +547,6 @@ def deep_size(mm: MaskMap) -> int:
         add(v)
         for x in v:
             add(x)
-    for x in mm._elsewhere:
-        add(x)
     for k, v in mm._metrics.items():
         add(k)
         add(v)

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tacorl_offline.calls import Caller, Job
 from tacorl_offline.hashing import request_hash
 from tacorl_offline.runs import Spend
@@ -74,7 +76,8 @@ class MaskMap:
         self.teacher_key = teacher_key
         self._map: dict[bytes, str] = {}
         self._answers: dict[str, tuple[str | None, bool, float]] = {}
-        self._elsewhere: set[int] = set()
+        # Sorted 64-bit digests (8 bytes each, however many other prompts' answers there are).
+        self._elsewhere: np.ndarray = np.zeros(0, dtype=np.uint64)
         self._metrics: dict[tuple[str, str], dict[str, float]] = {}
         self._prompts: set[str] = set()
         self._exact_gen: int | None = None  # Warehouse.generation the map is exact for
@@ -111,7 +114,11 @@ class MaskMap:
 
     def elsewhere(self, request_hash_: str) -> bool:
         """Answered under this key for a prompt outside the run (only DuckDB has it)."""
-        return request_hash_ not in self._answers and self._digest(request_hash_) in self._elsewhere
+        if request_hash_ in self._answers or not len(self._elsewhere):
+            return False
+        d = np.uint64(self._digest(request_hash_))
+        i = int(np.searchsorted(self._elsewhere, d))
+        return i < len(self._elsewhere) and self._elsewhere[i] == d
 
     def metrics(
         self, key: tuple[str, str] | None, names: Mapping[str, str]
@@ -145,7 +152,6 @@ class MaskMap:
                         bool(row.get("ok")),
                         float(row.get("cost_usd") or 0.0),
                     )
-                    self._elsewhere.discard(self._digest(rh))
             elif (
                 table == "masks"
                 and row.get("teacher_key") == self.teacher_key
@@ -193,6 +199,7 @@ class MaskMap:
                 " WHERE r.teacher_key = ?",
                 [self.teacher_key],
             )
+            elsewhere: list[int] = []
             while batch := cur.fetchmany(100_000):
                 for rh, answer, ok, cost, ours in batch:
                     if rh in self._answers:
@@ -200,7 +207,8 @@ class MaskMap:
                     if ours:
                         self._answers[rh] = (answer, bool(ok), float(cost or 0.0))
                     else:
-                        self._elsewhere.add(self._digest(rh))
+                        elsewhere.append(self._digest(rh))
+            self._elsewhere = np.unique(np.array(elsewhere, dtype=np.uint64))
             names = list(dict.fromkeys(metric_names))
             if names and self._answers:
                 con.register("_mask_map_answers", pa.table({"request_hash": list(self._answers)}))
