@@ -12,10 +12,13 @@ One step reads top to bottom as its stages (:meth:`Trainer.step`):
 4. **score** -> 5. **advantages** (baseline) -> 6. **update** (loss, optimizer step);
 7. **record** the step and its samples in the warehouse.
 
-A step opens the warehouse twice. Stage 3 opens it once for all its lookups (the run's mask
-map is in memory, warmed once; answers and cached metric values by key, with IN lists) and
-closes it before any teacher call, so readers get the lock during the step; while a reader
-holds the file that connection is read-only and the journal tail is consulted too. Stage 7
+A step opens the warehouse once, in stage 7. Stage 3 decides its lookups in memory: the
+run's :class:`~tacorl_offline.replay.MaskMap` (masks, answers, cached metric values, warmed
+once and fed every entry this process journals or flushes) plus the journal tail, exact while
+no other process has written DuckDB since this one last closed it (a stat of the file). When
+another has, stage 3 opens the file for its lookups as before (IN lists by key) and closes it
+before any teacher call; while a reader holds the file that connection is read-only and the
+journal tail is consulted too. Readers get the lock between steps either way. Stage 7
 writes the step's rows (ledger, samples, step, new metric values) in one transaction; if a
 reader holds the lock past a second, they go to the journal instead (metric values, a cache,
 are then left out) and the next write open flushes them. Every answer paid for is journaled
@@ -62,7 +65,7 @@ from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import text_hash
 from tacorl_offline.items import Item, load_items
 from tacorl_offline.redaction import URL_FIELDS, is_redacted
-from tacorl_offline.replay import MaskMap, ReplayStats, Wanted, lookup, pay
+from tacorl_offline.replay import MaskMap, ReplayStats, Wanted, lookup, lookup_in_memory, pay
 from tacorl_offline.rewards import RewardSettings, needs_teacher, score
 from tacorl_offline.runs import PhaseRun, Spend, key_of, phase_run
 from tacorl_offline.teachers import render_messages
@@ -316,8 +319,13 @@ class Trainer:
                             self.cfg, con, where=str(self.warehouse.path)
                         )
                     items = load_items(con, self.cfg, key_of(self.cfg.teacher))
-                    # Warmed once: each step's mask lookups are then served from memory.
-                    self.mask_map.warm(con, [i.prompt_id for i in items])
+                    # Warmed once: each step's lookups are then served from memory.
+                    self.mask_map.warm(
+                        con,
+                        [i.prompt_id for i in items],
+                        warehouse=self.warehouse,
+                        metric_names=self.metric_names.values(),
+                    )
             except UserError as e:
                 items = e
         items = self.dist.broadcast(items)
@@ -480,22 +488,40 @@ class Trainer:
     async def _replay(self, rollouts: list[Rollout], run: PhaseRun | None) -> ReplayStats:
         """Answers for the masks the gate left open: replayed, or paid once each.
 
-        One warehouse connection for the lookups (mask map, answers, metric values of the
-        hits), closed before any teacher call, so readers get the lock during the step. While
-        a reader holds the file it is read-only and the journal tail is consulted too.
+        Decided in memory (mask map, answers, metric values of the hits) while the map is
+        exact; otherwise one warehouse connection for the lookups, closed before any teacher
+        call, so readers get the lock during the step. While a reader holds the file it is
+        read-only and the journal tail is consulted too.
         """
         asking = [r for r in rollouts if r.needs_teacher]
         wanted = [
             Wanted(r.prompt_id, r.mask_hash, r.text, self.items[r.item].fields) for r in asking
         ]
         found = None
+
+        def render(text: str, fields: Any) -> list[dict[str, str]]:
+            return render_messages(self.cfg.teacher, text, fields)
+
         if run is not None and wanted:
+            found = lookup_in_memory(
+                wanted,
+                teacher_key=run.teacher_key,
+                render=render,
+                mask_map=self.mask_map,
+                warehouse=self.warehouse,
+            )
+            if found is not None:
+                for r, w in zip(asking, wanted, strict=True):
+                    if w.request_hash in found.stored:
+                        key = self._metric_key(r, w.request_hash)
+                        r.known_metrics = self.mask_map.metrics(key, self.metric_names)
+        if run is not None and wanted and found is None:
             with self.warehouse.lookup_connection() as (con, overlay):
                 found = lookup(
                     con,
                     wanted,
                     teacher_key=run.teacher_key,
-                    render=lambda text, fields: render_messages(self.cfg.teacher, text, fields),
+                    render=render,
                     mask_map=self.mask_map,
                     tail=self.warehouse.journal_tail() if overlay else None,
                 )
@@ -827,6 +853,7 @@ class Trainer:
             # Metric values computed this step: a cache, so a step journaled instead (a reader
             # held the lock) leaves them out and a later replay computes them again.
             insert_rows(con, "metric_values", replay.metric_rows, on_conflict="ignore")
+        self.mask_map.add_metrics(replay.metric_rows)  # committed: later hits read them
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -11,8 +11,8 @@ Design decisions:
 - **Paid answers go to a journal first.** A teacher answer is appended to
   ``<file>.journal`` (JSON lines, flushed and fsync'd) the moment it arrives, before anything
   uses it. The journal is replayed into DuckDB in one Arrow batch on every write open
-  (``INSERT OR IGNORE`` on primary keys, so a replay after a crash is idempotent) and then
-  truncated. A crash at any moment loses at most the calls still in flight, and the DuckDB
+  (a plain ``INSERT``, redone as ``INSERT OR IGNORE`` on primary keys when a row is already
+  there, so a replay after a crash is idempotent) and then truncated. A crash at any moment loses at most the calls still in flight, and the DuckDB
   lock is held only for the milliseconds a batch insert takes.
 - **A bad journal line never bricks the warehouse.** A line that is not UTF-8, not a JSON
   object of the journal's shape, or whose row fails its insert is moved to
@@ -23,6 +23,15 @@ Design decisions:
 - **Run status tells the truth.** A run row records its process (pid, host); on every write
   open, a ``running`` run of this host whose process is gone becomes ``interrupted``.
 - **Batched writes.** Rows go in as Arrow tables, 40-100x faster than ``executemany``.
+- **This process knows when another one wrote.** Every open compares the file's signature
+  (inode, size, mtime and ctime of the file and its WAL) with the one this instance saw after
+  its last close, and bumps :attr:`Warehouse.generation` when they differ; so does
+  :meth:`Warehouse.unchanged_since_close`, which opens nothing. DuckDB lets one process hold
+  the file at a time, a write commits to the WAL and a close checkpoints into the file, so an
+  unchanged signature means no other process has written since. Listeners
+  (:meth:`Warehouse.add_listener`) see every entry this instance journals or flushes, so an
+  in-process cache kept by them (:class:`~tacorl_offline.replay.MaskMap`) stays exact while
+  the generation holds, and a training step needs no read open.
 """
 
 from __future__ import annotations
@@ -157,6 +166,40 @@ class Warehouse:
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.lock_timeout_s = lock_timeout_s
         self._journal_lock = threading.Lock()
+        # Bumped whenever the file is found changed since this instance last closed it.
+        self.generation = 0
+        self._closed_sig: tuple[Any, ...] | None = None
+        self._listeners: list[Callable[[Sequence[tuple[str, Mapping[str, Any]]]], None]] = []
+
+    # ------------------------------------------------------------------ change tracking
+
+    def _signature(self) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for f in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = f.stat()
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(out)
+
+    def unchanged_since_close(self) -> bool:
+        """Whether no process has written the file since this instance last closed it
+        (a stat of the file and its WAL; nothing is opened). False bumps the generation."""
+        if self._closed_sig is not None and self._signature() == self._closed_sig:
+            return True
+        self.generation += 1
+        return False
+
+    def add_listener(self, fn: Callable[[Sequence[tuple[str, Mapping[str, Any]]]], None]) -> None:
+        """``fn(entries)`` is called with every (table, row) this instance journals, flushes
+        from the journal (any process's) or writes with :meth:`write_entries`."""
+        self._listeners.append(fn)
+
+    def _notify(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for fn in self._listeners:
+            fn(entries)
 
     # ------------------------------------------------------------------ connections
 
@@ -232,6 +275,9 @@ class Warehouse:
         """
         config = {"enable_external_access": False} if safe else None
         con = self._open(read_only, config, lock_timeout_s)
+        # Held now, so nobody else writes until the close: compare with our last close.
+        if self._signature() != self._closed_sig:
+            self.generation += 1
         try:
             if not read_only:
                 self._migrate(con)
@@ -248,6 +294,7 @@ class Warehouse:
             ) from None
         finally:
             con.close()
+            self._closed_sig = self._signature()
 
     def flush_with(
         self,
@@ -331,6 +378,7 @@ class Warehouse:
         Raises :class:`JournalWriteError` (one line) if the append fails; a partial write is
         cut off again, so the journal never keeps half a line from it.
         """
+        entries = list(entries)
         lines = []
         for table, row in entries:
             if table not in JOURNAL_TABLES:
@@ -357,6 +405,7 @@ class Warehouse:
                 f"cannot append to the warehouse journal {self.journal_path}: "
                 f"{e.strerror or type(e).__name__}"
             ) from None
+        self._notify(entries)
 
     def _read_journal(
         self, f: Any
@@ -399,20 +448,28 @@ class Warehouse:
     ) -> list[tuple[str, dict[str, Any], str]]:
         """Insert entries; returns the ones that failed (table, row, why).
 
-        Fast path: one Arrow batch per table in one transaction. If that fails, the rows go in
-        one by one so a single bad row cannot keep the others out.
+        Fast path: one Arrow batch per table in one transaction, with plain ``INSERT`` where
+        the rule is to ignore a row already there (at 1M answers ``INSERT OR IGNORE`` costs
+        6-20x more than ``INSERT`` against a cold primary-key index: bench/warehouse_scale.py);
+        if a row is already there (a replay after a crash), the batch is redone with
+        ``INSERT OR IGNORE``. If that fails too, the rows go in one by one so a single bad row
+        cannot keep the others out.
         """
         by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for t, r in entries:
             by_table[t].append(r)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in JOURNAL_TABLES:
-                insert_rows(con, table, by_table.get(table, []), on_conflict=_rule(table))
-            con.execute("COMMIT")
-            return []
-        except Exception:
-            con.execute("ROLLBACK")
+        for plain in (True, False):
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table in JOURNAL_TABLES:
+                    rule = _rule(table)
+                    if plain and rule == "ignore":
+                        rule = "error"
+                    insert_rows(con, table, by_table.get(table, []), on_conflict=rule)
+                con.execute("COMMIT")
+                return []
+            except Exception:
+                con.execute("ROLLBACK")
         failed = []
         for table in JOURNAL_TABLES:  # each row on its own (INSERT OR IGNORE: idempotent)
             for row in by_table.get(table, []):
@@ -436,6 +493,10 @@ class Warehouse:
                 )
                 for t, r, why in failed
             ]
+            if failed:
+                gone = {id(r) for _, r, _ in failed}
+                entries = [(t, r) for t, r in entries if id(r) not in gone]
+            self._notify(entries)
             if bad:
                 self._quarantine(bad)
             # Only after the commit: a crash before this line replays again, harmlessly.
@@ -443,12 +504,15 @@ class Warehouse:
             f.truncate()
             f.flush()
             os.fsync(f.fileno())
-        return len(entries) - len(failed)
+        return len(entries)
 
     def write_entries(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Write journal-shaped entries straight into DuckDB (when the journal cannot take them)."""
         with self.connect() as con:
-            failed = self._insert_entries(con, [(t, dict(r)) for t, r in entries])
+            rows = [(t, dict(r)) for t, r in entries]
+            failed = self._insert_entries(con, rows)
+            gone = {id(r) for _, r, _ in failed}
+            self._notify([(t, r) for t, r in rows if id(r) not in gone])
         if failed:
             t, _, why = failed[0]
             raise UserError(f"{len(failed)} row(s) could not be written: insert into {t}: {why}")
