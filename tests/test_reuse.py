@@ -141,6 +141,7 @@ def test_reuse_passes_log_fresh_and_replayed_and_replays_never_call(
     # 12 prompts, 4 per step: epoch 2 (steps 4-6) meets the prompts of epoch 1 again.
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=6, samples_per_prompt=3)
     cfg.train.reuse = ReuseConfig(update_epochs=2, stored_per_prompt=2, max_log_ratio=5.0)
+    cfg.teacher.timeout_s = 60  # a timeout on a loaded machine would leave a sample unscored
     loopback_server.reset()
     s = train(cfg)
     steps = q(
