@@ -11,9 +11,12 @@ base encoder (the calls are what RL pays for; the SFT warm start pays none), sco
 - **reuse**: the same calls per step (2 prompts x G=4, leave-one-out baseline), each paid batch
   used for ``--epochs`` PPO-clipped passes (``train.reuse.update_epochs``).
 
-Both are checkpointed every ``--every`` steps and every checkpoint is scored on the held-out
-split. The headline is the calls ``reuse`` needs to reach the on-policy run's final held-out
-score (linear between checkpoints), over the calls the on-policy run paid.
+Both run with each of ``--seeds`` (default 0,1,2), every run in its own copy of the filled
+warehouse (so each pays its own calls from an empty answer cache), checkpointed every
+``--every`` steps; every checkpoint is scored on the held-out split. The headline is the calls
+the reuse configuration needs to reach the on-policy configuration's final held-out score, on
+the curves averaged over the seeds (linear between checkpoints), over the calls the on-policy
+runs paid; each seed's own ratio is printed too.
 
 Then the 3-seed sweep sharing one warehouse: the reuse configuration with three sampling seeds
 over one data order (``train.data_seed``) and ``train.reuse.stored_per_prompt: 3``, so seeds 2
@@ -99,20 +102,30 @@ def reach(curve: list[tuple[int, float]], target: float) -> float | None:
     return None
 
 
-def plot(curves: dict[str, list[tuple[int, float, float, float]]], path: Path) -> None:
+def plot(
+    curves: dict[str, list[tuple[float, float]]],
+    per_seed: dict[str, dict[int, list[tuple[int, float]]]],
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, pts in curves.items():
-        xs = [p[0] for p in pts]
-        ax.plot(xs, [p[1] for p in pts], marker="o", label=name)
-        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.2)
+    for (name, pts), color in zip(curves.items(), ("tab:blue", "tab:orange"), strict=False):
+        for seed_pts in per_seed[name].values():
+            ax.plot([p[0] for p in seed_pts], [p[1] for p in seed_pts], color=color, alpha=0.3)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o",
+            color=color,
+            label=f"{name}, mean of {len(per_seed[name])} seeds",
+        )
     ax.set_xlabel("cumulative paid teacher calls")
-    ax.set_ylabel("held-out F1 vs teacher (95% CI)")
-    ax.set_title("SQuAD held-out, rate 0.5")
+    ax.set_ylabel("held-out F1 vs teacher")
+    ax.set_title("SQuAD held-out, rate 0.5 (thin: single seeds)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -130,6 +143,7 @@ def main() -> None:
     ap.add_argument("--sweep-steps", type=int, default=30, help="steps per sweep run")
     ap.add_argument("--quick", action="store_true", help="a subset and short runs (smoke test)")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds of both curves")
     ap.add_argument("--plot", default=str(ROOT / "bench/sample_efficiency.png"))
     args = ap.parse_args()
     if args.quick:
@@ -165,27 +179,43 @@ def main() -> None:
     sweep_wh = Warehouse(work / "sweep.duckdb")
     shutil.copy(wh.path, sweep_wh.path)
 
-    on_cfg = configure(
-        base, "on-policy", batch_size=8, samples_per_prompt=1, baseline="moving_average"
-    )
-    ours_cfg = configure(base, "reuse", batch_size=2, samples_per_prompt=4, baseline="rloo")
-    ours_cfg.train.reuse = ours_cfg.train.reuse.model_copy(update={"update_epochs": args.epochs})
-    runs: dict[str, Any] = {}
-    times: dict[str, float] = {}
-    for name, cfg in (
-        ("on-policy (G=1)", on_cfg),
-        (f"reuse (G=4, {args.epochs} passes)", ours_cfg),
-    ):
-        t0 = time.perf_counter()
-        runs[name] = run(cfg, wh)
-        times[name] = time.perf_counter() - t0
-        print(
-            f"  {name}: {runs[name].spend.calls} calls, {times[name]:.0f} s, load {load()}",
-            flush=True,
-        )
+    def own_warehouse(name: str) -> Warehouse:
+        """A copy of the filled warehouse: every run pays its own calls from an empty cache."""
+        w = Warehouse(work / f"{name}.duckdb")
+        shutil.copy(wh.path, w.path)
+        return w
 
-    points = {name: checkpoints_of(s, wh) for name, s in runs.items()}
-    models = [m for pts in points.values() for _, _, m in pts]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    on_name, ours_name = "on-policy (G=1)", f"reuse (G=4, {args.epochs} passes)"
+    # points[name][seed] = [(step, cumulative calls, model dir), ...]
+    points: dict[str, dict[int, list[tuple[int, int, str]]]] = {on_name: {}, ours_name: {}}
+    for seed in seeds:
+        on_cfg = configure(
+            base,
+            f"on-policy-{seed}",
+            batch_size=8,
+            samples_per_prompt=1,
+            baseline="moving_average",
+            seed=seed,
+        )
+        ours_cfg = configure(
+            base, f"reuse-{seed}", batch_size=2, samples_per_prompt=4, baseline="rloo", seed=seed
+        )
+        ours_cfg.train.reuse = ours_cfg.train.reuse.model_copy(
+            update={"update_epochs": args.epochs}
+        )
+        for name, cfg in ((on_name, on_cfg), (ours_name, ours_cfg)):
+            w = own_warehouse(f"{'on' if name == on_name else 'reuse'}-{seed}")
+            cfg.warehouse = str(w.path)
+            t0 = time.perf_counter()
+            summary = run(cfg, w)
+            print(
+                f"  {name} seed {seed}: {summary.spend.calls} calls, "
+                f"{time.perf_counter() - t0:.0f} s, load {load()}",
+                flush=True,
+            )
+            points[name][seed] = checkpoints_of(summary, w)
+    models = [m for per in points.values() for pts in per.values() for _, _, m in pts]
     sweep: list[Any] = []
     if not args.no_sweep:
         for seed in (1, 2, 3):
@@ -208,7 +238,7 @@ def main() -> None:
         models += [str(s.final_model) for s in sweep]
 
     t0 = time.perf_counter()
-    on_final_model = points["on-policy (G=1)"][-1][2]
+    on_final_model = points[on_name][seeds[0]][-1][2]
     report = asyncio.run(
         run_evaluation(
             with_split(base, "heldout"),
@@ -239,23 +269,58 @@ def main() -> None:
         f"{report.confidence:.0%} bootstrap CIs; calls = cumulative paid teacher calls"
     )
     print(
-        f"{'run':26s} {'step':>5s} {'calls':>6s} | {metric + ' [CI]':>26s} "
-        f"{'diff vs on-policy final [CI]':>30s}"
+        f"{'run':26s} {'seed':>4s} {'step':>5s} {'calls':>6s} | {metric + ' [CI]':>26s} "
+        f"{'diff vs on-policy seed ' + str(seeds[0]) + ' final [CI]':>36s}"
     )
-    curves: dict[str, list[tuple[int, float, float, float]]] = {}
-    for name, pts in points.items():
-        curves[name] = []
-        for step, calls, model in pts:
-            m, lo, hi = score(model)
-            curves[name].append((calls, m, lo, hi))
-            print(f"{name:26s} {step:5d} {calls:6d} | {fmt_ci(m, lo, hi):>26s} {diff(model):>30s}")
+    # per_seed[name][seed] = [(calls, mean), ...]
+    per_seed: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for name, per in points.items():
+        per_seed[name] = {}
+        for seed, pts in per.items():
+            per_seed[name][seed] = []
+            for step, calls, model in pts:
+                m, lo, hi = score(model)
+                per_seed[name][seed].append((calls, m))
+                print(
+                    f"{name:26s} {seed:4d} {step:5d} {calls:6d} | {fmt_ci(m, lo, hi):>26s} "
+                    f"{diff(model):>36s}"
+                )
+    # The mean curve over seeds: checkpoint k's mean calls and mean held-out score.
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, per in per_seed.items():
+        n = min(len(c) for c in per.values())
+        curves[name] = [
+            (
+                sum(per[s][k][0] for s in per) / len(per),
+                sum(per[s][k][1] for s in per) / len(per),
+            )
+            for k in range(n)
+        ]
+    print()
+    print(f"mean over seeds {seeds}:")
+    for name, pts in curves.items():
+        print(f"  {name:26s} " + "  ".join(f"{c:.0f} calls: {m:.3f}" for c, m in pts))
     png = Path(args.plot)
-    plot(curves, png)
+    plot(curves, per_seed, png)
     print(f"plot: {png}")
 
-    on_name, ours_name = list(curves)
-    on_final_calls, on_final = curves[on_name][-1][0], curves[on_name][-1][1]
-    need = reach([(c, m) for c, m, _, _ in curves[ours_name]], on_final)
+    print()
+    ratios = []
+    for seed in seeds:
+        on_c = per_seed[on_name][seed]
+        need_s = reach(per_seed[ours_name][seed], on_c[-1][1])
+        ratio = None if need_s is None else need_s / max(1, on_c[-1][0])
+        ratios.append(ratio)
+        print(
+            f"seed {seed}: on-policy final {on_c[-1][1]:.3f} after {on_c[-1][0]} calls; reuse "
+            + (
+                "never reaches it"
+                if ratio is None
+                else f"reaches it after {need_s:.0f} calls, ratio {ratio:.2f}"
+            )
+        )
+    on_final_calls, on_final = curves[on_name][-1]
+    need = reach(curves[ours_name], on_final)
     if sweep:
         paid = [s.spend.calls for s in sweep]
         single = paid[0]  # seed 1 has nothing stored to learn from: a single run's calls
@@ -274,16 +339,19 @@ def main() -> None:
                 f"  seed {seed}: held-out {fmt_ci(m, lo, hi)}, vs on-policy final {diff(str(s.final_model))}"
             )
     print()
-    print(f"on-policy final: {on_final:.3f} after {on_final_calls} calls; load average {load()}")
+    print(
+        f"mean curves: on-policy final {on_final:.3f} after {on_final_calls:.0f} calls; "
+        f"load average {load()}"
+    )
     if need is None:
-        best = max(m for _, m, _, _ in curves[ours_name])
+        best = max(m for _, m in curves[ours_name])
         print(f"reuse never reached it (best {best:.3f}): target missed")
         print("calls ratio: n/a (not reached)")
     else:
-        first = next(c for c, m, _, _ in curves[ours_name] if m >= on_final)
+        first = next(c for c, m in curves[ours_name] if m >= on_final)
         print(
             f"reuse reaches it after {need:.0f} calls (linear between checkpoints; the first "
-            f"checkpoint at or above it: {first} calls, ratio {first / max(1, on_final_calls):.2f})"
+            f"checkpoint at or above it: {first:.0f} calls, ratio {first / max(1, on_final_calls):.2f})"
         )
         print(f"calls ratio: {need / max(1, on_final_calls):.2f}")
 
