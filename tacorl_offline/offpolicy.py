@@ -90,7 +90,7 @@ def weighted_policy_loss(
     pg_loss = -torch.stack(terms).sum() / n
     entropy = torch.stack(list(entropies)).sum() / n
     loss = pg_loss - entropy_coeff * entropy
-    flat = torch.cat([w.detach().reshape(-1) for w in weights]) if n else torch.zeros(0)
+    flat = torch.cat([w.detach().reshape(-1) for w in weights])
     return loss, {
         "loss": float(loss.detach()),
         "pg_loss": float(pg_loss.detach()),

@@ -55,7 +55,7 @@ def rescore_run(cfg: Config, warehouse: Warehouse, source: str) -> RescoreSummar
     tkey = key_of(cfg.teacher)
     settings = RewardSettings.from_config(cfg)
     names = metric_cache.metric_names(settings)
-    with warehouse.connect() as con:
+    with warehouse.transaction() as con:  # read and write in one open; all or nothing
         found = con.execute(
             "SELECT run_id, kind, teacher_key FROM runs WHERE run_id = ? "
             "OR (? = 'latest' AND run_id = (SELECT run_id FROM runs WHERE kind = 'train' "
@@ -136,27 +136,21 @@ def rescore_run(cfg: Config, warehouse: Warehouse, source: str) -> RescoreSummar
                 }
             )
         new_metrics = metric_cache.new_rows(keys, known, batch.metrics, names)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            Warehouse.start_run(
-                con,
-                {
-                    "run_id": run_id,
-                    "kind": "rescore",
-                    "dataset": cfg.data.dataset,
-                    "split": cfg.data.split,
-                    "teacher_key": tkey,
-                    "config": cfg.stored(),
-                    "message": f"rescored {source} with no call",
-                },
-            )
-            insert_rows(con, "samples", samples)
-            insert_rows(con, "metric_values", new_metrics, on_conflict="ignore")
-            Warehouse.finish_run(con, run_id, "finished", f"rescored {source} with no call")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        Warehouse.start_run(
+            con,
+            {
+                "run_id": run_id,
+                "kind": "rescore",
+                "dataset": cfg.data.dataset,
+                "split": cfg.data.split,
+                "teacher_key": tkey,
+                "config": cfg.stored(),
+                "message": f"rescored {source} with no call",
+            },
+        )
+        insert_rows(con, "samples", samples)
+        insert_rows(con, "metric_values", new_metrics, on_conflict="ignore")
+        Warehouse.finish_run(con, run_id, "finished", f"rescored {source} with no call")
     return RescoreSummary(
         run_id=run_id,
         source_run=source,

@@ -220,6 +220,26 @@ def train(cfg: Config, **kw):
     return asyncio.run(Trainer(cfg, warehouse=Warehouse(cfg.warehouse), **kw).run())
 
 
+class Crash(Exception):
+    """Raised out of a training run from its step callback: a process dying mid-run."""
+
+
+def train_killed_after(cfg: Config, step: int) -> str:
+    """Train until step ``step`` is recorded, then die (the run is left 'failed' with its
+    checkpoints); returns the run id."""
+
+    def crash(log, _s) -> None:
+        if log.step == step:
+            raise Crash
+
+    trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse), on_step=crash)
+    try:
+        asyncio.run(trainer.run())
+    except Crash:
+        return trainer.run_id
+    raise AssertionError(f"the run finished before step {step}")
+
+
 def q(cfg: Config, sql: str, params=None):
     con = duckdb.connect(cfg.warehouse, read_only=True)
     try:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tacorl_offline.advantages import policy_loss
 from tacorl_offline.config import ReuseConfig
 from tacorl_offline.offpolicy import drift, weighted_policy_loss, word_weights
-from tests.helpers import prepare, q, train
+from tests.helpers import prepare, q, train, train_killed_after
 
 # ----------------------------------------------------------------------------- pure
 
@@ -190,10 +190,6 @@ def test_with_one_pass_and_no_store_reuse_changes_nothing(
     assert any(not torch.equal(plain[k], other[k]) for k in plain)
 
 
-class Crash(Exception):
-    pass
-
-
 def test_killed_and_resumed_run_with_reuse_ends_with_same_weights(
     tmp_path, loopback_server, tiny_bert
 ) -> None:
@@ -207,15 +203,7 @@ def test_killed_and_resumed_run_with_reuse_ends_with_same_weights(
     ref = train(cfg)  # uninterrupted; also warms the warehouse
     loopback_server.reset()
 
-    def crash_after_5(log, _s) -> None:
-        if log.step == 5:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(cfg, on_step=crash_after_5)
-    run_id = q(cfg, "SELECT run_id FROM runs WHERE kind='train' ORDER BY started_at DESC LIMIT 1")[
-        0
-    ][0]
+    run_id = train_killed_after(cfg, 5)
     # The killed run wrote step 5 (and its samples) past its step-4 checkpoint: the resumed run
     # must not replay them into step 5 again.
     resumed = train(cfg, resume=run_id)

@@ -11,8 +11,7 @@ from tacorl_offline.errors import UserError
 from tacorl_offline.model_ref import resolve_model_ref
 from tacorl_offline.prune import apply_prune, plan_prune
 from tacorl_offline.warehouse import Warehouse
-from tests.helpers import prepare, q, train
-from tests.test_trainer import Crash
+from tests.helpers import prepare, q, train, train_killed_after
 
 
 @pytest.fixture
@@ -21,13 +20,10 @@ def two_runs(tmp_path, loopback_server, tiny_bert):
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=6, checkpoint_every=2)
     done = train(cfg)
 
-    def crash(log, _s) -> None:
-        if log.step == 5:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(cfg, on_step=crash)
-    (crashed,) = q(cfg, "SELECT run_id FROM runs WHERE kind = 'train' AND status = 'failed'")[0]
+    crashed = train_killed_after(cfg, 5)
+    assert q(cfg, "SELECT run_id FROM runs WHERE kind = 'train' AND status = 'failed'") == [
+        (crashed,)
+    ]
     return cfg, done, crashed
 
 

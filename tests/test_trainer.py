@@ -13,7 +13,15 @@ from tacorl_offline.ingest import read_records
 from tacorl_offline.ingest_store import store_records
 from tacorl_offline.trainer import Trainer
 from tacorl_offline.warehouse import Warehouse
-from tests.helpers import make_cfg, prepare, q, train, train_command, write_data
+from tests.helpers import (
+    make_cfg,
+    prepare,
+    q,
+    train,
+    train_command,
+    train_killed_after,
+    write_data,
+)
 
 
 def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) -> None:
@@ -79,10 +87,6 @@ def test_tiny_run_trains_logs_and_replays(tmp_path, loopback_server, tiny_bert) 
     assert hits[0][0] > 0 and hits[0][1] == 0
 
 
-class Crash(Exception):
-    pass
-
-
 def test_killed_and_resumed_run_ends_with_same_weights(
     tmp_path, loopback_server, tiny_bert
 ) -> None:
@@ -90,15 +94,7 @@ def test_killed_and_resumed_run_ends_with_same_weights(
     ref = train(cfg)  # uninterrupted; also warms the warehouse
     loopback_server.reset()
 
-    def crash_after_3(log, _s) -> None:
-        if log.step == 3:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(cfg, on_step=crash_after_3)
-    run_id = q(cfg, "SELECT run_id FROM runs WHERE kind='train' ORDER BY started_at DESC LIMIT 1")[
-        0
-    ][0]
+    run_id = train_killed_after(cfg, 3)
     assert q(cfg, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("failed",)]
     resumed = train(cfg, resume=run_id)
     assert resumed.resumed_from == 2 and resumed.run_id == run_id

@@ -152,8 +152,8 @@ class Decisions:
 
     def sample_of(self, actions: Any, opts: CompressOptions) -> Sample:
         """The ``Sample`` (mask, text, hash, log-probs under this policy) of given actions."""
-        a = torch.as_tensor(np.asarray(actions, dtype=bool), device=self.probs.device)
-        wlp = sampling.word_log_probs(self.probs, a.unsqueeze(0))[0]
+        wlp = self.word_log_probs(actions)
+        a = torch.as_tensor(np.asarray(actions, dtype=bool))
         return _make_sample(self.layout, self.dec, a, wlp.sum(), self.entropy, opts, wlp)
 
 
