@@ -625,13 +625,17 @@ class Trainer:
         (loss / tc.grad_accum).backward()
         self.pos.step += 1
         if self.pos.step % tc.grad_accum == 0 or self.pos.step == self.total_steps:
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.opt.step()
+            self._optimizer_step()
             self.sched.step()
-            self.opt.zero_grad(set_to_none=True)
         lr = self.sched.get_last_lr()[0]
         return float(self.dist.broadcast(float(loss.detach()))), lr
+
+    def _optimizer_step(self) -> None:
+        """Clip the accumulated gradient (train.grad_clip), step AdamW, clear the gradient."""
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
     def _update_reusing(
         self,
@@ -674,10 +678,7 @@ class Trainer:
                     word_lps, weights, advs, ents, tc.entropy_coeff
                 )
             loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            self._optimizer_step()
             return float(loss.detach())
 
         first = one_pass([s.word_log_probs for _, s in pairs], [s.entropy for _, s in pairs])
