@@ -359,6 +359,21 @@ class TrainConfig(_Section):
         description="Entropy bonus coefficient, normalised like the policy term (both per-mask sums "
         "averaged over samples), so it weighs the entropy as upstream's does against its log-probs.",
     )
+    kl_coeff: float = Field(
+        0.0,
+        ge=0,
+        description="KL anchor to the start policy (TRL GRPO's beta): the loss adds kl_coeff times "
+        "the closed-form KL between today's and the start model's per-word keep-probabilities, "
+        "summed over a prompt's deciding words (like the log-prob term) and averaged over prompts. "
+        "0 disables it (no reference model is loaded).",
+    )
+    credit: Literal["mask", "sentence"] = Field(
+        "mask",
+        description="mask: REINFORCE credits each mask's advantage to all its words. sentence: "
+        "each prompt's group is a base mask and G-1 variants that re-draw one sentence each, and "
+        "a reward difference is credited to that sentence's words only (tacorl_offline/credit.py; "
+        "unbiased, far less noisy; train.baseline is then unused).",
+    )
     sampler: Literal["rate", "bernoulli"] = Field(
         "rate",
         description="rate: word probabilities shifted per prompt so the expected kept tokens equal the "
@@ -424,6 +439,23 @@ class TrainConfig(_Section):
                 "train.reuse.stored_per_prompt needs a group or moving-average baseline, not scst "
                 "(a stored sample has no greedy mask of today's policy)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_credit(self) -> TrainConfig:
+        if self.credit == "sentence":
+            if self.samples_per_prompt < 2:
+                raise ValueError(
+                    "train.credit: sentence needs train.samples_per_prompt >= 2 (a base mask and "
+                    "at least one variant)"
+                )
+            if self.reuse.active:
+                raise ValueError(
+                    "train.credit: sentence does not combine with train.reuse; set update_epochs: 1 "
+                    "and stored_per_prompt: 0, or use credit: mask"
+                )
+            if self.baseline == "scst":
+                raise ValueError("train.credit: sentence pairs masks itself; set baseline: none")
         return self
 
     @model_validator(mode="after")

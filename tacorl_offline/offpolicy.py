@@ -99,3 +99,37 @@ def weighted_policy_loss(
         "zero_weight_share": float((flat == 0).double().mean()) if flat.numel() else 0.0,
         "mean_weight": float(flat.double().mean()) if flat.numel() else 1.0,
     }
+
+
+def baseline_correction(
+    keep_prob: Tensor, behaviour_keep_prob: Tensor, baseline: float, *, rho_bar: float = 1.0
+) -> Tensor:
+    """The term that keeps a baseline unbiased under truncated weights (a surrogate to add to
+    the loss of one stored sample).
+
+    With ``c(a) = min(rho_bar, pi(a)/mu(a))`` per word, ``E_mu[c (R - b) grad log pi]`` is not
+    ``E_mu[c R grad log pi]``: ``E_mu[c grad log pi] != 0`` once ``c`` truncates (for example
+    -0.10 at mu = 0.3, pi = 0.5, rho_bar = 1). Adding back its exact expectation, which a
+    Bernoulli word allows in closed form, ``b sum_w sum_{a in {0,1}} mu(a) c(a) grad log pi(a)``,
+    makes the estimator's mean that of the baseline-free one, whatever ``b``. Returned as
+    ``-b sum_w sum_a sg(mu(a) c(a)) log pi(a)`` (a loss term: its gradient is minus that).
+    It is exactly 0 where no weight truncates (``sum_a pi(a) grad log pi(a) = 0``).
+
+    ``keep_prob``: today's per-word keep-probabilities [n] (with gradient);
+    ``behaviour_keep_prob``: the behaviour policy's [n].
+    """
+    pi1 = keep_prob.clamp(1e-6, 1 - 1e-6)
+    mu1 = behaviour_keep_prob.detach().to(pi1.dtype).clamp(1e-6, 1 - 1e-6)
+    total = torch.zeros((), dtype=pi1.dtype, device=pi1.device)
+    for pi_a, mu_a in ((pi1, mu1), (1 - pi1, 1 - mu1)):
+        c = (pi_a.detach() / mu_a).clamp(max=rho_bar)
+        total = total + (mu_a * c * pi_a.log()).sum()
+    return -baseline * total
+
+
+def behaviour_keep_probs(actions: Any, behaviour_log_probs: Tensor) -> Tensor:
+    """The behaviour policy's keep-probability per word, from the stored log-prob of the action
+    taken: ``mu(1) = exp(lp)`` where the word was kept, ``1 - exp(lp)`` where it was dropped."""
+    a = torch.as_tensor(actions, dtype=torch.bool, device=behaviour_log_probs.device)
+    p_taken = behaviour_log_probs.detach().double().exp()
+    return torch.where(a, p_taken, 1 - p_taken)

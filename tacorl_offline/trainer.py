@@ -42,6 +42,7 @@ killed-and-resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -55,7 +56,7 @@ from typing import Any
 
 import torch
 
-from tacorl_offline import checkpoints, csvlogs, metric_cache, offpolicy, reuse
+from tacorl_offline import anchor, checkpoints, credit, csvlogs, metric_cache, offpolicy, reuse
 from tacorl_offline.advantages import Advantages, compute_advantages, policy_loss
 from tacorl_offline.calls import Budget
 from tacorl_offline.config import Config
@@ -104,6 +105,7 @@ class Rollout:
     behaviour: torch.Tensor | None = None
     stored: reuse.StoredSample | None = None
     drift: float = 0.0
+    sentence: int | None = None  # train.credit sentence: the sentence a variant re-drew
     # Filled on rank 0 by the later stages:
     gate: float | None = None  # the reward decided by length alone; None: ask the teacher
     request_hash: str | None = None
@@ -269,6 +271,19 @@ class Trainer:
             self.policy = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if device.startswith("cuda") else None
             )
+        # The KL anchor's reference: a frozen copy of the start policy (train.kl_coeff).
+        self.start_model: torch.nn.Module | None = None
+        if tc.kl_coeff > 0:
+            self.start_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            if ckpt:  # a resumed run anchors to its own start: the model its config names
+                torch.manual_seed(tc.seed)  # as at the run's start (a base encoder's fresh head)
+                start = Compressor.from_pretrained(
+                    cc.model, device=device, options=cc.options(), condition_on=cc.condition_on
+                )
+                self.start_model = start.model.eval().requires_grad_(False)
+        self._start_probs: dict[int, torch.Tensor] = {}  # item -> start policy's probs
+        self._kl: torch.Tensor | None = None
+        self._sent_of: dict[int, Any] = {}  # train.credit sentence: item -> sentence per word
         self.count = make_token_counter(tc.token_counter, self.comp.tokenizer)
         self.items = self._load_items(settle_dataset=not resume)
         self.steps_per_epoch = math.ceil(len(self.items) / tc.batch_size)
@@ -408,6 +423,7 @@ class Trainer:
         rate = self.cfg.compressor.rate if tc.sampler == "rate" else None
         decisions = self.comp.decisions(texts, model=self.policy, fields=fields, rate=rate)
         opts = self.comp.options
+        self._kl = self._kl_term(mine, texts, fields, rate, [d.probs for d in decisions])
         # SCST: the greedy mask of the same prompts, at the same budget, is the baseline.
         greedy = (
             self.comp.greedy(texts, model=self.policy, fields=fields, rate=rate)
@@ -425,8 +441,16 @@ class Trainer:
             kept = self._pick_stored(item.prompt_id, d) if self.reuse.stored_per_prompt else []
             n_fresh = max(self.reuse.min_fresh, tc.samples_per_prompt - len(kept))
             kept = kept[: tc.samples_per_prompt - n_fresh]
+            chosen: list[int | None] = []
+            if tc.credit == "sentence":
+                sent_of = credit.sentence_ids(d.layout.words)[d.dec]
+                self._sent_of[i] = sent_of
+                acts, chosen = credit.draw_group(d.probs, sent_of, n_fresh, self.gen)
+                drawn = [d.sample_of(a.cpu().numpy(), opts) for a in acts]
+            else:
+                drawn = d.draw(n_fresh, self.gen, opts)
             group: list[tuple[int, Any, tuple[reuse.StoredSample, float] | None]] = [
-                (j, s, None) for j, s in enumerate(d.draw(n_fresh, self.gen, opts))
+                (j, s, None) for j, s in enumerate(drawn)
             ]
             group += [(n_fresh + j, s, (st, drift)) for j, (st, s, drift) in enumerate(kept)]
             if greedy:
@@ -445,6 +469,8 @@ class Trainer:
                     entropy=float(s.entropy.detach()) / max(1, s.n_actions),
                     actions=s.actions,
                 )
+                if chosen and 0 <= j < len(chosen):
+                    r.sentence = chosen[j]
                 if origin is not None:
                     r.stored, r.drift = origin
                     r.behaviour = r.stored.behaviour
@@ -454,6 +480,23 @@ class Trainer:
                 rollouts.append(r)
                 samples.append(s)
         return rollouts, samples
+
+    def _kl_term(
+        self,
+        mine: list[int],
+        texts: list[str],
+        fields: list[Any],
+        rate: float | None,
+        probs: list[torch.Tensor],
+    ) -> torch.Tensor | None:
+        """train.kl_coeff: the KL anchor of these prompts (the start policy's probabilities are
+        computed once per step, with the same rate shift, and kept for the reuse passes)."""
+        if self.start_model is None:
+            return None
+        with torch.no_grad():
+            start = self.comp.decisions(texts, model=self.start_model, fields=fields, rate=rate)
+        self._start_probs = {i: d.probs for i, d in zip(mine, start, strict=True)}
+        return anchor.kl_penalty(probs, [d.probs for d in start])
 
     def _pick_stored(self, prompt_id: str, d: Any) -> list[tuple[reuse.StoredSample, Any, float]]:
         """The prompt's stored samples that today's policy may learn from, closest first:
@@ -607,7 +650,9 @@ class Trainer:
         self.pos.ema = adv.ema
         row_of = {i: n for n, i in enumerate(batch)}
         pairs = [(r, s) for r, s in zip(rollouts, samples, strict=True) if r.trains]
-        if pairs:
+        if pairs and tc.credit == "sentence":
+            loss = self._sentence_loss(pairs, len(batch))
+        elif pairs:
             lp = torch.stack([s.log_prob for _, s in pairs])
             # per-mask sums, like the log-probs: entropy_coeff weighs them as upstream does
             ent = torch.stack([s.entropy for _, s in pairs])
@@ -616,6 +661,8 @@ class Trainer:
             a = torch.tensor([float(adv.values[c]) for c in cells], dtype=lp.dtype)
             valid = torch.tensor([bool(adv.valid[c]) for c in cells])
             loss, _ = policy_loss(lp, a, ent, n_act, tc.entropy_coeff, valid)
+            if self._kl is not None:
+                loss = loss + tc.kl_coeff * self._kl
             if self.dist.enabled:
                 # DDP averages gradients over ranks; rescale so the result is the global mean.
                 n_local = int(valid.sum())
@@ -629,6 +676,33 @@ class Trainer:
             self.sched.step()
         lr = self.sched.get_last_lr()[0]
         return float(self.dist.broadcast(float(loss.detach()))), lr
+
+    def _sentence_loss(self, pairs: list[tuple[Rollout, Any]], n_prompts: int) -> torch.Tensor:
+        """train.credit sentence: the paired loss of each prompt's group (:mod:`.credit`),
+        summed and divided by the global batch's prompts, plus the entropy and KL terms."""
+        tc = self.cfg.train
+        groups: dict[int, list[tuple[Rollout, Any]]] = {}
+        for r, s in pairs:
+            groups.setdefault(r.item, []).append((r, s))
+        total = None
+        for item, members in groups.items():
+            members.sort(key=lambda t: t[0].sample_idx)
+            loss, _ = credit.paired_loss(
+                [s.word_log_probs for _, s in members],
+                [r.reward for r, _ in members],
+                [r.sentence for r, _ in members],
+                self._sent_of[item],
+            )
+            if loss is not None:
+                total = loss if total is None else total + loss
+        firsts = [members[0][1] for members in groups.values()]
+        # Every rank's loss is its share of the global mean (DDP averages the gradients).
+        scale = self.dist.world_size / max(1, n_prompts)
+        ent = torch.stack([s.entropy for s in firsts]).mean()
+        loss = -tc.entropy_coeff * ent + (0.0 if total is None else total * scale)
+        if self._kl is not None:
+            loss = loss + tc.kl_coeff * self._kl
+        return loss
 
     def _optimizer_step(self) -> None:
         """Clip the accumulated gradient (train.grad_clip), step AdamW, clear the gradient."""
@@ -664,7 +738,9 @@ class Trainer:
         advs = [float(adv.values[row_of[r.item], r.sample_idx]) for r, _ in pairs]
         kinds: list[offpolicy.Kind] = ["clip" if r.fresh else "truncate" for r, _ in pairs]
 
-        def one_pass(word_lps: list[torch.Tensor], ents: list[torch.Tensor]) -> float:
+        def one_pass(
+            word_lps: list[torch.Tensor], ents: list[torch.Tensor], kl: torch.Tensor | None
+        ) -> float:
             if not pairs:
                 loss = sum(p.sum() * 0.0 for p in self.model.parameters())
             else:
@@ -677,11 +753,15 @@ class Trainer:
                 loss, _ = offpolicy.weighted_policy_loss(
                     word_lps, weights, advs, ents, tc.entropy_coeff
                 )
+                if kl is not None:
+                    loss = loss + tc.kl_coeff * kl
             loss.backward()
             self._optimizer_step()
             return float(loss.detach())
 
-        first = one_pass([s.word_log_probs for _, s in pairs], [s.entropy for _, s in pairs])
+        first = one_pass(
+            [s.word_log_probs for _, s in pairs], [s.entropy for _, s in pairs], self._kl
+        )
         if pairs and ru.update_epochs > 1:
             items = sorted({r.item for r, _ in pairs}, key=row_of.__getitem__)
             at = {i: k for k, i in enumerate(items)}
@@ -693,9 +773,15 @@ class Trainer:
                     fields=[self.items[i].fields for i in items],
                     rate=rate,
                 )
+                kl = None
+                if self.start_model is not None:
+                    kl = anchor.kl_penalty(
+                        [ds[at[i]].probs for i in items], [self._start_probs[i] for i in items]
+                    )
                 one_pass(
                     [ds[at[r.item]].word_log_probs(r.actions) for r, _ in pairs],
                     [ds[at[r.item]].entropy for r, _ in pairs],
+                    kl,
                 )
         self.pos.step += 1
         self.sched.step()

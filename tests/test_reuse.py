@@ -267,3 +267,39 @@ def test_rescore_with_another_metric_makes_no_call_and_writes_new_rewards(
     assert bad.returncode == 2 and "no run 'train-nope'" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert q(cfg, "SELECT count(*) FROM runs WHERE kind = 'rescore'") == [(1,)]
+
+
+def test_baseline_correction_makes_a_truncated_baseline_unbiased() -> None:
+    """E_mu[c (R - b) grad log pi] + correction == E_mu[c R grad log pi] for any b, by
+    enumeration over both actions of each word (issue 16's example: mu 0.3, pi 0.5)."""
+    import itertools
+
+    from tacorl_offline.offpolicy import baseline_correction
+
+    mu = torch.tensor([0.3, 0.8, 0.5], dtype=torch.float64)
+    pi0 = torch.tensor([0.5, 0.6, 0.5], dtype=torch.float64)
+    reward = {m: 0.2 + 0.5 * m[0] - 0.3 * m[1] * m[2] for m in itertools.product([0, 1], repeat=3)}
+
+    def grad_of(b: float, correct: bool) -> torch.Tensor:
+        total = torch.zeros(3, dtype=torch.float64)
+        for m, r in reward.items():
+            a = torch.tensor(m, dtype=torch.bool)
+            pi = pi0.clone().requires_grad_(True)
+            p_mu = math.prod(float(mu[i]) if m[i] else 1 - float(mu[i]) for i in range(3))
+            lp = torch.where(a, pi.log(), (1 - pi).log())
+            c = (lp.detach().exp() / torch.where(a, mu, 1 - mu)).clamp(max=1.0)
+            loss = -(r - b) * (c * lp).sum()
+            if correct:
+                loss = loss + baseline_correction(pi, mu, b)
+            (g,) = torch.autograd.grad(loss, pi)
+            total += p_mu * g
+        return total
+
+    target = grad_of(0.0, correct=False)
+    assert (grad_of(0.7, correct=False) - target).norm() > 1e-3  # the bias is real
+    for b in (0.7, -0.4):
+        assert torch.allclose(grad_of(b, correct=True), target, atol=1e-12)
+    # Where nothing truncates (pi == mu) the correction is exactly zero.
+    same = mu.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(baseline_correction(same, mu, 0.9), same)
+    assert torch.allclose(g, torch.zeros(3, dtype=torch.float64), atol=1e-12)

@@ -173,8 +173,9 @@ def decisions(
     logit space so the expected kept weight (model tokens, forced words included) equals the
     budget greedy compression keeps at rate c (:func:`.sampling.shifted_probs`). The shift is
     monotone, so the ranking greedy uses is unchanged, and the log-prob and entropy are those
-    of the shifted Bernoullis, exactly. The shift is a per-prompt constant, so the log-prob of
-    a stored mask under a later policy is well defined (recomputed with that policy's shift)."""
+    of the shifted Bernoullis, exactly. The shift is a function of the prompt's logits and is
+    differentiated with them (:func:`.sampling.shifted_probs`); the log-prob of a stored mask
+    under a later policy is recomputed with that policy's shift."""
     lays, wps = forward(comp, texts, model, opts, fields)
     out = []
     for lay, p in zip(lays, wps, strict=False):

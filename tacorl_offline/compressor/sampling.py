@@ -55,8 +55,8 @@ def budget_shift(
     """The shift ``b`` with ``sum(weights * sigmoid(logits + b)) == budget`` (bisection).
 
     The expected kept weight of the shifted Bernoulli then equals the budget that greedy
-    compression keeps at evaluation. ``b`` is a constant of the step (no gradient): the policy
-    is still a product of Bernoullis, so the log-prob below is exact.
+    compression keeps at evaluation. The policy is still a product of Bernoullis, so the
+    log-prob below is exact; :func:`shifted_probs` adds the shift's gradient.
     """
     z = logits.detach().double().cpu()
     w = weights.detach().double().cpu()
@@ -78,9 +78,26 @@ def budget_shift(
 def shifted_probs(p: torch.Tensor, weights: torch.Tensor, budget: float) -> torch.Tensor:
     """Keep-probabilities shifted in logit space so the expected kept weight is ``budget``.
 
-    The shift is monotone, so the ranking greedy compression uses is unchanged; gradients flow
-    through ``p`` (the shift is a constant).
+    The shift is monotone, so the ranking greedy compression uses is unchanged.
+
+    The shift ``b(theta)`` depends on the parameters, so it is differentiated, not held
+    constant: the sampling distribution is ``prod_w Bernoulli(sigmoid(z_w + b(z)))`` and its
+    score function carries ``(K - E[K]) db/dtheta`` (K the kept weight). Holding ``b`` constant
+    drops that term, a bias of 18-50% of the gradient's norm on real masks (issue 16). ``b`` is
+    found by bisection (no graph) and its gradient comes from the implicit function theorem on
+    ``sum_w weights_w sigmoid(z_w + b) = budget``:
+    ``db/dz_w = -weights_w s_w / sum_v weights_v s_v`` with ``s = sigmoid'(z + b)``; the value
+    is exactly the bisection's.
     """
     z = logit(p)
-    b = budget_shift(z, weights, budget)
+    b0 = budget_shift(z, weights, budget)
+    if not z.requires_grad or abs(b0) >= 60.0:  # no graph, or the budget is all or nothing
+        return torch.sigmoid(z + b0)
+    zd = z.detach()
+    q0 = torch.sigmoid(zd + b0)
+    ws = weights.to(device=z.device, dtype=z.dtype) * q0 * (1 - q0)
+    denom = ws.sum()
+    if float(denom) <= 0.0:
+        return torch.sigmoid(z + b0)
+    b = b0 - (ws * (z - zd)).sum() / denom  # value b0; gradient -ws/denom per logit
     return torch.sigmoid(z + b)

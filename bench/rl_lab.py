@@ -1,0 +1,238 @@
+"""RL settings lab: choose RL settings on a validation split carved from train (never held-out).
+
+Two subcommands, sharing a work directory:
+
+- ``prepare``: carve ``val`` from the train paragraphs and take ``--train-questions N`` from
+  the rest (:mod:`squad_splits`), ingest train / val / held-out, teacher-fill all three with
+  the extractive stand-in, and run ``sft`` once on train (``configs/qa.yaml``'s settings).
+- ``rl``: one RL run from the SFT model (or ``--start base``, or ``--start agnostic``, the
+  task-agnostic warm start) with ``--set section.field=value`` overrides, in its own copy of
+  the prepared warehouse (so every run pays its own calls), checkpoints every ``--every``
+  steps; then the start model and every checkpoint are scored on **val** by the real
+  ``evaluate`` (greedy compression at the recipe's rate, F1 against the teacher's answer to
+  the original, paired bootstrap against the start). One JSON line per run is appended to
+  ``<workdir>/sweep.jsonl``.
+
+    python bench/rl_lab.py prepare --workdir bench/.cache/lab200 --train-questions 200
+    python bench/rl_lab.py rl --workdir bench/.cache/lab200 --name lr4e-5 --set train.lr=4e-5
+
+Held-out is ingested and filled here (so ``bench/learning.py`` can reuse the work directory)
+but never scored by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from squad_splits import read_jsonl, split_train, write_jsonl  # noqa: E402
+
+from tacorl_offline.config import Config, resolve  # noqa: E402
+from tacorl_offline.evaluate import run_evaluation  # noqa: E402
+from tacorl_offline.fill import run_fill  # noqa: E402
+from tacorl_offline.ingest import read_records  # noqa: E402
+from tacorl_offline.ingest_store import store_records  # noqa: E402
+from tacorl_offline.items import load_items  # noqa: E402
+from tacorl_offline.runs import key_of  # noqa: E402
+from tacorl_offline.sft import run_sft  # noqa: E402
+from tacorl_offline.trainer import Trainer  # noqa: E402
+from tacorl_offline.warehouse import Warehouse  # noqa: E402
+
+DATASET = "squad-lab"
+METRIC = "teacher.squad_f1"
+
+
+def load() -> str:
+    la = os.getloadavg()
+    return f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
+
+
+def parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def base_config(work: Path, extra: dict[str, Any] | None = None) -> Config:
+    overrides: dict[str, Any] = {
+        "warehouse": str(work / "tacorl.duckdb"),
+        "data.dataset": DATASET,
+        "sft.output_dir": str(work / "sft"),
+        "train.output_dir": str(work / "runs"),
+    }
+    overrides.update(extra or {})
+    return resolve(str(ROOT / "configs/qa.yaml"), overrides=overrides)
+
+
+def with_split(cfg: Config, split: str) -> Config:
+    c = cfg.model_copy(deep=True)
+    c.data.split = split
+    return c
+
+
+def prepare(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "data").mkdir(parents=True)
+    rows = read_jsonl(ROOT / "data/squad/train.jsonl")
+    splits = split_train(rows, args.train_questions)
+    splits["heldout"] = read_jsonl(ROOT / "data/squad/heldout.jsonl")
+    cfg = base_config(work, {"sft.epochs": args.sft_epochs})
+    wh = Warehouse(cfg.warehouse)
+    info: dict[str, Any] = {"train_questions": args.train_questions, "load_start": load()}
+    t0 = time.perf_counter()
+    for split, rs in splits.items():
+        path = work / "data" / f"{split}.jsonl"
+        write_jsonl(path, rs)
+        records, _ = read_records(path, cfg.data)
+        store_records(wh, records, dataset=DATASET, split=split, source_path=str(path))
+        s = asyncio.run(run_fill(with_split(cfg, split), warehouse=wh))
+        paras = len({(r["title"], r["paragraph"]) for r in rs})
+        info[f"{split}_questions"] = len(rs)
+        info[f"{split}_paragraphs"] = paras
+        info[f"fill_calls_{split}"] = s.spend.calls
+        print(f"{split}: {len(rs)} questions, {paras} paragraphs, fill paid {s.spend.calls}")
+    info["fill_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tkey = key_of(cfg.teacher)
+    with wh.connect() as con:
+        items = load_items(con, cfg, tkey)
+    sft = run_sft(cfg, warehouse=wh, items=items, teacher_key=tkey)
+    for e in sft.result.epochs:
+        print(f"  sft epoch {e.epoch}: loss {e.loss:.4f}, label F1 {e.label_f1:.3f}", flush=True)
+    info["sft_model"] = str(sft.output)
+    info["sft_seconds"] = time.perf_counter() - t0
+    if args.agnostic:
+        t0 = time.perf_counter()
+        acfg = base_config(
+            work, {"sft.source": "stopword", "sft.output_dir": str(work / "sft-agnostic")}
+        )
+        agn = run_sft(acfg, warehouse=wh, items=items, teacher_key=tkey)
+        info["agnostic_model"] = str(agn.output)
+        info["agnostic_seconds"] = time.perf_counter() - t0
+    info["load_end"] = load()
+    (work / "prepared.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info))
+
+
+def start_model(work: Path, start: str) -> str:
+    info = json.loads((work / "prepared.json").read_text())
+    if start == "sft":
+        return info["sft_model"]
+    if start == "agnostic":
+        return info["agnostic_model"]
+    if start == "base":
+        return "minilm"
+    return start
+
+
+def rl(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    run_dir = work / "sweep" / args.name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    shutil.copy(work / "tacorl.duckdb", run_dir / "tacorl.duckdb")  # every run pays its own
+    extra = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    start = start_model(work, args.start)
+    extra.update(
+        {
+            "warehouse": str(run_dir / "tacorl.duckdb"),
+            "train.output_dir": str(run_dir / "runs"),
+            "train.checkpoint_every": args.every,
+            "train.keep_checkpoints": 1000,
+            "compressor.model": start,
+        }
+    )
+    cfg = base_config(work, extra)
+    wh = Warehouse(cfg.warehouse)
+    t0 = time.perf_counter()
+    summary = asyncio.run(Trainer(cfg, warehouse=wh).run())
+    train_s = time.perf_counter() - t0
+    ck = sorted((summary.run_dir / "checkpoints").glob("step-*"))
+    models = {"0": start}
+    for c in ck:
+        models[str(int(c.name.split("-")[1].split(".")[0]))] = str(c / "model")
+    models[str(summary.steps)] = str(summary.final_model)
+    t0 = time.perf_counter()
+    report = asyncio.run(
+        run_evaluation(
+            with_split(cfg, "val"),
+            models=list(dict.fromkeys(models.values())),
+            baselines=[],
+            reference=start,
+            warehouse=wh,
+        )
+    )
+    curve = {}
+    for step, m in models.items():
+        r = report.row(m, METRIC)
+        curve[step] = {
+            "val": round(r.mean, 4),
+            "diff": round(r.diff, 4),
+            "ci": [round(r.diff_ci_low, 4), round(r.diff_ci_high, 4)],
+        }
+    best = max(curve, key=lambda s: (curve[s]["val"], -int(s)))
+    out = {
+        "name": args.name,
+        "start": args.start,
+        "set": extra | {"compressor.model": args.start},
+        "rl_calls": summary.spend.calls,
+        "steps": summary.steps,
+        "rewards": [round(x, 4) for x in summary.rewards],
+        "curve": curve,
+        "best_step": best,
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.perf_counter() - t0, 1),
+        "load": load(),
+    }
+    with (work / "sweep.jsonl").open("a") as f:
+        f.write(json.dumps(out) + "\n")
+    print(
+        f"{args.name}: calls {summary.spend.calls}, val "
+        + ", ".join(f"{s}:{v['val']:.3f}" for s, v in curve.items())
+        + f" | final-start {curve[str(summary.steps)]['diff']:+.3f} {curve[str(summary.steps)]['ci']}"
+        + f" | best step {best} | {train_s:.0f}s train, load {load()}"
+    )
+    if not args.keep:
+        shutil.rmtree(run_dir / "runs", ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--train-questions", type=int, default=None)
+    p.add_argument("--sft-epochs", type=int, default=None)
+    p.add_argument("--agnostic", action="store_true", help="also the task-agnostic warm start")
+    p.set_defaults(fn=prepare)
+    r = sub.add_parser("rl")
+    r.add_argument("--workdir", required=True)
+    r.add_argument("--name", required=True)
+    r.add_argument("--start", default="sft", help="sft, agnostic, base or a model directory")
+    r.add_argument("--set", action="append", default=[], help="section.field=value (JSON value)")
+    r.add_argument("--every", type=int, default=10)
+    r.add_argument("--keep", action="store_true", help="keep the run's checkpoints")
+    r.set_defaults(fn=rl)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
