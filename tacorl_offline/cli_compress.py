@@ -130,7 +130,7 @@ def compress(
     """Compress a prompt and print the compressed text."""
     from transformers.utils import logging as hf_logging
 
-    from tacorl_offline.compressor import Compressor
+    from tacorl_offline.compressor import CompressOptions, Compressor
 
     hf_logging.disable_progress_bar()
 
@@ -159,7 +159,7 @@ def compress(
             "compressor.batch_size": batch_size,
         },
     )
-    opts = cfg.compressor.options().replace(threshold=threshold, compat=compat)
+    opts = CompressOptions.from_config(cfg.compressor).replace(threshold=threshold, compat=compat)
     raw = _read(file)
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
     from tacorl_offline.tokens import llmlingua_encoding

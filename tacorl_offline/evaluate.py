@@ -331,7 +331,7 @@ async def run_evaluation(
     """Evaluate ``models`` (default: ``compressor.model``) and ``baselines`` (default:
     ``eval.baselines``) on ``cfg.data``'s dataset/split. Importable: benchmarks call it with
     a config whose data section points at a held-out split."""
-    from tacorl_offline.compressor import Compressor
+    from tacorl_offline.compressor import CompressOptions, Compressor
 
     t0 = time.perf_counter()
     wh = warehouse or Warehouse(cfg.warehouse)
@@ -385,7 +385,7 @@ async def run_evaluation(
         comp = Compressor.from_pretrained(
             m,
             device=cfg.compressor.device,
-            options=cfg.compressor.options(),
+            options=CompressOptions.from_config(cfg.compressor),
             condition_on=cfg.compressor.condition_on,
         )
         if first is None:
