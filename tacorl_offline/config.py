@@ -28,7 +28,6 @@ from pydantic import (
 
 from tacorl_offline.errors import UserError
 from tacorl_offline.metrics import parse_metric_spec
-from tacorl_offline.rewards import DEFAULT_GRPO_WEIGHTS, GRPO_KEYS
 
 ENV_PREFIX = "TACORL_"
 DEFAULT_WAREHOUSE = "warehouse/tacorl.duckdb"
@@ -222,21 +221,10 @@ class CompressorConfig(_Section):
         "Models with it cannot run in llmlingua.",
     )
 
-    def options(self) -> Any:
-        """The compressor's own options object for these settings."""
-        from tacorl_offline.compressor import CompressOptions
 
-        return CompressOptions(
-            rate=self.rate,
-            target_token=self.target_token,
-            force_tokens=list(self.force_tokens),
-            force_reserve_digit=self.force_reserve_digit,
-            drop_consecutive=self.drop_consecutive,
-            token_to_word=self.word_prob,
-            chunk_end_tokens=list(self.chunk_end_tokens),
-            max_seq_len=self.max_seq_len,
-            batch_size=self.batch_size,
-        )
+# The grpo reward's terms and default weights, written once here; ``rewards`` reads them
+# (``GRPO_KEYS``, ``DEFAULT_GRPO_WEIGHTS``) from this model, never the other way round.
+_GRPO_WEIGHTS: dict[str, float] = {"correct": 0.5, "similarity": 0.35, "compression": 0.15}
 
 
 class RewardConfig(_Section):
@@ -261,7 +249,7 @@ class RewardConfig(_Section):
     pcrl_tau: float = Field(0.9, description="pcrl: ROUGE-L threshold.")
     pcrl_lambda: float = Field(-0.01, description="pcrl: reward when ROUGE-L < tau.")
     grpo_weights: dict[str, float] = Field(
-        default_factory=lambda: dict(DEFAULT_GRPO_WEIGHTS),
+        default_factory=lambda: dict(_GRPO_WEIGHTS),
         description="grpo: weights of correctness (squad EM vs reference or teacher), similarity (rougeL) and compression.",
     )
     bertscore_model: str | None = Field(
@@ -278,10 +266,10 @@ class RewardConfig(_Section):
     @field_validator("grpo_weights")
     @classmethod
     def _check_grpo_weights(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = set(v) - set(GRPO_KEYS)
+        unknown = set(v) - set(_GRPO_WEIGHTS)
         if unknown:
             raise ValueError(
-                f"unknown grpo weight(s) {sorted(unknown)}; valid keys: {', '.join(GRPO_KEYS)}"
+                f"unknown grpo weight(s) {sorted(unknown)}; valid keys: {', '.join(_GRPO_WEIGHTS)}"
             )
         return v
 

@@ -48,7 +48,7 @@ from tacorl_offline.items import Item, load_items
 from tacorl_offline.judge import JudgePair, check_judge_backend, judge_pairs
 from tacorl_offline.model_ref import resolve_model_ref
 from tacorl_offline.replay import Wanted, resolve
-from tacorl_offline.runs import Spend, key_of, phase_run
+from tacorl_offline.runs import PhaseRun, Spend, key_of, phase_run
 from tacorl_offline.teachers import render_messages
 from tacorl_offline.tokens import make_token_counter
 from tacorl_offline.warehouse import Warehouse, insert_rows
@@ -316,25 +316,34 @@ def _rows_for(
 # ----------------------------------------------------------------------------- the run
 
 
-async def run_evaluation(
-    cfg: Config,
-    *,
-    models: Sequence[str] | None = None,
-    baselines: Sequence[str] | None = None,
-    rate: float | None = None,
-    target_token: int | None = None,
-    judge: bool | None = None,
-    reference: str | None = None,
-    warehouse: Warehouse | None = None,
-    progress: Progress | None = None,
-) -> EvalReport:
-    """Evaluate ``models`` (default: ``compressor.model``) and ``baselines`` (default:
-    ``eval.baselines``) on ``cfg.data``'s dataset/split. Importable: benchmarks call it with
-    a config whose data section points at a held-out split."""
-    from tacorl_offline.compressor import Compressor
+@dataclass
+class _Systems:
+    """What one evaluation compares, settled from the arguments and the config."""
 
-    t0 = time.perf_counter()
-    wh = warehouse or Warehouse(cfg.warehouse)
+    models: list[str]
+    baselines: list[str]
+    rate: float
+    target_token: int  # -1: none (rate applies)
+    judge: bool
+    reference: str
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.models, *self.baselines]
+
+
+def select_systems(
+    cfg: Config,
+    wh: Warehouse,
+    *,
+    models: Sequence[str] | None,
+    baselines: Sequence[str] | None,
+    rate: float | None,
+    target_token: int | None,
+    judge: bool | None,
+    reference: str | None,
+) -> _Systems:
+    """The systems, the rate and the reference; one line for each setting that cannot work."""
     # run:<id> / latest name a training run's final model
     models = [resolve_model_ref(m, wh) for m in (models or [cfg.compressor.model])]
     names = [*models]
@@ -360,14 +369,169 @@ async def run_evaluation(
         )
     if judge:
         check_judge_backend(cfg.teacher.backend)
-    tkey = key_of(cfg.teacher)
+    return _Systems(models, base_names, rate, tt, bool(judge), reference)
+
+
+def select_prompts(
+    cfg: Config, wh: Warehouse, tkey: str
+) -> tuple[Config, list[Item], dict[str, list[str]]]:
+    """The dataset/split settled, its prompts and their gold references."""
     with wh.connect() as con:
         cfg, _ = settle(cfg, con, where=str(wh.path))
         items = load_items(con, cfg, tkey)
-    gold = load_gold(wh, items)
-    seeds = list(cfg.eval.random_seeds)
+    return cfg, items, load_gold(wh, items)
 
-    stages = len(models) + len(names) + 1 + (1 if judge else 0)
+
+def compress_systems(
+    cfg: Config, sy: _Systems, items: Sequence[Item], tick: Callable[[str], None]
+) -> tuple[dict[str, list[list[Compression]]], Callable[[str], int]]:
+    """Every model's compressions, then every baseline's on the first model's words
+    (system -> variants -> per prompt), and the reward's token counter."""
+    from tacorl_offline.compressor import CompressOptions, Compressor
+
+    comps: dict[str, list[list[Compression]]] = {}
+    first = None
+    count = None
+    for m in sy.models:
+        tick(f"compress with {m}")
+        comp = Compressor.from_pretrained(
+            m,
+            device=cfg.compressor.device,
+            options=CompressOptions.from_config(cfg.compressor),
+            condition_on=cfg.compressor.condition_on,
+        )
+        if first is None:
+            first = comp
+            count = make_token_counter(cfg.train.token_counter, comp.tokenizer)
+        comps[m] = [compress_prompts(comp, items, rate=sy.rate, target_token=sy.target_token)]
+    assert first is not None and count is not None
+    for b in sy.baselines:
+        variants = list(cfg.eval.random_seeds) if b == "random" else [None]
+        comps[b] = [
+            baseline_compressions(
+                first, items, b, rate=sy.rate, target_token=sy.target_token, seed=s
+            )
+            for s in variants
+        ]
+    return comps, count
+
+
+async def answer_systems(
+    cfg: Config,
+    wh: Warehouse,
+    run: PhaseRun,
+    tkey: str,
+    sy: _Systems,
+    items: Sequence[Item],
+    comps: dict[str, list[list[Compression]]],
+    tick: Callable[[str], None],
+) -> tuple[dict[str, list[list[Wanted]]], dict[str, SystemResult]]:
+    """Each system's teacher answers through the replay path: hits replayed, misses paid
+    once and journaled; ``original`` only replays."""
+    wanted: dict[str, list[list[Wanted]]] = {}
+    systems: dict[str, SystemResult] = {}
+    for name in sy.names:
+        tick(f"teacher answers for {name}")
+        if name == "original":
+            wanted[name], systems[name], hits = _original_answers(cfg, wh, tkey, items, comps)
+            with wh.transaction() as con:
+                run.record(con, hits=hits)
+            continue
+        ws = [
+            [
+                Wanted(i.prompt_id, c.mask_hash, c.text, i.fields)
+                for i, c in zip(items, variant, strict=True)
+            ]
+            for variant in comps[name]
+        ]
+        st = await resolve(
+            [w for v in ws for w in v],
+            warehouse=wh,
+            caller=run.caller,
+            teacher_key=tkey,
+            render=lambda text, fields: render_messages(cfg.teacher, text, fields),
+            concurrency=cfg.teacher.concurrency,
+        )
+        with wh.transaction() as con:
+            run.record(con, hits=st.hits_ledger, masks=st.new_masks)
+        wanted[name] = ws
+        systems[name] = SystemResult(
+            name=name,
+            kind="model" if name in sy.models else "baseline",
+            prompts=len(items),
+            spend=st.spend,
+        )
+    return wanted, systems
+
+
+async def judge_answers(
+    cfg: Config,
+    wh: Warehouse,
+    run: PhaseRun,
+    tkey: str,
+    names: Sequence[str],
+    items: Sequence[Item],
+    wanted: dict[str, list[list[Wanted]]],
+) -> tuple[dict[tuple[str, int], list[JudgePair | None]], Spend]:
+    """The teacher judges each compressed answer against the original's, both orders."""
+    judged: dict[tuple[str, int], list[JudgePair | None]] = {}
+    pairs: list[JudgePair] = []
+    for name in names:
+        for v, ws in enumerate(wanted[name]):
+            js: list[JudgePair | None] = [
+                JudgePair(
+                    i.prompt_id,
+                    render_messages(cfg.teacher, i.text, i.fields)[-1]["content"],
+                    i.reference,
+                    w.answer,
+                )
+                if (w.answer is not None and i.reference is not None)
+                else None
+                for i, w in zip(items, ws, strict=True)
+            ]
+            judged[(name, v)] = js
+            pairs += [p for p in js if p is not None]
+    jst = await judge_pairs(
+        pairs,
+        warehouse=wh,
+        caller=run.caller,
+        teacher_key=tkey,
+        concurrency=cfg.teacher.concurrency,
+    )
+    with wh.transaction() as con:
+        run.record(con, hits=jst.hits)
+    return judged, jst.spend
+
+
+async def run_evaluation(
+    cfg: Config,
+    *,
+    models: Sequence[str] | None = None,
+    baselines: Sequence[str] | None = None,
+    rate: float | None = None,
+    target_token: int | None = None,
+    judge: bool | None = None,
+    reference: str | None = None,
+    warehouse: Warehouse | None = None,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Evaluate ``models`` (default: ``compressor.model``) and ``baselines`` (default:
+    ``eval.baselines``) on ``cfg.data``'s dataset/split. Importable: benchmarks call it with
+    a config whose data section points at a held-out split.
+
+    The stages: select the systems and the prompts, compress per system, replay or pay the
+    answers, judge (optional), score and store, bootstrap into the report."""
+    t0 = time.perf_counter()
+    wh = warehouse or Warehouse(cfg.warehouse)
+    sy = select_systems(
+        cfg, wh, models=models, baselines=baselines, rate=rate, target_token=target_token,
+        judge=judge, reference=reference,
+    )  # fmt: skip
+    names = sy.names
+    tkey = key_of(cfg.teacher)
+    cfg, items, gold = select_prompts(cfg, wh, tkey)
+
+    stages = len(sy.models) + len(names) + 1 + (1 if sy.judge else 0)
     done = 0
 
     def tick(what: str) -> None:
@@ -376,36 +540,10 @@ async def run_evaluation(
             progress(what, done, stages)
         done += 1
 
-    # 1. compress: every model, then every baseline on the first model's words
-    comps: dict[str, list[list[Compression]]] = {}  # system -> variants -> per prompt
-    first = None
-    count = None
-    for m in models:
-        tick(f"compress with {m}")
-        comp = Compressor.from_pretrained(
-            m,
-            device=cfg.compressor.device,
-            options=cfg.compressor.options(),
-            condition_on=cfg.compressor.condition_on,
-        )
-        if first is None:
-            first = comp
-            count = make_token_counter(cfg.train.token_counter, comp.tokenizer)
-        comps[m] = [compress_prompts(comp, items, rate=rate, target_token=tt)]
-    assert first is not None and count is not None
-    for b in base_names:
-        variants = seeds if b == "random" else [None]
-        comps[b] = [
-            baseline_compressions(first, items, b, rate=rate, target_token=tt, seed=s)
-            for s in variants
-        ]
+    comps, count = compress_systems(cfg, sy, items, tick)
     n_orig = [count(i.text) for i in items]
-
-    # 2. answers, through the replay path (hits replayed, misses paid once and journaled)
     spec_str = cfg.train.reward.metric if cfg.train.reward.family == "taco" else "rougeL"
     spec = metric_weights(spec_str)
-    wanted: dict[str, list[list[Wanted]]] = {}
-    systems: dict[str, SystemResult] = {}
     judged: dict[tuple[str, int], list[JudgePair | None]] = {}
     judge_spend = Spend()
     async with phase_run(wh, cfg, "eval") as run:
@@ -414,123 +552,81 @@ async def run_evaluation(
                 con,
                 config={
                     **cfg.stored(),
-                    "eval_models": models,
-                    "eval_baselines": base_names,
-                    "eval_rate": rate,
-                    "eval_target_token": tt,
+                    "eval_models": sy.models,
+                    "eval_baselines": sy.baselines,
+                    "eval_rate": sy.rate,
+                    "eval_target_token": sy.target_token,
                 },
                 message=", ".join(names),
             )
-        for name in names:
-            tick(f"teacher answers for {name}")
-            if name == "original":
-                wanted[name], systems[name], hits = _original_answers(cfg, wh, tkey, items, comps)
-                with wh.transaction() as con:
-                    run.record(con, hits=hits)
-                continue
-            ws = [
-                [
-                    Wanted(i.prompt_id, c.mask_hash, c.text, i.fields)
-                    for i, c in zip(items, variant, strict=True)
-                ]
-                for variant in comps[name]
-            ]
-            st = await resolve(
-                [w for v in ws for w in v],
-                warehouse=wh,
-                caller=run.caller,
-                teacher_key=tkey,
-                render=lambda text, fields: render_messages(cfg.teacher, text, fields),
-                concurrency=cfg.teacher.concurrency,
-            )
-            with wh.transaction() as con:
-                run.record(con, hits=st.hits_ledger, masks=st.new_masks)
-            wanted[name] = ws
-            systems[name] = SystemResult(
-                name=name,
-                kind="model" if name in models else "baseline",
-                prompts=len(items),
-                spend=st.spend,
-            )
-
-        # 3. judge (optional): compressed answer vs the original's, both orders
-        if judge:
+        wanted, systems = await answer_systems(cfg, wh, run, tkey, sy, items, comps, tick)
+        if sy.judge:
             tick("judge")
-            pairs: list[JudgePair] = []
-            for name in names:
-                for v, ws in enumerate(wanted[name]):
-                    js: list[JudgePair | None] = [
-                        JudgePair(
-                            i.prompt_id,
-                            render_messages(cfg.teacher, i.text, i.fields)[-1]["content"],
-                            i.reference,
-                            w.answer,
-                        )
-                        if (w.answer is not None and i.reference is not None)
-                        else None
-                        for i, w in zip(items, ws, strict=True)
-                    ]
-                    judged[(name, v)] = js
-                    pairs += [p for p in js if p is not None]
-            jst = await judge_pairs(
-                pairs,
-                warehouse=wh,
-                caller=run.caller,
-                teacher_key=tkey,
-                concurrency=cfg.teacher.concurrency,
-            )
-            judge_spend = jst.spend
-            with wh.transaction() as con:
-                run.record(con, hits=jst.hits)
+            judged, judge_spend = await judge_answers(cfg, wh, run, tkey, names, items, wanted)
         if run.caller.stats.budget_stopped:
             run.stop_for_budget("budget reached: unanswered prompts are unscorable")
 
-        # 4. score, per variant, then average the random seeds per prompt
+        # score, per variant, then average the random seeds per prompt; store the rows
         tick("score")
         eval_rows = _score_systems(
-            cfg, spec, items, gold, names, wanted, systems, judged, count, n_orig, rate, tt,
-            run.run_id, judge,
+            cfg, spec, items, gold, names, wanted, systems, judged, count,
+            n_orig, sy.rate, sy.target_token, run.run_id, sy.judge,
         )  # fmt: skip
         with wh.transaction() as con:
             insert_rows(con, "evaluations", eval_rows)
         run_id, status = run.run_id, run.status
         backend, model = run.teacher.backend, run.teacher.model
 
+    report = _report(cfg, sy, items, systems, judge_spend, spec_str, run_id, (backend, model))
+    report.budget_stopped = status == "budget"
+    report.seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress("done", stages, stages)
+    return report
+
+
+def _report(
+    cfg: Config,
+    sy: _Systems,
+    items: Sequence[Item],
+    systems: dict[str, SystemResult],
+    judge_spend: Spend,
+    spec_str: str,
+    run_id: str,
+    teacher: tuple[str, str],
+) -> EvalReport:
+    """The bootstrap intervals and the report (its budget stop and time set by the caller)."""
     total = Spend()
     for sr in systems.values():
         total.add(sr.spend)
     total.add(judge_spend)
     rows = _rows_for(
         list(systems.values()),
-        reference,
+        sy.reference,
         resamples=cfg.eval.bootstrap_resamples,
         confidence=cfg.eval.confidence,
         seed=cfg.eval.bootstrap_seed,
     )
-    report = EvalReport(
+    tt = sy.target_token
+    return EvalReport(
         run_id=run_id,
         dataset=cfg.data.dataset,
         split=cfg.data.split,
         prompts=len(items),
-        rate=rate if tt <= 0 else None,
+        rate=sy.rate if tt <= 0 else None,
         target_token=tt if tt > 0 else None,
         metric_spec=spec_str,
-        reference=reference,
+        reference=sy.reference,
         confidence=cfg.eval.confidence,
         resamples=cfg.eval.bootstrap_resamples,
-        teacher_backend=backend,
-        teacher_model=model,
+        teacher_backend=teacher[0],
+        teacher_model=teacher[1],
         systems=list(systems.values()),
         rows=rows,
         spend=total,
-        judge=bool(judge),
+        judge=sy.judge,
         judge_spend=judge_spend,
-        budget_stopped=status == "budget",
-        seconds=time.perf_counter() - t0,
     )
-    if progress is not None:
-        progress("done", stages, stages)
-    return report
 
 
 def _score_systems(

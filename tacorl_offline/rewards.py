@@ -38,20 +38,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tacorl_offline import metrics
+from tacorl_offline.config import RewardConfig
 
 if TYPE_CHECKING:
-    from tacorl_offline.config import Config, RewardConfig
+    from tacorl_offline.config import Config
 
 NAN = float("nan")
 # Token counts are integers; this slack only absorbs float rounding in ``rate * n_orig``
 # (0.3 * 100 == 30.000000000000004), so the boundaries are inclusive as documented.
 _SLACK = 1e-9
-GRPO_KEYS = ("correct", "similarity", "compression")
-DEFAULT_GRPO_WEIGHTS: Mapping[str, float] = {
-    "correct": 0.5,
-    "similarity": 0.35,
-    "compression": 0.15,
-}
+# The grpo terms and default weights are written once, in the config model; read from there.
+DEFAULT_GRPO_WEIGHTS: Mapping[str, float] = RewardConfig().grpo_weights
+GRPO_KEYS = tuple(DEFAULT_GRPO_WEIGHTS)
 
 
 # ---------------------------------------------------------------------------- scalar rewards

@@ -394,7 +394,7 @@ def run_sft(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SftSummary:
     """Label, store the labels, train, save. ``items`` come from the warehouse (see items.py)."""
-    from tacorl_offline.compressor import Compressor
+    from tacorl_offline.compressor import CompressOptions, Compressor
     from tacorl_offline.compressor.text import rebuild
     from tacorl_offline.warehouse import Warehouse, insert_rows
 
@@ -404,7 +404,7 @@ def run_sft(
     comp = Compressor.from_pretrained(
         cfg.compressor.model,
         device=cfg.compressor.device,
-        options=cfg.compressor.options(),
+        options=CompressOptions.from_config(cfg.compressor),
         condition_on=cfg.compressor.condition_on,
     )
     examples = build_examples(comp, items, sc.source, cfg.compressor.rate, sc.labels_path)

@@ -216,7 +216,7 @@ class Trainer:
         dist: Dist | None = None,
         on_step: Callable[[StepLog, TrainSummary], None] | None = None,
     ) -> None:
-        from tacorl_offline.compressor import Compressor
+        from tacorl_offline.compressor import CompressOptions, Compressor
 
         self.dist = dist or Dist()
         self.dataset_note: str | None = None
@@ -262,7 +262,7 @@ class Trainer:
         self.comp = Compressor.from_pretrained(
             str(ckpt / "model") if ckpt else cc.model,
             device=device,
-            options=cc.options(),
+            options=CompressOptions.from_config(cc),
             condition_on=cc.condition_on,
         )
         self.model = self.comp.model

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tacorl_offline.cli_compress import compress
+from tacorl_offline.cli.evaluate import compress
 from tacorl_offline.errors import UserError
 from tests import tiny_models as tm
 

@@ -92,6 +92,21 @@ class CompressOptions:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_config(cls, cc: CompressorConfig) -> CompressOptions:
+        """The options for the ``compressor`` config section (the tool's settings)."""
+        return cls(
+            rate=cc.rate,
+            target_token=cc.target_token,
+            force_tokens=list(cc.force_tokens),
+            force_reserve_digit=cc.force_reserve_digit,
+            drop_consecutive=cc.drop_consecutive,
+            token_to_word=cc.word_prob,
+            chunk_end_tokens=list(cc.chunk_end_tokens),
+            max_seq_len=cc.max_seq_len,
+            batch_size=cc.batch_size,
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompressOptions:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

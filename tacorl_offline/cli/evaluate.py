@@ -1,11 +1,8 @@
-"""``tacorl-offline compress``: compress text, a file, or a JSONL batch with a compressor.
+"""Evaluation commands: ``evaluate`` models and baselines, ``compress`` text with a compressor.
 
-A thin command: like every other command it resolves the config once (defaults < ``-c``
-file < environment < flags; its defaults are the ``compressor`` section of
-:mod:`tacorl_offline.config`), builds ``CompressOptions`` from it and calls
-``Compressor.compress`` once for the whole batch. User-fixable problems raise ``UserError``
-(one line); the lead's CLI prints it and exits 2.
-"""
+``compress`` resolves the config like every other command (defaults < ``-c`` file <
+environment < flags; its defaults are the ``compressor`` section), builds ``CompressOptions``
+from it and calls ``Compressor.compress`` once for the whole batch."""
 
 from __future__ import annotations
 
@@ -16,8 +13,107 @@ from typing import Annotated
 
 import typer
 
+from tacorl_offline.cli.common import check_format, config_of, settle_flags, user_errors
+from tacorl_offline.cli.options import ConfigOpt, DatasetOpt, ProgressBarOpt, SplitOpt, WarehouseOpt
 from tacorl_offline.config import resolve
+from tacorl_offline.display import err, evaluate_with_progress, print_eval_report
 from tacorl_offline.errors import UserError
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@user_errors
+def evaluate(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Compressor to evaluate (repeatable): a directory, 'minilm', 'run:<id>' "
+            "(a training run's final model) or 'latest' (the latest run's).",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Keep rate in (0, 1] for every system (default: compressor.rate)."),
+    ] = None,
+    target_token: Annotated[
+        int | None,
+        typer.Option(min=1, help="Keep this many tokens per prompt instead of a rate."),
+    ] = None,
+    baselines: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated baselines: original,random,stopword,lead, or 'none' (default: all)."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="System the differences are taken against (default: the first -m)."),
+    ] = None,
+    judge: Annotated[
+        bool | None,
+        typer.Option(
+            "--judge/--no-judge",
+            help="Also have the teacher judge compressed vs original answers, in both orders.",
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the json/csv output here.")
+    ] = None,
+    progress: ProgressBarOpt = True,
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Score models and baselines on the same prompts at the same rate, with paired 95% CIs."""
+    from tacorl_offline import eval_output
+
+    check_format(fmt)
+    if rate is not None and target_token is not None:
+        raise UserError("pass either --rate or --target-token, not both")
+    cfg = config_of(
+        config,
+        **{
+            "warehouse": warehouse,
+            "data.split": split,
+            "data.dataset": dataset,
+            "compressor.rate": rate,
+            "compressor.target_token": target_token,
+            "eval.baselines": _split_list(baselines),
+            "eval.reference": reference,
+            "eval.judge": judge,
+        },
+    )
+    cfg = settle_flags(cfg, dataset, split)
+    report = evaluate_with_progress(cfg, progress=progress, models=model or None)
+    if fmt == "table":
+        if output is not None:
+            raise UserError("--output writes json or csv; add --format json or --format csv")
+        print_eval_report(report)
+    else:
+        text = eval_output.to_json(report) if fmt == "json" else eval_output.to_csv(report)
+        if output is not None:
+            try:
+                output.write_text(text, encoding="utf-8", newline="")
+            except OSError as e:
+                raise UserError(f"cannot write {output}: {e.strerror}; check the path") from None
+            err.print(f"wrote {fmt} for {len(report.systems)} systems to {output}", markup=False)
+        else:
+            sys.stdout.write(text)
+    if report.budget_stopped:
+        err.print(
+            "budget reached: rerun evaluate to resume (answers paid so far are kept)", markup=False
+        )
+        raise typer.Exit(3)
 
 
 def _unescape(tok: str) -> str:
@@ -130,7 +226,7 @@ def compress(
     """Compress a prompt and print the compressed text."""
     from transformers.utils import logging as hf_logging
 
-    from tacorl_offline.compressor import Compressor
+    from tacorl_offline.compressor import CompressOptions, Compressor
 
     hf_logging.disable_progress_bar()
 
@@ -159,7 +255,7 @@ def compress(
             "compressor.batch_size": batch_size,
         },
     )
-    opts = cfg.compressor.options().replace(threshold=threshold, compat=compat)
+    opts = CompressOptions.from_config(cfg.compressor).replace(threshold=threshold, compat=compat)
     raw = _read(file)
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
     from tacorl_offline.tokens import llmlingua_encoding
