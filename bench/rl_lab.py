@@ -85,16 +85,22 @@ def with_split(cfg: Config, split: str) -> Config:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    work = Path(args.workdir)
+    prepare_workdir(Path(args.workdir), args.train_questions, args.sft_epochs, args.agnostic)
+
+
+def prepare_workdir(
+    work: Path, train_questions: int | None, sft_epochs: int | None, agnostic: bool
+) -> dict[str, Any]:
+    """Splits, ingest, fill, SFT (and the task-agnostic warm start): ``prepared.json``."""
     if work.exists():
         shutil.rmtree(work)
     (work / "data").mkdir(parents=True)
     rows = read_jsonl(ROOT / "data/squad/train.jsonl")
-    splits = split_train(rows, args.train_questions)
+    splits = split_train(rows, train_questions)
     splits["heldout"] = read_jsonl(ROOT / "data/squad/heldout.jsonl")
-    cfg = base_config(work, {"sft.epochs": args.sft_epochs})
+    cfg = base_config(work, {"sft.epochs": sft_epochs})
     wh = Warehouse(cfg.warehouse)
-    info: dict[str, Any] = {"train_questions": args.train_questions, "load_start": load()}
+    info: dict[str, Any] = {"train_questions": train_questions, "load_start": load()}
     t0 = time.perf_counter()
     for split, rs in splits.items():
         path = work / "data" / f"{split}.jsonl"
@@ -117,7 +123,7 @@ def prepare(args: argparse.Namespace) -> None:
         print(f"  sft epoch {e.epoch}: loss {e.loss:.4f}, label F1 {e.label_f1:.3f}", flush=True)
     info["sft_model"] = str(sft.output)
     info["sft_seconds"] = time.perf_counter() - t0
-    if args.agnostic:
+    if agnostic:
         t0 = time.perf_counter()
         acfg = base_config(
             work, {"sft.source": "stopword", "sft.output_dir": str(work / "sft-agnostic")}
@@ -128,9 +134,12 @@ def prepare(args: argparse.Namespace) -> None:
     info["load_end"] = load()
     (work / "prepared.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))
+    return info
 
 
 def start_model(work: Path, start: str) -> str:
+    if start == "base":
+        return "minilm"
     info = json.loads((work / "prepared.json").read_text())
     if start == "sft":
         return info["sft_model"]

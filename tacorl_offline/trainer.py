@@ -278,7 +278,10 @@ class Trainer:
             if ckpt:  # a resumed run anchors to its own start: the model its config names
                 torch.manual_seed(tc.seed)  # as at the run's start (a base encoder's fresh head)
                 start = Compressor.from_pretrained(
-                    cc.model, device=device, options=cc.options(), condition_on=cc.condition_on
+                    cc.model,
+                    device=device,
+                    options=CompressOptions.from_config(cc),
+                    condition_on=cc.condition_on,
                 )
                 self.start_model = start.model.eval().requires_grad_(False)
         self._start_probs: dict[int, torch.Tensor] = {}  # item -> start policy's probs
