@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from common import load_average  # noqa: E402
+
 from tacorl_offline.config import Config, resolve  # noqa: E402
 from tacorl_offline.evaluate import run_evaluation  # noqa: E402
 from tacorl_offline.fill import run_fill  # noqa: E402
@@ -55,9 +57,7 @@ from tacorl_offline.warehouse import Warehouse  # noqa: E402
 DATASET = "squad-bench"
 
 
-def load() -> str:
-    la = os.getloadavg()
-    return f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
+load = load_average  # sample_efficiency imports it from here
 
 
 def with_split(cfg: Config, split: str) -> Config:
