@@ -41,28 +41,24 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import duckdb
+import torch
+from common import KEY_ENV, clone_warehouse, load_average, quiet_fd
+from common import query as q
 
-import duckdb  # noqa: E402
-import torch  # noqa: E402
+from tacorl_offline.config import Config, resolve
+from tacorl_offline.fill import run_fill
+from tacorl_offline.ingest import read_records
+from tacorl_offline.ingest_store import store_records
+from tacorl_offline.trainer import StepLog, Trainer, TrainSummary
+from tacorl_offline.warehouse import Warehouse
+from tests.loopback import LoopbackServer
+from tests.tiny_models import WORDS, build_bert
 
-from tacorl_offline.config import Config, resolve  # noqa: E402
-from tacorl_offline.fill import run_fill  # noqa: E402
-from tacorl_offline.ingest import read_records  # noqa: E402
-from tacorl_offline.ingest_store import store_records  # noqa: E402
-from tacorl_offline.trainer import StepLog, Trainer, TrainSummary  # noqa: E402
-from tacorl_offline.warehouse import Warehouse  # noqa: E402
-from tests.loopback import LoopbackServer  # noqa: E402
-from tests.tiny_models import WORDS, build_bert  # noqa: E402
-
-KEY_ENV = "TACORL_BENCH_KEY"  # unset is fine: a loopback base_url gets a dummy key
 OVER_RATIO = 0.1  # upstream: compressed <= 10% of the original -> -0.4 with no call
 
 
@@ -153,29 +149,6 @@ def ingest_and_fill(st: Setup, wh: Path) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def quiet_fd(fd: int) -> Iterator[None]:
-    """Silence a file descriptor (output written by native code bypasses ``sys.stdout``)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-
-
-def clone_warehouse(src: Path, dst: Path) -> None:
-    """Copy a (flushed, closed) warehouse file and anything beside it that shares its name."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    for p in src.parent.iterdir():
-        if p.is_file() and p.name.startswith(src.name):
-            shutil.copy2(p, dst.parent / (dst.name + p.name[len(src.name) :]))
-
-
 def serial_latency(server: LoopbackServer, n: int) -> float:
     """Mean wall time of ``n`` serial chat completions through the real openai client."""
     from openai import AsyncOpenAI
@@ -236,14 +209,6 @@ def train(
         raise SystemExit(f"the run ended before step {kill_after}; nothing was killed")
     res.server_calls = st.server.calls
     return res
-
-
-def q(wh: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    con = duckdb.connect(str(wh), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @dataclass
@@ -447,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"env: cpus {os.cpu_count()} (torch threads {torch.get_num_threads()}), "
         f"torch {torch.__version__}, python {sys.version.split()[0]}, duckdb {duckdb.__version__}, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other processes share "
+        f"load average {load_average()} (other processes share "
         "the cores)"
     )
     t_start = time.perf_counter()
@@ -778,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ok, detail in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
     print()
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {load_average()}")
     print(f"total {time.perf_counter() - t_start:.1f} s")
     return 0
 

@@ -36,10 +36,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common  # noqa: F401  (puts the checkout on sys.path)
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import tiny_models as tm
 

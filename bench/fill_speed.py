@@ -27,22 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import KEY_ENV, ROOT, load_average
 
-from tacorl_offline.config import Config, resolve  # noqa: E402
-from tacorl_offline.fill import FillSummary, run_fill  # noqa: E402
-from tacorl_offline.hashing import prompt_id  # noqa: E402
-from tacorl_offline.ingest import Record  # noqa: E402
-from tacorl_offline.ingest_store import store_records  # noqa: E402
-from tacorl_offline.warehouse import Warehouse, insert_rows  # noqa: E402
-from tests.loopback import LoopbackServer  # noqa: E402
+from tacorl_offline.config import Config, resolve
+from tacorl_offline.fill import FillSummary, run_fill
+from tacorl_offline.hashing import prompt_id
+from tacorl_offline.ingest import Record
+from tacorl_offline.ingest_store import store_records
+from tacorl_offline.warehouse import Warehouse, insert_rows
+from tests.loopback import LoopbackServer
 
 # (concurrency, prompts): each setting takes a few seconds at 200 ms latency.
 FULL_SETTINGS = ((1, 20), (8, 120), (32, 400))
 QUICK_SETTINGS = ((1, 8), (8, 48), (32, 160))
-KEY_ENV = "TACORL_BENCH_KEY"  # unset is fine: a loopback base_url gets a dummy key
 
 
 # ----------------------------------------------------------------------------- data
@@ -290,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     print(f"command: {cmd}")
-    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the start: {load_average()}")
     print(
         f"cpus: {os.cpu_count()}  latency: {args.latency * 1000:.0f} ms  quick: {args.quick}"
         "  (the loopback server sends with TCP_NODELAY)"
@@ -358,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, n, s, r in lines:
         print(f"{name:<44} {n:>7} {s:>8.3f} {r:>10,.0f}")
     print(f"  Arrow batch vs executemany: {ins['arrow_rate'] / ins['many_rate']:.0f}x rows/s")
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {load_average()}")
     print()
     print(f"total {time.perf_counter() - t_start:.1f} s")
     return 0

@@ -48,12 +48,32 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from learning import fmt_ci, fmt_diff, load, prepare, with_split  # noqa: E402
+from learning import fmt_ci, fmt_diff, load, with_split  # noqa: E402
 
 from tacorl_offline.config import Config, resolve  # noqa: E402
+from tacorl_offline.fill import run_fill  # noqa: E402
+from tacorl_offline.ingest import read_records  # noqa: E402
+from tacorl_offline.ingest_store import store_records  # noqa: E402
 from tacorl_offline.evaluate import run_evaluation  # noqa: E402
 from tacorl_offline.trainer import Trainer  # noqa: E402
 from tacorl_offline.warehouse import Warehouse  # noqa: E402
+
+DATASET = "squad-bench"
+
+
+def prepare(cfg: Config, wh: Warehouse, limit: int | None) -> dict[str, int]:
+    """Ingest the bundled train and held-out splits and teacher-fill them; the calls each paid."""
+    calls = {}
+    for split in ("train", "heldout"):
+        records, _ = read_records(ROOT / "data/squad" / f"{split}.jsonl", cfg.data)
+        if limit:
+            records = records[: limit if split == "train" else max(40, limit // 3)]
+        store_records(
+            wh, records, dataset=DATASET, split=split, source_path=f"data/squad/{split}.jsonl"
+        )
+        s = asyncio.run(run_fill(with_split(cfg, split), warehouse=wh))
+        calls[split] = s.spend.calls
+    return calls
 
 
 def configure(base: Config, name: str, **train: Any) -> Config:

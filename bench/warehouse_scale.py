@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
@@ -40,19 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import ROOT, load_average
 
-from tacorl_offline.calls import Caller, Job, hit_ledger_rows  # noqa: E402
-from tacorl_offline.config import Config, resolve  # noqa: E402
-from tacorl_offline.hashing import mask_hash, prompt_id, request_hash, teacher_key  # noqa: E402
-from tacorl_offline.ingest import Record  # noqa: E402
-from tacorl_offline.ingest_store import store_records  # noqa: E402
-from tacorl_offline.replay import MaskMap, Wanted, lookup_in_memory  # noqa: E402
-from tacorl_offline.teachers import render_messages  # noqa: E402
-from tacorl_offline.teachers.base import TeacherRequest, TeacherResult  # noqa: E402
-from tacorl_offline.warehouse import Warehouse, insert_rows  # noqa: E402
+from tacorl_offline.calls import Caller, Job, hit_ledger_rows
+from tacorl_offline.config import Config, resolve
+from tacorl_offline.hashing import mask_hash, prompt_id, request_hash, teacher_key
+from tacorl_offline.ingest import Record
+from tacorl_offline.ingest_store import store_records
+from tacorl_offline.replay import MaskMap, Wanted, lookup_in_memory
+from tacorl_offline.teachers import render_messages
+from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
+from tacorl_offline.warehouse import Warehouse, insert_rows
 
 CACHE = ROOT / "bench" / ".cache"
 BUILD_VERSION = 1  # bump when the shape of the built rows changes
@@ -620,10 +617,6 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def load_avg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def median_ms(xs: Sequence[float]) -> float:
     return statistics.median(xs) * 1000
 
@@ -638,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         if n not in SIZES:
             ap.error(f"unknown size {n!r}; choose from {', '.join(SIZES)}")
-    print(f"load average before: {load_avg()}", flush=True)
+    print(f"load average before: {load_average()}", flush=True)
     for n in names:
         cached(n)
     times: dict[str, dict[str, list[float]]] = {n: {op: [] for op in OPS} for n in names}
@@ -673,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {n: scratch[n].path.stat().st_size for n in names}
         scratch_warm = {n: scratch[n].warm_s for n in names}
         scratch_bytes = {n: scratch[n].map_bytes for n in names}
-    la = load_avg()
+    la = load_average()
     step_ms = median_ms(step_times["step"]) if minilm is not None else float("nan")
     print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {la}\n")
     print(

@@ -149,6 +149,35 @@ async def _submit(
     return sub
 
 
+def _admit(
+    caller: Caller,
+    teacher: OpenAIBatchTeacher,
+    jobs: Sequence[Job],
+    open_subs: Sequence[_Submission],
+    outcome: BatchOutcome,
+) -> list[Job]:
+    """The jobs the budget admits. Earlier runs' open batches are reserved first (they will
+    be collected here); ``outcome.not_admitted`` counts the rest."""
+    budget = caller.budget
+    covered = {j.request.request_hash for s in open_subs for j in s.jobs}
+    reserved = sum(worst_case_usd(caller, teacher, j.request) for s in open_subs for j in s.jobs)
+    admitted: list[Job] = []
+    for j in jobs:
+        if j.request.request_hash in covered:
+            continue
+        est = worst_case_usd(caller, teacher, j.request)
+        if budget.max_calls is not None and budget.calls + len(admitted) >= budget.max_calls:
+            break
+        if budget.max_cost_usd is not None and reserved + est > budget.max_cost_usd:
+            break
+        reserved += est
+        admitted.append(j)
+    outcome.not_admitted = sum(1 for j in jobs if j.request.request_hash not in covered) - len(
+        admitted
+    )
+    return admitted
+
+
 async def run_batch_fill(
     caller: Caller,
     teacher: OpenAIBatchTeacher,
@@ -177,23 +206,7 @@ async def run_batch_fill(
             _store_state(warehouse, sub)
         outcome.resumed.append(str(sub.batch_id))
 
-    # Admission: earlier runs' open batches are reserved first (they will be collected here).
-    covered = {j.request.request_hash for s in open_subs for j in s.jobs}
-    reserved = sum(worst_case_usd(caller, teacher, j.request) for s in open_subs for j in s.jobs)
-    admitted: list[Job] = []
-    for j in jobs:
-        if j.request.request_hash in covered:
-            continue
-        est = worst_case_usd(caller, teacher, j.request)
-        if budget.max_calls is not None and budget.calls + len(admitted) >= budget.max_calls:
-            break
-        if budget.max_cost_usd is not None and reserved + est > budget.max_cost_usd:
-            break
-        reserved += est
-        admitted.append(j)
-    outcome.not_admitted = sum(1 for j in jobs if j.request.request_hash not in covered) - len(
-        admitted
-    )
+    admitted = _admit(caller, teacher, jobs, open_subs, outcome)
     if outcome.not_admitted:
         caller.stats.budget_stopped = True
         budget.exhausted = True

@@ -48,9 +48,6 @@ def run_chain(
     ``evaluate(cfg, **kw)`` an ``EvalReport`` (default: :func:`run_evaluation`, no display);
     ``show(stage, result)`` renders each stage's result."""
     from tacorl_offline.evaluate import run_evaluation
-    from tacorl_offline.fill import run_fill
-    from tacorl_offline.ingest import read_records
-    from tacorl_offline.ingest_store import store_records
     from tacorl_offline.reports import cost_report
 
     cfg = recipe_config(recipe, overrides)
@@ -64,26 +61,10 @@ def run_chain(
     stages = 5 + (1 if recipe.sft else 0)
     n = iter(range(1, stages + 1))
 
-    say(f"[{next(n)}/{stages}] ingest -> {cfg.data.dataset} in {wh.path}")
-    for split, path in files.items():
-        records, _ = read_records(path, cfg.data)
-        out[f"ingest:{split}"] = store_records(
-            wh, records, dataset=cfg.data.dataset, split=split, source_path=path
-        )
-        show("ingest", out[f"ingest:{split}"])
-    out["ingest"] = out[f"ingest:{cfg.data.split}"]
+    def step() -> str:
+        return f"[{next(n)}/{stages}]"
 
-    say(
-        f"[{next(n)}/{stages}] teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})"
-    )
-    if cfg.teacher.backend == "extractive":
-        say(
-            "      note: the extractive teacher is a deterministic stand-in for an LLM, not a real model"
-        )
-    for split in files:
-        out[f"fill:{split}"] = asyncio.run(run_fill(cfg, warehouse=wh, split=split))
-        show("fill", out[f"fill:{split}"])
-    out["fill"] = out[f"fill:{cfg.data.split}"]
+    _ingest_and_fill(cfg, wh, files, step, say, show, out)
 
     base = cfg.compressor.model
     start = cfg
@@ -91,7 +72,7 @@ def run_chain(
         from tacorl_offline.sft import sft_phase
 
         say(
-            f"[{next(n)}/{stages}] sft: supervised warm start on the teacher's answers ({cfg.sft.source} labels)"
+            f"{step()} sft: supervised warm start on the teacher's answers ({cfg.sft.source} labels)"
         )
         out["sft"] = sft_phase(
             cfg,
@@ -103,11 +84,11 @@ def run_chain(
         start = cfg.model_copy(deep=True)
         start.compressor.model = str(out["sft"].output)
 
-    say(f"[{next(n)}/{stages}] train (REINFORCE, cached teacher answers)")
+    say(f"{step()} train (REINFORCE, cached teacher answers)")
     out["train"] = train(start)
     show("train", out["train"])
 
-    say(f"[{next(n)}/{stages}] cost report")
+    say(f"{step()} cost report")
     out["cost"] = cost_report(wh, by="phase")
     show("cost", out["cost"])
 
@@ -116,7 +97,7 @@ def run_chain(
     ev.data.split = "heldout" if recipe.heldout else cfg.data.split
     models = [trained, base] + ([str(out["sft"].output)] if recipe.sft else [])
     say(
-        f"[{next(n)}/{stages}] evaluate the trained compressor against the base ({base})"
+        f"{step()} evaluate the trained compressor against the base ({base})"
         + (", the SFT warm start" if recipe.sft else "")
         + f" and the baselines on {ev.data.dataset}/{ev.data.split}, rate {cfg.compressor.rate}"
     )
@@ -124,12 +105,52 @@ def run_chain(
     out["eval"] = evaluate(ev, models=models, reference=trained)
     show("eval", out["eval"])
 
+    out["plots"] = _plots(wh, out["train"].run_id, say)
+    return out
+
+
+def _ingest_and_fill(
+    cfg: Config,
+    wh: Warehouse,
+    files: dict[str, Path],
+    step: Callable[[], str],
+    say: Callable[[str], None],
+    show: Callable[[str, Any], None],
+    out: dict[str, Any],
+) -> None:
+    """The ingest and teacher-fill stages, over every split of the recipe."""
+    from tacorl_offline.fill import run_fill
+    from tacorl_offline.ingest import read_records
+    from tacorl_offline.ingest_store import store_records
+
+    say(f"{step()} ingest -> {cfg.data.dataset} in {wh.path}")
+    for split, path in files.items():
+        records, _ = read_records(path, cfg.data)
+        out[f"ingest:{split}"] = store_records(
+            wh, records, dataset=cfg.data.dataset, split=split, source_path=path
+        )
+        show("ingest", out[f"ingest:{split}"])
+    out["ingest"] = out[f"ingest:{cfg.data.split}"]
+
+    say(f"{step()} teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})")
+    if cfg.teacher.backend == "extractive":
+        say(
+            "      note: the extractive teacher is a deterministic stand-in for an LLM, not a real model"
+        )
+    for split in files:
+        out[f"fill:{split}"] = asyncio.run(run_fill(cfg, warehouse=wh, split=split))
+        show("fill", out[f"fill:{split}"])
+    out["fill"] = out[f"fill:{cfg.data.split}"]
+
+
+def _plots(wh: Warehouse, run_id: str, say: Callable[[str], None]) -> list[Path]:
+    """The trained run's curves, written beside it (as ``report run`` does)."""
     from tacorl_offline.plots import write_plots
     from tacorl_offline.run_report import default_plot_dir, load_run_report
 
-    report = load_run_report(wh, out["train"].run_id)
-    out["plots"] = write_plots(report, default_plot_dir(report))
-    for p in out["plots"]:
+    report = load_run_report(wh, run_id)
+    plots = write_plots(report, default_plot_dir(report))
+    for p in plots:
         say(f"plot: {p}")
     say(f"      (again any time: tacorl-offline report run {report.run_id})")
-    return out
+    return plots

@@ -56,24 +56,7 @@ def rescore_run(cfg: Config, warehouse: Warehouse, source: str) -> RescoreSummar
     settings = RewardSettings.from_config(cfg)
     names = metric_cache.metric_names(settings)
     with warehouse.transaction() as con:  # read and write in one open; all or nothing
-        found = con.execute(
-            "SELECT run_id, kind, teacher_key FROM runs WHERE run_id = ? "
-            "OR (? = 'latest' AND run_id = (SELECT run_id FROM runs WHERE kind = 'train' "
-            "ORDER BY started_at DESC LIMIT 1))",
-            [source, source],
-        ).fetchall()
-        if not found:
-            raise UserError(
-                f'no run {source!r} in {warehouse.path}; list them with: tacorl-offline sql "SELECT run_id, kind FROM runs"'
-            )
-        source, kind, source_key = found[0]
-        if kind not in ("train", "rescore"):
-            raise UserError(f"run {source} is a {kind} run; --rescore takes a train run")
-        if source_key != tkey:
-            raise UserError(
-                f"run {source} was answered by another teacher (key {source_key[:12]}); "
-                "rescore it with the config it was trained with, changing only train.reward"
-            )
+        source = _source_run(con, warehouse, source, tkey)
         rows = con.execute(
             "SELECT s.step, s.prompt_id, s.sample_idx, s.mask_hash, s.request_hash, s.reward,"
             " s.n_orig_tokens, s.n_comp_tokens, s.n_words, s.n_kept, s.actions,"
@@ -112,29 +95,7 @@ def rescore_run(cfg: Config, warehouse: Warehouse, source: str) -> RescoreSummar
             known=known,
         )
         run_id = "rescore-" + uuid.uuid4().hex[:12]
-        samples: list[dict[str, Any]] = []
-        for r, g, reward, m in zip(rows, gates, batch.rewards, batch.metrics, strict=True):
-            samples.append(
-                {
-                    "run_id": run_id,
-                    "step": r[0],
-                    "prompt_id": r[1],
-                    "sample_idx": r[2],
-                    "mask_hash": r[3],
-                    "request_hash": r[4] if g is None else None,
-                    "reward": None if math.isnan(reward) else reward,
-                    "metrics": m or None,
-                    "n_orig_tokens": r[6],
-                    "n_comp_tokens": r[7],
-                    "n_words": r[8],
-                    "n_kept": r[9],
-                    "cache_hit": g is None and r[12] is not None,
-                    "short_circuit": g is not None,
-                    "unscorable": math.isnan(reward),
-                    "actions": r[10],
-                    "behaviour_logp": r[11],
-                }
-            )
+        samples = _sample_rows(run_id, rows, gates, batch.rewards, batch.metrics)
         new_metrics = metric_cache.new_rows(keys, known, batch.metrics, names)
         Warehouse.start_run(
             con,
@@ -160,3 +121,60 @@ def rescore_run(cfg: Config, warehouse: Warehouse, source: str) -> RescoreSummar
         reward_before=_mean([r[5] for r in rows]),
         reward_after=_mean(batch.rewards),
     )
+
+
+def _source_run(con: Any, warehouse: Warehouse, source: str, tkey: str) -> str:
+    """The run id ``source`` names (an id or 'latest'): a train or rescore run of this teacher."""
+    found = con.execute(
+        "SELECT run_id, kind, teacher_key FROM runs WHERE run_id = ? "
+        "OR (? = 'latest' AND run_id = (SELECT run_id FROM runs WHERE kind = 'train' "
+        "ORDER BY started_at DESC LIMIT 1))",
+        [source, source],
+    ).fetchall()
+    if not found:
+        raise UserError(
+            f'no run {source!r} in {warehouse.path}; list them with: tacorl-offline sql "SELECT run_id, kind FROM runs"'
+        )
+    source, kind, source_key = found[0]
+    if kind not in ("train", "rescore"):
+        raise UserError(f"run {source} is a {kind} run; --rescore takes a train run")
+    if source_key != tkey:
+        raise UserError(
+            f"run {source} was answered by another teacher (key {source_key[:12]}); "
+            "rescore it with the config it was trained with, changing only train.reward"
+        )
+    return source
+
+
+def _sample_rows(
+    run_id: str,
+    rows: list[Any],
+    gates: list[Any],
+    rewards: list[float],
+    metrics: list[Any],
+) -> list[dict[str, Any]]:
+    """The rescore run's ``samples`` rows: the source's samples with the new rewards."""
+    samples: list[dict[str, Any]] = []
+    for r, g, reward, m in zip(rows, gates, rewards, metrics, strict=True):
+        samples.append(
+            {
+                "run_id": run_id,
+                "step": r[0],
+                "prompt_id": r[1],
+                "sample_idx": r[2],
+                "mask_hash": r[3],
+                "request_hash": r[4] if g is None else None,
+                "reward": None if math.isnan(reward) else reward,
+                "metrics": m or None,
+                "n_orig_tokens": r[6],
+                "n_comp_tokens": r[7],
+                "n_words": r[8],
+                "n_kept": r[9],
+                "cache_hit": g is None and r[12] is not None,
+                "short_circuit": g is not None,
+                "unscorable": math.isnan(reward),
+                "actions": r[10],
+                "behaviour_logp": r[11],
+            }
+        )
+    return samples

@@ -269,8 +269,36 @@ def score(
     refs = [str(references[i]) for i in todo]
     cached = [known[i] for i in todo] if known is not None else None
 
+    if todo:
+        _score_family(
+            settings, todo, preds, refs, cached, gates, n_orig, n_comp, gold, rows, rewards
+        )
+
+    kept = [nc / no if no > 0 else NAN for no, nc in zip(n_orig, n_comp, strict=True)]
+    return RewardBatch(
+        rewards=rewards,
+        metrics=rows,
+        short_circuited=[not m for m in need],
+        kept_ratio=kept,
+    )
+
+
+def _score_family(
+    settings: RewardSettings,
+    todo: list[int],
+    preds: list[str],
+    refs: list[str],
+    cached: list[Mapping[str, float] | None] | None,
+    gates: Sequence[float | None],
+    n_orig: Sequence[int],
+    n_comp: Sequence[int],
+    gold: Sequence[str | None],
+    rows: list[dict[str, float]],
+    rewards: list[float],
+) -> None:
+    """The reward family's metrics and rewards for the samples ``todo`` (filled in place)."""
     rc = settings.reward
-    if rc.family == "taco" and todo:
+    if rc.family == "taco":
         scored = metrics.score_pairs(
             rc.metric,
             preds,
@@ -282,7 +310,7 @@ def score(
         for i, row in zip(todo, scored, strict=True):
             rows[i] = row
             rewards[i] = taco_reward(gates[i], row["metric"])
-    elif rc.family == "pcrl" and todo:
+    elif rc.family == "pcrl":
         scored = metrics.score_pairs("rougeL", preds, refs, known=cached)
         for i, row in zip(todo, scored, strict=True):
             comp = compression_ratio(n_orig[i], n_comp[i])
@@ -290,7 +318,7 @@ def score(
             rewards[i] = pcrl_reward(
                 n_orig[i], n_comp[i], row["rougeL"], tau=rc.pcrl_tau, lam=rc.pcrl_lambda
             )
-    elif rc.family == "grpo" and todo:
+    elif rc.family == "grpo":
         sims = metrics.score_pairs("rougeL", preds, refs, known=cached)
         for i, pred, ref, sim in zip(todo, preds, refs, sims, strict=True):
             golds = [x for x in _as_list(gold[i]) if x.strip()] or [ref]
@@ -303,11 +331,3 @@ def score(
             rewards[i] = grpo_reward(
                 row["correct"], row["similarity"], row["compression"], rc.grpo_weights
             )
-
-    kept = [nc / no if no > 0 else NAN for no, nc in zip(n_orig, n_comp, strict=True)]
-    return RewardBatch(
-        rewards=rewards,
-        metrics=rows,
-        short_circuited=[not m for m in need],
-        kept_ratio=kept,
-    )

@@ -234,3 +234,70 @@ def test_config_is_a_leaf() -> None:
     assert g["tacorl_offline.config"] <= CONFIG_MAY_IMPORT, g["tacorl_offline.config"]
     for helper in CONFIG_MAY_IMPORT:
         assert g[helper] <= {"tacorl_offline.errors"}, (helper, g[helper])
+
+
+# ---------------------------------------------------------------------------- sizes
+
+MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 400
+MAX_TRAINER_LINES = 400
+# A function or class may be longer where a comment on the line above it starts with
+# "# long:" and says why.
+LONG_MARK = "# long:"
+# Files other sessions are changing right now; their sizes are checked once they merge.
+# The lead removes an entry when the file's split lands.
+ALLOWLIST = {
+    "tacorl_offline/trainer.py",  # the lead's trainer-step split (Trainer 772 lines, __init__ 104)
+    "tacorl_offline/warehouse.py",  # Warehouse class (477 lines), being changed concurrently
+    "tacorl_offline/calls.py",  # Caller.run (88 lines), being changed concurrently
+    "tacorl_offline/sft.py",  # run_sft (97), train_sft (84), being changed concurrently
+    "tacorl_offline/replay.py",  # being changed concurrently
+    "tacorl_offline/fill.py",  # being changed concurrently
+    "tacorl_offline/compressor/compat.py",  # _compat_one (91), __init__ (97): llmlingua fixes
+}
+
+
+def oversized() -> list[str]:
+    """Every function over MAX_FUNCTION_LINES and class over MAX_CLASS_LINES, outside the
+    allowlist and without a ``# long:`` comment."""
+    found = []
+    for path in modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ALLOWLIST:
+            continue
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                limit = MAX_CLASS_LINES
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                limit = MAX_FUNCTION_LINES
+            else:
+                continue
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            size = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+            marked = first >= 2 and lines[first - 2].strip().startswith(LONG_MARK)
+            if size > limit and not marked:
+                found.append(f"{rel}:{node.lineno} {node.name} ({size} lines > {limit})")
+    return found
+
+
+def test_no_function_over_80_and_no_class_over_400_lines() -> None:
+    assert oversized() == []
+
+
+def test_the_size_check_sees_long_functions() -> None:
+    """The checker counts a function's lines (guards against a vacuous pass)."""
+    sizes = {
+        n.name: n.end_lineno - n.lineno + 1  # type: ignore[operator]
+        for n in ast.walk(ast.parse((PKG / "evaluate.py").read_text(encoding="utf-8")))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    assert 40 < sizes["run_evaluation"] <= MAX_FUNCTION_LINES
+
+
+def test_trainer_is_a_table_of_contents() -> None:
+    if "tacorl_offline/trainer.py" in ALLOWLIST:
+        pytest.skip("trainer.py is on the allowlist until the lead's step split merges")
+    n = len((PKG / "trainer.py").read_text(encoding="utf-8").splitlines())
+    assert n <= MAX_TRAINER_LINES, n

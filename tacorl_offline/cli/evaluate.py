@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from tacorl_offline.cli.common import check_format, config_of, settle_flags, user_errors
 from tacorl_offline.cli.options import ConfigOpt, DatasetOpt, ProgressBarOpt, SplitOpt, WarehouseOpt
-from tacorl_offline.config import resolve
+from tacorl_offline.config import Config, resolve
 from tacorl_offline.display import err, evaluate_with_progress, print_eval_report
 from tacorl_offline.errors import UserError
 
@@ -75,7 +75,6 @@ def evaluate(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Score models and baselines on the same prompts at the same rate, with paired 95% CIs."""
-    from tacorl_offline import eval_output
 
     check_format(fmt)
     if rate is not None and target_token is not None:
@@ -95,6 +94,18 @@ def evaluate(
     )
     cfg = settle_flags(cfg, dataset, split)
     report = evaluate_with_progress(cfg, progress=progress, models=model or None)
+    _write_report(report, fmt, output)
+    if report.budget_stopped:
+        err.print(
+            "budget reached: rerun evaluate to resume (answers paid so far are kept)", markup=False
+        )
+        raise typer.Exit(3)
+
+
+def _write_report(report: Any, fmt: str, output: Path | None) -> None:
+    """The report as a table, or as json/csv on stdout or in ``output``."""
+    from tacorl_offline import eval_output
+
     if fmt == "table":
         if output is not None:
             raise UserError("--output writes json or csv; add --format json or --format csv")
@@ -109,11 +120,74 @@ def evaluate(
             err.print(f"wrote {fmt} for {len(report.systems)} systems to {output}", markup=False)
         else:
             sys.stdout.write(text)
-    if report.budget_stopped:
-        err.print(
-            "budget reached: rerun evaluate to resume (answers paid so far are kept)", markup=False
-        )
-        raise typer.Exit(3)
+
+
+# The compress command's own options.
+_FileOpt = Annotated[
+    str, typer.Argument(help="Input text file, or - for stdin (JSONL with --jsonl).")
+]
+_ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config; its compressor section is used."),
+]
+_ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model directory, hub id, or 'minilm' (default: compressor.model).",
+    ),
+]
+_RateOpt = Annotated[
+    float | None,
+    typer.Option(help="Fraction of tokens to keep (default: compressor.rate)."),
+]
+_TargetTokenOpt = Annotated[
+    int | None, typer.Option(help="Target number of tokens (overrides rate).")
+]
+_ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Keep words whose keep-probability is >= this.")
+]
+_ForceTokensOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--force-tokens",
+        help="Always keep this string (repeatable; '\\n' allowed; default: compressor.force_tokens).",
+    ),
+]
+_ForceReserveDigitOpt = Annotated[
+    bool | None,
+    typer.Option(
+        help="Always keep words holding a digit (default: compressor.force_reserve_digit)."
+    ),
+]
+_DropConsecutiveOpt = Annotated[
+    bool | None,
+    typer.Option(
+        help="Drop repeated force tokens with nothing kept between "
+        "(default: compressor.drop_consecutive)."
+    ),
+]
+_DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="torch device: cpu, cuda, cuda:1 ... (default: compressor.device)."),
+]
+_BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(help="Chunks per forward pass (default: compressor.batch_size)."),
+]
+_CompatOpt = Annotated[bool, typer.Option(help="Reproduce llmlingua 0.2.2's kept words exactly.")]
+_TiktokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Count tokens as llmlingua does, with this cl100k_base.tiktoken file "
+        "(default with --compat: tiktoken's cached copy under TIKTOKEN_CACHE_DIR, if any).",
+    ),
+]
+_AsJsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object with token counts.")]
+_JsonlOpt = Annotated[
+    bool, typer.Option(help="Input and output are JSONL ({'text': ...} per line).")
+]
 
 
 def _unescape(tok: str) -> str:
@@ -153,75 +227,21 @@ def _jsonl_records(raw: str, file: str) -> list[dict]:
 
 
 def compress(
-    file: Annotated[
-        str, typer.Argument(help="Input text file, or - for stdin (JSONL with --jsonl).")
-    ] = "-",
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="YAML config; its compressor section is used."),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Model directory, hub id, or 'minilm' (default: compressor.model).",
-        ),
-    ] = None,
-    rate: Annotated[
-        float | None,
-        typer.Option(help="Fraction of tokens to keep (default: compressor.rate)."),
-    ] = None,
-    target_token: Annotated[
-        int | None, typer.Option(help="Target number of tokens (overrides rate).")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Keep words whose keep-probability is >= this.")
-    ] = None,
-    force_tokens: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--force-tokens",
-            help="Always keep this string (repeatable; '\\n' allowed; default: compressor.force_tokens).",
-        ),
-    ] = None,
-    force_reserve_digit: Annotated[
-        bool | None,
-        typer.Option(
-            help="Always keep words holding a digit (default: compressor.force_reserve_digit)."
-        ),
-    ] = None,
-    drop_consecutive: Annotated[
-        bool | None,
-        typer.Option(
-            help="Drop repeated force tokens with nothing kept between "
-            "(default: compressor.drop_consecutive)."
-        ),
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="torch device: cpu, cuda, cuda:1 ... (default: compressor.device)."),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(help="Chunks per forward pass (default: compressor.batch_size)."),
-    ] = None,
-    compat: Annotated[
-        bool, typer.Option(help="Reproduce llmlingua 0.2.2's kept words exactly.")
-    ] = False,
-    tiktoken_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Count tokens as llmlingua does, with this cl100k_base.tiktoken file "
-            "(default with --compat: tiktoken's cached copy under TIKTOKEN_CACHE_DIR, if any).",
-        ),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON object with token counts.")
-    ] = False,
-    jsonl: Annotated[
-        bool, typer.Option(help="Input and output are JSONL ({'text': ...} per line).")
-    ] = False,
+    file: _FileOpt = "-",
+    config: _ConfigOpt = None,
+    model: _ModelOpt = None,
+    rate: _RateOpt = None,
+    target_token: _TargetTokenOpt = None,
+    threshold: _ThresholdOpt = None,
+    force_tokens: _ForceTokensOpt = None,
+    force_reserve_digit: _ForceReserveDigitOpt = None,
+    drop_consecutive: _DropConsecutiveOpt = None,
+    device: _DeviceOpt = None,
+    batch_size: _BatchSizeOpt = None,
+    compat: _CompatOpt = False,
+    tiktoken_file: _TiktokenFileOpt = None,
+    as_json: _AsJsonOpt = False,
+    jsonl: _JsonlOpt = False,
 ) -> None:
     """Compress a prompt and print the compressed text."""
     from transformers.utils import logging as hf_logging
@@ -237,24 +257,10 @@ def compress(
     ]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} are mutually exclusive; pass only one")
-    cfg = resolve(
-        config,
-        overrides={
-            "compressor.model": model,
-            "compressor.rate": rate,
-            # A rate or threshold on the command line wins over a target_token in the config.
-            "compressor.target_token": -1
-            if rate is not None or threshold is not None
-            else target_token,
-            "compressor.force_tokens": [_unescape(t) for t in force_tokens]
-            if force_tokens
-            else None,
-            "compressor.force_reserve_digit": force_reserve_digit,
-            "compressor.drop_consecutive": drop_consecutive,
-            "compressor.device": device,
-            "compressor.batch_size": batch_size,
-        },
-    )
+    cfg = _compress_config(
+        config, model, rate, target_token, threshold, force_tokens, force_reserve_digit,
+        drop_consecutive, device, batch_size,
+    )  # fmt: skip
     opts = CompressOptions.from_config(cfg.compressor).replace(threshold=threshold, compat=compat)
     raw = _read(file)
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
@@ -272,6 +278,44 @@ def compress(
         cfg.compressor.model, device=cfg.compressor.device, options=opts, token_counter=encoding
     )
     results = comp.compress([r.get("text", r.get("prompt")) for r in records])
+    _print_results(records, results, jsonl=jsonl, as_json=as_json)
+
+
+def _compress_config(
+    config: Path | None,
+    model: str | None,
+    rate: float | None,
+    target_token: int | None,
+    threshold: float | None,
+    force_tokens: list[str] | None,
+    force_reserve_digit: bool | None,
+    drop_consecutive: bool | None,
+    device: str | None,
+    batch_size: int | None,
+) -> Config:
+    """The config with the command's flags over its ``compressor`` section."""
+    return resolve(
+        config,
+        overrides={
+            "compressor.model": model,
+            "compressor.rate": rate,
+            # A rate or threshold on the command line wins over a target_token in the config.
+            "compressor.target_token": -1
+            if rate is not None or threshold is not None
+            else target_token,
+            "compressor.force_tokens": [_unescape(t) for t in force_tokens]
+            if force_tokens
+            else None,
+            "compressor.force_reserve_digit": force_reserve_digit,
+            "compressor.drop_consecutive": drop_consecutive,
+            "compressor.device": device,
+            "compressor.batch_size": batch_size,
+        },
+    )
+
+
+def _print_results(records: list[dict], results: list[Any], *, jsonl: bool, as_json: bool) -> None:
+    """One line per input: the compressed text, its JSON result, or the JSONL record."""
     for rec, res in zip(records, results, strict=False):
         if jsonl:
             out = {**rec, "compressed_prompt": res.compressed_prompt, "ratio": round(res.ratio, 4)}

