@@ -51,10 +51,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from learning import fmt_ci, fmt_diff, load, with_split  # noqa: E402
 
 from tacorl_offline.config import Config, resolve  # noqa: E402
+from tacorl_offline.evaluate import run_evaluation  # noqa: E402
 from tacorl_offline.fill import run_fill  # noqa: E402
 from tacorl_offline.ingest import read_records  # noqa: E402
 from tacorl_offline.ingest_store import store_records  # noqa: E402
-from tacorl_offline.evaluate import run_evaluation  # noqa: E402
 from tacorl_offline.trainer import Trainer  # noqa: E402
 from tacorl_offline.warehouse import Warehouse  # noqa: E402
 
