@@ -56,10 +56,13 @@ def update_reusing(
     if pairs and ctx.cfg.train.reuse.update_epochs > 1:
         for _ in range(ctx.cfg.train.reuse.update_epochs - 1):
             ds = _decide_again(ctx, pairs, row_of)
+            # The KL graph is built before the pass's log-probs (as before the split): autograd
+            # then sums the gradient in the same order, so the weights are bit-identical.
+            kl = [] if ctx.start_model is None else [_kl_again(ctx, data, ds)]
             one_pass(
                 [ds[r.item].word_log_probs(r.actions) for r, _ in pairs],
                 [ds[r.item].entropy for r, _ in pairs],
-                [] if ctx.start_model is None else [_kl_again(ctx, data, ds)],
+                kl,
             )
     sched.step()
     return first, sched.get_last_lr()[0]
