@@ -220,3 +220,39 @@ def test_policy_token_counter_is_not_truncated_by_the_tokenizer_config() -> None
     text = " ".join(["budget"] * 500)
     assert count(text) == 500
     assert make_token_counter("whitespace", tok)(text) == 500
+
+
+def test_loss_terms_and_after_step_callbacks_join_the_step(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    """The two places the learning work adds to: an extra loss term reaches the update (with
+    the pairs the policy loss differentiates), and a callback runs once after every step,
+    with the step recorded."""
+    import asyncio
+
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=2)
+    plain = load_file(str(train(cfg).final_model / "model.safetensors"))
+
+    pairs_seen: list[int] = []
+    after: list[tuple[int, int, bool]] = []
+
+    def anchor(data, pairs) -> torch.Tensor:  # pulls every sampled mask's log-prob up
+        pairs_seen.append(len(pairs))
+        return -torch.stack([s.log_prob for _, s in pairs]).mean()
+
+    async def callback(trainer, run, log) -> None:
+        recorded = q(
+            cfg,
+            "SELECT count(*) FROM steps WHERE run_id = ? AND step = ?",
+            [trainer.run_id, log.step],
+        )[0][0]
+        after.append((log.step, trainer.pos.step, run is not None and recorded == 1))
+
+    trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
+    trainer.loss_terms.append(anchor)
+    trainer.after_step.append(callback)
+    s = asyncio.run(trainer.run())
+    assert pairs_seen == [8, 8]  # 4 prompts x 2 samples, each step
+    assert after == [(1, 1, True), (2, 2, True)]
+    anchored = load_file(str(s.final_model / "model.safetensors"))
+    assert any(not torch.equal(plain[k], anchored[k]) for k in plain)

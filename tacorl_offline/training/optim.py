@@ -1,0 +1,45 @@
+"""The optimizer and the learning-rate schedule of a training run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def build_optimizer(params: Any, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where the parameters' device has one (CPU and CUDA in
+    torch >= 2.4), else the multi-tensor ``foreach`` path. The default steps through the
+    tensors one at a time: 9-10% of a MiniLM step on CPU. Results equal the default within
+    float tolerance (tests/test_scale.py)."""
+    params = list(params)
+    devices = {p.device.type for p in params}
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype
+        return torch.optim.AdamW(
+            params, lr=lr, weight_decay=weight_decay, foreach=devices <= {"cpu", "cuda"}
+        )
+
+
+def lr_schedule(
+    opt: torch.optim.Optimizer, *, warmup: int, total_updates: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` optimizer updates, then cosine decay to 0."""
+
+    def lr_lambda(update: int) -> float:
+        if warmup and update < warmup:
+            return (update + 1) / warmup
+        progress = (update - warmup) / max(1, total_updates - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> None:
+    """Clip the accumulated gradient (train.grad_clip), step AdamW, clear the gradient."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)

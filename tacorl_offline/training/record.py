@@ -1,0 +1,173 @@
+"""Stage 7, record: the step's row, its samples and replays in the warehouse in one
+transaction; if a reader holds the lock past a second, they go to the journal instead (metric
+values, a cache, are then left out) and the next write open flushes them. This run's scored
+samples join the reuse store; ``train.csv_logs`` appends upstream's two CSV files."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tacorl_offline import csvlogs, reuse
+from tacorl_offline.replay import ReplayStats
+from tacorl_offline.runs import PhaseRun
+from tacorl_offline.training.records import NAN, Rollout, StageContext, StepData, StepLog, mean_std
+from tacorl_offline.warehouse import WarehouseLocked, insert_rows
+
+
+def step_log(data: StepData, step: int, seconds: float, update_epochs: int) -> StepLog:
+    """The ``steps`` row of a finished step (rank 0: every rank's rollouts)."""
+    rollouts = data.everyone
+    train = [r for r in rollouts if r.trains and r.fresh]
+    finite = [r.reward for r in train if not math.isnan(r.reward)]
+    mean, std = mean_std(finite)
+    comp = [r.n_comp / r.n_orig for r in train if r.n_orig > 0]
+    return StepLog(
+        step=step,
+        epoch=data.epoch,
+        loss=data.loss,
+        lr=data.lr,
+        reward_mean=mean,
+        reward_std=std,
+        reward_min=min(finite) if finite else NAN,
+        reward_max=max(finite) if finite else NAN,
+        compression=sum(comp) / len(comp) if comp else NAN,
+        entropy=sum(r.entropy for r in train) / max(1, len(train)),
+        n_samples=len(train),
+        n_unscorable=sum(1 for r in rollouts if r.fresh and math.isnan(r.reward)),
+        short_circuits=sum(1 for r in rollouts if r.fresh and r.gate is not None),
+        spend=data.replay.spend,
+        seconds=seconds,
+        teacher_seconds=data.replay.teacher_seconds,
+        fresh_samples=len(train),
+        replayed_samples=sum(1 for r in rollouts if r.stored is not None),
+        replay_dropped=data.dropped,
+        update_epochs=update_epochs,
+    )
+
+
+def record(ctx: StageContext, log: StepLog, data: StepData, run: PhaseRun | None) -> None:
+    """The step's rows (warehouse or journal), the reuse store, the CSV logs."""
+    sample_rows = [_sample_row(ctx.run_id, log.step, r) for r in data.everyone if r.fresh]
+    replay_rows = [
+        _replay_row(ctx.run_id, log.step, r) for r in data.everyone if r.stored is not None
+    ]
+    step_row = {"run_id": ctx.run_id, **log.row()}
+    replay = data.replay
+    try:
+        write_step(ctx, step_row, sample_rows, replay, run, log.step, replay_rows)
+    except WarehouseLocked:
+        # A long reader holds the file: training goes on. The step's rows go to the
+        # journal (durable), and the next write open, any process's, flushes them.
+        entries: list[tuple[str, dict[str, Any]]] = [("steps", step_row)]
+        entries += [("samples", r) for r in sample_rows]
+        entries += [("replays", r) for r in replay_rows]
+        if run is not None:
+            entries += run.record_entries(
+                hits=replay.hits_ledger, masks=replay.new_masks, step=log.step
+            )
+        ctx.warehouse.journal(entries)
+    if ctx.cfg.train.reuse.stored_per_prompt:  # this run's samples may join later groups
+        _store(ctx, log.step, sample_rows)
+    if ctx.cfg.train.csv_logs:
+        csvlogs.append_step(
+            ctx.run_dir,
+            epoch=log.epoch,
+            step=log.step,
+            loss=log.loss,
+            lr=log.lr,
+            reward=log.reward_mean,
+            kept=log.compression,
+        )
+
+
+def _sample_row(run_id: str, step: int, r: Rollout) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "step": step,
+        "prompt_id": r.prompt_id,
+        "sample_idx": r.sample_idx,
+        "mask_hash": r.mask_hash,
+        "request_hash": r.request_hash if r.needs_teacher else None,
+        "reward": None if math.isnan(r.reward) else r.reward,
+        "metrics": r.metrics or None,
+        "n_orig_tokens": r.n_orig,
+        "n_comp_tokens": r.n_comp,
+        "n_words": r.n_words,
+        "n_kept": r.n_kept,
+        "cache_hit": r.cache_hit,
+        "short_circuit": not r.needs_teacher,
+        "unscorable": math.isnan(r.reward),
+        **behaviour_columns(r),
+    }
+
+
+def _replay_row(run_id: str, step: int, r: Rollout) -> dict[str, Any]:
+    assert r.stored is not None
+    return {
+        "run_id": run_id,
+        "step": step,
+        "prompt_id": r.prompt_id,
+        "slot": r.sample_idx,
+        "source_run": r.stored.run_id,
+        "source_step": r.stored.step,
+        "source_sample_idx": r.stored.sample_idx,
+        "reward": r.reward,
+        "drift": r.drift,
+    }
+
+
+def _store(ctx: StageContext, step: int, sample_rows: list[dict[str, Any]]) -> None:
+    for row in sample_rows:
+        if row["reward"] is not None and row["sample_idx"] >= 0:
+            ctx.store.add(
+                reuse.stored(
+                    ctx.run_id,
+                    step,
+                    row["sample_idx"],
+                    row["prompt_id"],
+                    row["mask_hash"],
+                    row["actions"],
+                    row["behaviour_logp"],
+                    row["reward"],
+                )
+            )
+
+
+def behaviour_columns(r: Rollout) -> dict[str, Any]:
+    """samples.actions / behaviour_logp of a sampled mask (NULL for the greedy one)."""
+    if r.behaviour is None or r.actions is None or not r.trains:
+        return {"actions": None, "behaviour_logp": None}
+    acts, blp = reuse.as_row_lists(r.actions, r.behaviour)
+    return {"actions": acts, "behaviour_logp": blp}
+
+
+def write_step(
+    ctx: StageContext,
+    step_row: dict[str, Any],
+    sample_rows: list[dict[str, Any]],
+    replay: ReplayStats,
+    run: PhaseRun | None,
+    step: int,
+    replay_rows: list[dict[str, Any]] | None = None,
+) -> None:
+    """One transaction for a step's rows. Waits at most a second for the lock."""
+    wh = ctx.warehouse
+    with wh.transaction(lock_timeout_s=min(wh.lock_timeout_s, 1.0)) as con:
+        if run is not None:
+            run.record(con, hits=replay.hits_ledger, masks=replay.new_masks, step=step)
+        # Calls and cost come from the ledger: a step redone after a kill or a budget stop
+        # counts what every execution of it paid for, exactly once.
+        calls, cost = con.execute(
+            "SELECT count(DISTINCT request_hash), coalesce(sum(cost_usd), 0) FROM api_calls"
+            " WHERE run_id = ? AND step = ? AND status <> 'hit'",
+            [ctx.run_id, step],
+        ).fetchall()[0]
+        step_row["calls"], step_row["cost_usd"] = int(calls), float(cost)
+        insert_rows(con, "samples", sample_rows, on_conflict="replace")
+        insert_rows(con, "steps", [step_row], on_conflict="replace")
+        insert_rows(con, "replays", replay_rows or [], on_conflict="replace")
+        # Metric values computed this step: a cache, so a step journaled instead (a reader
+        # held the lock) leaves them out and a later replay computes them again.
+        insert_rows(con, "metric_values", replay.metric_rows, on_conflict="ignore")
+    ctx.mask_map.add_metrics(replay.metric_rows)  # committed: later hits read them
