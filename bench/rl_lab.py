@@ -140,6 +140,8 @@ def prepare_workdir(
 def start_model(work: Path, start: str) -> str:
     if start == "base":
         return "minilm"
+    if start not in ("sft", "agnostic"):
+        return start
     info = json.loads((work / "prepared.json").read_text())
     if start == "sft":
         return info["sft_model"]
