@@ -41,9 +41,12 @@ def update_reusing(
     advs = [float(adv.values[row_of[r.item], r.sample_idx]) for r, _ in pairs]
 
     def one_pass(
-        word_lps: list[torch.Tensor], ents: list[torch.Tensor], terms: Sequence[LossTerm]
+        word_lps: list[torch.Tensor],
+        ents: list[torch.Tensor],
+        terms: Sequence[LossTerm],
+        probs: dict[int, torch.Tensor],
     ) -> float:
-        loss = _weighted_loss(ctx, pairs, advs, word_lps, ents)
+        loss = _weighted_loss(ctx, pairs, advs, word_lps, ents, probs)
         if pairs:
             loss = add_terms(loss, terms, data, pairs)
         loss.backward()
@@ -51,7 +54,10 @@ def update_reusing(
         return float(loss.detach())
 
     first = one_pass(
-        [s.word_log_probs for _, s in pairs], [s.entropy for _, s in pairs], loss_terms
+        [s.word_log_probs for _, s in pairs],
+        [s.entropy for _, s in pairs],
+        loss_terms,
+        data.probs,
     )
     if pairs and ctx.cfg.train.reuse.update_epochs > 1:
         for _ in range(ctx.cfg.train.reuse.update_epochs - 1):
@@ -63,6 +69,7 @@ def update_reusing(
                 [ds[r.item].word_log_probs(r.actions) for r, _ in pairs],
                 [ds[r.item].entropy for r, _ in pairs],
                 kl,
+                {i: d.probs for i, d in ds.items()},
             )
     sched.step()
     return first, sched.get_last_lr()[0]
@@ -74,8 +81,11 @@ def _weighted_loss(
     advs: list[float],
     word_lps: list[torch.Tensor],
     ents: list[torch.Tensor],
+    probs: dict[int, torch.Tensor],
 ) -> torch.Tensor:
-    """The clipped (fresh) / truncated (stored) weighted REINFORCE loss of one pass."""
+    """The clipped (fresh) / truncated (stored) weighted REINFORCE loss of one pass, plus
+    :func:`offpolicy.baseline_correction` for every stored sample, so that its baseline
+    (reward minus advantage) stays unbiased under the truncated weights."""
     if not pairs:
         return zero_loss(ctx.model)
     ru = ctx.cfg.train.reuse
@@ -87,6 +97,14 @@ def _weighted_loss(
     loss, _ = offpolicy.weighted_policy_loss(
         word_lps, weights, advs, ents, ctx.cfg.train.entropy_coeff
     )
+    for (r, _), a in zip(pairs, advs, strict=True):
+        if r.fresh or r.item not in probs:
+            continue
+        mu = offpolicy.behaviour_keep_probs(r.actions, r.behaviour).to(probs[r.item].device)
+        correction = offpolicy.baseline_correction(
+            probs[r.item], mu, r.reward - a, rho_bar=ru.rho_bar
+        )
+        loss = loss + correction / len(pairs)
     return loss
 
 

@@ -100,6 +100,7 @@ class StepData:
     kl: torch.Tensor | None = None
     start_probs: dict[int, torch.Tensor] = field(default_factory=dict)
     sent_of: dict[int, Any] = field(default_factory=dict)
+    probs: dict[int, torch.Tensor] = field(default_factory=dict)  # today's keep-probs by item
     everyone: list[Rollout] = field(default_factory=list)  # every rank's rollouts
     # 3. replay (and pay), 4. score (adds metric rows), 5. advantages, 6. update:
     replay: ReplayStats = field(default_factory=ReplayStats)

@@ -35,6 +35,7 @@ def rollout(
     rate = ctx.cfg.compressor.rate if tc.sampler == "rate" else None
     decisions = ctx.comp.decisions(texts, model=ctx.policy, fields=fields, rate=rate)
     data.kl = kl_term(ctx, data, mine, texts, fields, rate, [d.probs for d in decisions])
+    data.probs = {i: d.probs for i, d in zip(mine, decisions, strict=True)}
     # SCST: the greedy mask of the same prompts, at the same budget, is the baseline.
     greedy = (
         ctx.comp.greedy(texts, model=ctx.policy, fields=fields, rate=rate)
