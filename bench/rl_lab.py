@@ -204,6 +204,7 @@ def rl(args: argparse.Namespace) -> None:
         "start": args.start,
         "set": extra | {"compressor.model": args.start},
         "rl_calls": summary.spend.calls,
+        "final_model": str(summary.final_model),
         "steps": summary.steps,
         "rewards": [round(x, 4) for x in summary.rewards],
         "curve": curve,
@@ -220,8 +221,8 @@ def rl(args: argparse.Namespace) -> None:
         + f" | final-start {curve[str(summary.steps)]['diff']:+.3f} {curve[str(summary.steps)]['ci']}"
         + f" | best step {best} | {train_s:.0f}s train, load {load()}"
     )
-    if not args.keep:
-        shutil.rmtree(run_dir / "runs", ignore_errors=True)
+    if not args.keep:  # the final model stays (bench/learning.py --from-sweep reads it)
+        shutil.rmtree(summary.run_dir / "checkpoints", ignore_errors=True)
 
 
 def main() -> None:
