@@ -12,12 +12,25 @@ nothing is used before it is durable.
 Transient failures (timeouts, 5xx, connection errors) carry nothing paid for: their ledger
 rows are kept in memory and written when the phase ends, so that a teacher that is simply
 unreachable leaves the warehouse unchanged and gets one clear error instead.
+
+**Write-ahead ledger.** Before a request leaves, a ``calls_in_flight`` row (its worst-case
+cost, this process) is appended to the journal: one buffered append, no fsync, so a killed
+process still leaves it. The answer's journal entries carry a ``calls_done`` marker that
+removes it. A row left behind becomes a ledger row ``in_flight_at_crash``
+(:meth:`~tacorl_offline.warehouse.Warehouse.close_in_flight`), so the ledger counts every
+request the server may have billed, even after a kill.
+
+**Spend over the bound.** A response billed more than its worst case (a server that ignores
+``max_tokens``) is recorded on its ledger row (``error``, ``reserved_usd``); under a dollar cap
+the run stops before its next call, with one line naming the model and the overrun.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -157,13 +170,18 @@ class Caller:
     journal_error: str | None = None
     # The training step the calls belong to (written on their ledger rows); None outside train.
     step: int | None = None
+    # Write-ahead rows of transient failures, removed with their ledger rows at the phase end.
+    pending_done: list[str] = field(default_factory=list)
+    # Set when a response was billed over its reservation under a dollar cap: the run stops.
+    overrun: str | None = None
 
     def __post_init__(self) -> None:
         check_budget_enforceable(self.budget, self.prices, self.teacher.backend, self.teacher.model)
 
-    def worst_case_cost(self, job: Job) -> float:
-        """What ``job`` could be billed at most: reserved before it is sent."""
-        if self.budget.max_cost_usd is None or self.teacher.backend in FREE_BACKENDS:
+    def cost_bound(self, job: Job) -> float:
+        """What ``job`` could be billed at most if the server keeps to ``max_tokens`` ($0 for
+        a free backend or an unpriced model)."""
+        if self.teacher.backend in FREE_BACKENDS:
             return 0.0
         max_tokens = int(self.teacher.key_settings().get("max_tokens") or 0)
         return self.prices.cost(
@@ -171,6 +189,37 @@ class Caller:
             self.teacher.model,
             worst_case_input_tokens(job.request.messages),
             max_tokens,
+        )
+
+    def worst_case_cost(self, job: Job) -> float:
+        """What ``job`` could be billed at most: reserved before it is sent (under a dollar cap)."""
+        return 0.0 if self.budget.max_cost_usd is None else self.cost_bound(job)
+
+    def _in_flight_row(self, job: Job, call_id: str, bound: float) -> dict[str, Any]:
+        return {
+            "call_id": call_id,
+            "run_id": self.run_id,
+            "phase": self.phase,
+            **({"step": self.step} if self.step is not None else {}),
+            "request_hash": job.request.request_hash,
+            "teacher_key": self.teacher_key,
+            "backend": self.teacher.backend,
+            "model": self.teacher.model,
+            "reserved_usd": bound,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    def _check_overrun(self, job: Job, res: TeacherResult, cost: float) -> str | None:
+        """The overrun text when ``res`` was billed more than its worst case, else None."""
+        bound = self.cost_bound(job)
+        if bound <= 0 or cost <= bound * (1 + 1e-9):
+            return None
+        max_tokens = self.teacher.key_settings().get("max_tokens")
+        return (
+            f"model {self.teacher.model} billed ${cost:.6f} for one request, "
+            f"${cost - bound:.6f} over its reservation of ${bound:.6f} "
+            f"({res.output_tokens} output tokens against max_tokens {max_tokens})"
         )
 
     # Group commit: entries waiting for the next fsync, each with the future its caller awaits.
@@ -211,7 +260,9 @@ class Caller:
     def source(self) -> str:
         return "local" if self.teacher.backend in ("extractive", "hf") else "api"
 
-    def _ledger_rows(self, res: TeacherResult, cost: float) -> list[dict[str, Any]]:
+    def _ledger_rows(
+        self, res: TeacherResult, cost: float, bound: float | None = None, over: str | None = None
+    ) -> list[dict[str, Any]]:
         attempts = res.attempts or []
         rows = []
         base = {
@@ -250,8 +301,11 @@ class Caller:
                     "cost_usd": cost if billed else 0.0,
                     "saved_usd": 0.0,
                     "latency_s": latency,
+                    **({"reserved_usd": bound} if last and bound is not None else {}),
                 }
             )
+        if over is not None and rows:
+            rows[-1]["error"] = f"billed over its reservation: {over}"
         return rows
 
     def _response_row(self, job: Job, res: TeacherResult, cost: float) -> dict[str, Any]:
@@ -276,13 +330,20 @@ class Caller:
             "run_id": self.run_id,
         }
 
-    async def commit(self, job: Job, res: TeacherResult, reserved: float | None = None) -> bool:
+    async def commit(
+        self,
+        job: Job,
+        res: TeacherResult,
+        reserved: float | None = None,
+        call_id: str | None = None,
+    ) -> bool:
         """Journal the answer and its ledger rows before anyone uses them.
 
         ``reserved``: the worst case :class:`Budget` reserved for this call, swapped for its
         real cost here (None: the caller did its own admission, e.g. the Batch API path).
         Returns False when the journal could not take them (disk full): they are kept in
-        :attr:`unsaved` and saved by :meth:`save_unsaved` before the phase ends.
+        :attr:`unsaved` and saved by :meth:`save_unsaved` before the phase ends. ``call_id``:
+        the call's write-ahead row, removed with the answer's entries.
         """
         cost = (
             self.prices.cost(
@@ -295,7 +356,17 @@ class Caller:
             if (res.ok or res.permanent)
             else 0.0
         )
-        ledger = self._ledger_rows(res, cost)
+        billed = res.ok or res.permanent
+        over = self._check_overrun(job, res, cost) if billed and call_id is not None else None
+        if over is not None and self.budget.max_cost_usd is not None and self.overrun is None:
+            self.overrun = (
+                f"{over}: the server does not keep to max_tokens, so the dollar cap cannot be "
+                f"held (spent ${self.budget.spent_usd + cost:.4f} of "
+                f"${self.budget.max_cost_usd:.4f}); the run stopped before its next call"
+            )
+        ledger = self._ledger_rows(
+            res, cost, self.cost_bound(job) if call_id is not None else None, over
+        )
         st = self.stats
         st.attempts += len(ledger)
         st.reached_attempts += sum(1 for r in ledger if r["status"] != "connection")
@@ -324,6 +395,8 @@ class Caller:
                     )
                 )
             entries += [("api_calls", r) for r in ledger]
+            if call_id is not None:
+                entries.append(("calls_done", {"call_id": call_id}))
             saved = True
             try:
                 await self._journal(entries)
@@ -340,26 +413,49 @@ class Caller:
                 st.permanent_failures += 1
             return saved
         self.pending_ledger.extend(ledger)
+        if call_id is not None:
+            self.pending_done.append(call_id)
         st.transient_failures += 1
         return True
 
     def save_unsaved(self) -> None:
-        """Write answers the journal refused straight into DuckDB, then report the journal error.
+        """Save answers the journal refused, then report the journal error in one line.
 
-        Always raises (a run whose journal is failing must stop), but only after every paid
-        answer held in memory is saved, or named as lost in the message.
+        Always raises once the journal failed (a run whose journal is failing must stop), but
+        only after every paid answer held in memory is saved: into DuckDB, else into the
+        rescue file reserved beside the warehouse (loaded on the next open), else named by
+        request hash in the message.
         """
-        if not self.unsaved:
+        if self.journal_error is None:
             return
+        if not self.unsaved:
+            raise UserError(
+                f"{self.journal_error}; the run stopped before sending more requests; "
+                "free disk space and rerun to resume"
+            )
         entries = [e for batch in self.unsaved for e in batch]
-        n = sum(1 for t, _ in entries if t == "responses")
+        n = len(self.unsaved)
         try:
             self.warehouse.write_entries(entries)
-        except Exception as e:  # the disk may be just as full for DuckDB
-            hashes = ", ".join(r["request_hash"][:12] for t, r in entries if t == "responses")
+        except UserError as e:  # the disk may be just as full for DuckDB
+            path, saved = self.warehouse.rescue(self.unsaved)
+            lost = self.unsaved[saved:]
+            self.unsaved = []
+            if not lost:
+                why = "" if "no space left" in str(e) else f" ({str(e)[:160]})"
+                raise UserError(
+                    f"{self.journal_error}; the run stopped; DuckDB could not take the {n} "
+                    f"answer(s) received meanwhile either{why}, so they were saved to the "
+                    f"rescue file {path}, which the next open loads: free disk space and rerun "
+                    "to resume"
+                ) from None
+            hashes = ", ".join(
+                r["request_hash"][:16] for group in lost for t, r in group if t == "responses"
+            )
             raise UserError(
-                f"{self.journal_error}; {n} paid answer(s) could not be saved either "
-                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}; request hashes {hashes})"
+                f"{self.journal_error}; the run stopped; {saved} of the {n} answer(s) received "
+                f"meanwhile were saved to the rescue file {path}; {len(lost)} could not be saved "
+                f"anywhere (request hashes {hashes}): free disk space and rerun"
             ) from None
         self.unsaved.clear()
         raise UserError(
@@ -407,7 +503,29 @@ class Caller:
                         await settled.wait()
                     continue
                 pending.popleft()
-                self.budget.calls += 1
+                self.budget.calls += 1  # counted at admission: a worker admitted next sees it
+                call_id = uuid.uuid4().hex
+                try:  # the write-ahead row: on disk before the request leaves
+                    await asyncio.to_thread(
+                        self.warehouse.journal,
+                        [
+                            (
+                                "calls_in_flight",
+                                self._in_flight_row(job, call_id, self.cost_bound(job)),
+                            )
+                        ],
+                        sync=False,
+                    )
+                except BaseException as e:
+                    self.budget.calls -= 1  # never sent
+                    self.budget.settle(reserved, 0.0)
+                    async with settled:
+                        settled.notify_all()
+                    if not isinstance(e, JournalWriteError):
+                        raise
+                    self.journal_error = self.journal_error or str(e)
+                    stop.append("journal")
+                    continue
                 self.stats.requests += 1
                 t0 = time.perf_counter()
                 try:
@@ -420,7 +538,7 @@ class Caller:
                 if not res.latency_s:
                     res.latency_s = time.perf_counter() - t0
                 try:
-                    saved = await self.commit(job, res, reserved)
+                    saved = await self.commit(job, res, reserved, call_id)
                 finally:
                     async with settled:
                         settled.notify_all()
@@ -428,6 +546,9 @@ class Caller:
                     stop.append("journal")
                     continue
                 results[job.request.request_hash] = res
+                if self.overrun is not None and "overrun" not in stop:
+                    stop.append("overrun")
+                    fatal.append(UserError(self.overrun))
                 if res.error_kind == "auth":
                     stop.append("auth")
                     fatal.append(UserError(res.error or "teacher rejected the API key"))
@@ -462,6 +583,11 @@ class Caller:
 
         insert_rows(con, "api_calls", self.pending_ledger, on_conflict="ignore")
         self.pending_ledger.clear()
+        if self.pending_done:
+            from tacorl_offline.warehouse import _delete_done
+
+            _delete_done(con, [{"call_id": c} for c in self.pending_done])
+            self.pending_done.clear()
 
 
 def hit_ledger_rows(

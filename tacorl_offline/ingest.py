@@ -41,7 +41,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,21 @@ def read_records(
 def _short(value: Any, limit: int = 40) -> str:
     s = repr(value)
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def check_text_limit(
+    texts: Sequence[str], where: str, *, max_chars: int = MAX_TEXT_CHARS, flag: str = "--max-chars"
+) -> None:
+    """Refuse, in one line, a text longer than ``max_chars`` (ingest's limit by default), e.g.
+    the input of ``compress``, before any model work is done on it."""
+    for i, text in enumerate(texts, 1):
+        if len(text) > max_chars:
+            which = f"record {i}" if len(texts) > 1 else "the text"
+            raise UserError(
+                f"{where}: {which} is {len(text):,} characters, over the limit of "
+                f"{max_chars:,} (the same as ingest's); split it, or pass {flag} N to raise "
+                "the limit"
+            )
 
 
 def _check_str(name: str, value: Any, *, max_chars: int | None = MAX_TEXT_CHARS) -> str | None:

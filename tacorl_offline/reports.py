@@ -100,6 +100,10 @@ COST_TABLE_COLUMNS = {
 def for_table(res: QueryResult, by: str) -> QueryResult:
     """``res`` narrowed to the columns readable at 80 columns, with a total row."""
     cols = [c for c in COST_TABLE_COLUMNS[by] if c in res.columns]
+    if "in_flight_at_crash" in res.columns:  # shown when a process died with calls in flight
+        j = res.columns.index("in_flight_at_crash")
+        if any(r[j] for r in res.rows):
+            cols += ["in_flight_at_crash", "in_flight_reserved_usd"]
     idx = [res.columns.index(c) for c in cols]
     rows = [tuple(r[i] for i in idx) for r in res.rows]
     if len(rows) > 1:
@@ -125,7 +129,13 @@ def for_table(res: QueryResult, by: str) -> QueryResult:
             return f"${v:.4f}"
         return f"{v:.0%}" if c == "hit_rate" else v
 
-    names = {"spent_usd": "spent", "saved_usd": "saved", "hit_rate": "hit rate", "run_id": "run"}
+    names = {
+        "spent_usd": "spent",
+        "saved_usd": "saved",
+        "hit_rate": "hit rate",
+        "run_id": "run",
+        "in_flight_reserved_usd": "reserved",
+    }
     return QueryResult(
         [names.get(c, c) for c in cols],
         [tuple(show(c, v) for c, v in zip(cols, r, strict=True)) for r in rows],

@@ -22,6 +22,7 @@ saved), summed the same way everywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,7 +33,7 @@ from tacorl_offline.calls import Budget, Caller, check_budget_enforceable, hit_l
 from tacorl_offline.config import Config, TeacherConfig
 from tacorl_offline.errors import UserError
 from tacorl_offline.hashing import teacher_key
-from tacorl_offline.pricing import PriceTable, prices_from_config
+from tacorl_offline.pricing import FREE_BACKENDS, PriceTable, prices_from_config
 from tacorl_offline.teachers import Teacher, build_teacher
 from tacorl_offline.warehouse import Warehouse, insert_rows, run_owner
 
@@ -95,8 +96,8 @@ class PhaseRun:
         if resume:
             owner = run_owner()
             con.execute(
-                "UPDATE runs SET status = 'running', finished_at = NULL, pid = ?, host = ?"
-                " WHERE run_id = ?",
+                "UPDATE runs SET status = 'running', finished_at = NULL, message = NULL,"
+                " pid = ?, host = ? WHERE run_id = ?",
                 [owner["pid"], owner["host"], self.run_id],
             )
         else:
@@ -162,7 +163,9 @@ class PhaseRun:
         )
         entries = [("masks", dict(m)) for m in masks]
         entries += [("api_calls", r) for r in rows + self.caller.pending_ledger]
+        entries += [("calls_done", {"call_id": c}) for c in self.caller.pending_done]
         self.caller.pending_ledger = []
+        self.caller.pending_done = []
         return entries
 
     def stop_for_budget(self, message: str) -> None:
@@ -180,7 +183,7 @@ class PhaseRun:
         return self.caller.stats.reached_attempts > 0
 
 
-def _exit_status(e: BaseException) -> tuple[str, str]:
+def exit_status(e: BaseException) -> tuple[str, str]:
     if isinstance(e, UserError):
         return "failed", str(e)
     if isinstance(e, KeyboardInterrupt | asyncio.CancelledError):
@@ -225,20 +228,93 @@ async def phase_run(
         run.notes.append(
             f"no price known for model '{teacher.model}': its cost is reported as $0; add prices.{teacher.model} to the config"
         )
+    pays = teacher.backend not in FREE_BACKENDS
+    body_failed = False
     try:
+        if pays:  # before anything is sent: one paying process, room for a rescue file
+            with warehouse.transaction() as con:
+                warehouse.take_lease(con, run_id, phase)
+            warehouse.reserve_rescue()
         yield run
     except BaseException as e:
-        run.status, run.message = _exit_status(e)
+        body_failed = True
+        run.status, run.message = exit_status(e)
         raise
     finally:
+        try:
+            _finish(run, forget_unpaid_failure, pays, body_failed)
+        finally:
+            await _close_teacher(teacher)
+
+
+def finish_run_surely(warehouse: Warehouse, run_id: str, status: str, message: str | None) -> None:
+    """Finish a run row that has no teacher (sft); a second Ctrl-C during the write is
+    absorbed and the write redone, so the row never stays 'running'."""
+    interrupted: BaseException | None = None
+    for _ in range(3):
+        try:
+            with warehouse.transaction() as con:
+                Warehouse.finish_run(con, run_id, status, message)
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+            status, message = "interrupted", "KeyboardInterrupt"
+    if interrupted is not None:
+        raise interrupted
+
+
+def _finish(run: PhaseRun, forget_unpaid_failure: bool, pays: bool, body_failed: bool) -> None:
+    """The run's last write: its status, its buffered ledger rows, its calls still in flight,
+    its lease. Written before anything is awaited, so a Ctrl-C (which cancels the task at its
+    next await) cannot skip it; a second Ctrl-C during it is absorbed and the write redone."""
+    interrupted: BaseException | None = None
+    for _ in range(3):
+        try:
+            _finish_once(run, forget_unpaid_failure)
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+            run.status, run.message = "interrupted", "KeyboardInterrupt"
+        except UserError:
+            # Say, a full disk: a phase that is failing already keeps its own one-line error;
+            # the run row is marked interrupted at the next write open (its process is gone).
+            if body_failed:
+                break
+            raise
+    if pays:
+        run.warehouse.release_rescue()  # kept when it holds answers
+    if interrupted is not None:
+        raise interrupted
+
+
+def _finish_once(run: PhaseRun, forget_unpaid_failure: bool) -> None:
+    warehouse = run.warehouse
+    leased = warehouse.holds_lease(run.run_id)
+    if not run.begun and not leased:
+        return
+    # The run's last write waits longer than a step's: a long reader delays it, never
+    # loses it (a step's own rows go to the journal meanwhile, see the trainer).
+    with warehouse.transaction(lock_timeout_s=warehouse.lock_timeout_s * 10) as con:
+        if leased:
+            warehouse.release_lease(con, run.run_id)
+        if not run.begun:
+            return
+        if forget_unpaid_failure and run.status == "failed" and not run.reached_server:
+            con.execute("DELETE FROM api_calls WHERE run_id = ?", [run.run_id])
+            con.execute("DELETE FROM calls_in_flight WHERE run_id = ?", [run.run_id])
+            con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
+        else:
+            run.caller.write_pending_ledger(con)
+            Warehouse.close_in_flight(
+                con,
+                run_id=run.run_id,
+                why=f"the run ended ({run.status}) with the request in flight; the server may "
+                "have billed it",
+            )
+            Warehouse.finish_run(con, run.run_id, run.status, run.message)
+
+
+async def _close_teacher(teacher: Teacher) -> None:
+    """Close the teacher's client; a Ctrl-C landing here has nothing left to undo."""
+    with contextlib.suppress(Exception):  # the run is recorded: a failing close hides nothing
         await teacher.aclose()
-        if run.begun:
-            # The run's last write waits longer than a step's: a long reader delays it, never
-            # loses it (a step's own rows go to the journal meanwhile, see the trainer).
-            with warehouse.transaction(lock_timeout_s=warehouse.lock_timeout_s * 10) as con:
-                if forget_unpaid_failure and run.status == "failed" and not run.reached_server:
-                    con.execute("DELETE FROM api_calls WHERE run_id = ?", [run.run_id])
-                    con.execute("DELETE FROM runs WHERE run_id = ?", [run.run_id])
-                else:
-                    run.caller.write_pending_ledger(con)
-                    Warehouse.finish_run(con, run.run_id, run.status, run.message)

@@ -44,6 +44,7 @@ import torch
 from tacorl_offline.alignment import align_text, labels_for_spans, trim_to_rate
 from tacorl_offline.errors import UserError
 from tacorl_offline.heuristics import is_droppable
+from tacorl_offline.runs import exit_status, finish_run_surely
 
 # ----------------------------------------------------------------------------- labels (pure)
 
@@ -474,10 +475,9 @@ def run_sft(
         last = result.epochs[-1] if result.epochs else None
         status = "finished"
         message = f"label F1 {last.label_f1:.3f}" if last else None
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except BaseException as e:
+        status, message = exit_status(e)
         raise
     finally:
-        with warehouse.transaction() as con:
-            Warehouse.finish_run(con, run_id, status, message)
+        finish_run_surely(warehouse, run_id, status, message)
     return SftSummary(run_id, sc.source, final, len(examples), result, time.perf_counter() - t0)

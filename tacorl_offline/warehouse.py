@@ -19,7 +19,20 @@ Design decisions:
   ``<file>.journal.quarantine`` (with a one-line warning naming it); the good lines still load.
 - **A failed append is one clear error.** Disk full (or any OS error) on append undoes the
   partial write and raises :class:`JournalWriteError`; the caller keeps the answer in memory
-  and saves it another way (:meth:`Warehouse.write_entries`) before stopping.
+  and saves it another way (:meth:`Warehouse.write_entries`, else the reserved rescue file of
+  :mod:`tacorl_offline.rescue`, loaded on the next write open) before stopping.
+- **Every append starts on a line boundary.** Under the journal's lock, an append first looks
+  at the last byte: a tail with no line end (a process died mid-write) is moved to the
+  quarantine, or, when it is a whole entry that only lost its newline, finished with one. A new
+  entry is never written onto a torn line.
+- **A write-ahead ledger.** A paid request is journaled into ``calls_in_flight`` before it
+  leaves (a buffered append, no fsync: it survives a process kill) and removed when its
+  ledger rows are written. On a write open, a row whose process is gone becomes an
+  ``api_calls`` row with status ``in_flight_at_crash`` and its worst-case cost in
+  ``reserved_usd`` (:meth:`Warehouse.close_in_flight`), so the ledger counts every request the
+  server may have billed.
+- **One paying process.** A paying phase holds a ``writer_leases`` row
+  (:mod:`tacorl_offline.leases`); it is renewed on this instance's write opens.
 - **Run status tells the truth.** A run row records its process (pid, host); on every write
   open, a ``running`` run of this host whose process is gone becomes ``interrupted``.
 - **Batched writes.** Rows go in as Arrow tables, 40-100x faster than ``executemany``.
@@ -53,14 +66,27 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from tacorl_offline import leases, rescue
 from tacorl_offline.errors import UserError
 from tacorl_offline.resources import resource_dir
 
 # Tables the journal may hold, with the conflict rule used on replay: paid answers and their
 # ledger are never overwritten; a training step's rows (journaled while a reader holds the
 # lock) replace an earlier execution of the same step.
-JOURNAL_TABLES = ("responses", "api_calls", "masks", "steps", "samples", "replays")
+# ``calls_in_flight`` rows are the write-ahead ledger; a ``calls_done`` entry ({"call_id"})
+# deletes one once the call's ledger rows are written.
+JOURNAL_TABLES = (
+    "responses",
+    "api_calls",
+    "masks",
+    "steps",
+    "samples",
+    "replays",
+    "calls_in_flight",
+    "calls_done",
+)
 REPLACE_ON_REPLAY = frozenset({"steps", "samples", "replays"})
+INSERTED_TABLES = tuple(t for t in JOURNAL_TABLES if t != "calls_done")
 
 _PID_RE = re.compile(r"PID (\d+)")
 # Keys per IN list: far below DuckDB's index-scan limit (index_scan_max_count, 2048).
@@ -85,6 +111,32 @@ class WarehouseLocked(UserError):
 
 class JournalWriteError(UserError):
     """The journal could not take an append (disk full, permissions, not a file)."""
+
+
+class WarehouseBusy(UserError):
+    """Another process holds the warehouse's paying lease."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _disk_error(path: Path, e: BaseException) -> UserError | None:
+    """A one-line error for a write that failed for want of disk (None: not that)."""
+    msg = str(e)
+    if "No space left" in msg or "Read-only file system" in msg or "Could not write" in msg:
+        why = "read-only file system" if "Read-only" in msg else "no space left on device"
+        return UserError(
+            f"cannot write warehouse {path} ({why}): {' '.join(_first_line(e).split())[:160]}; "
+            "free disk space (or remount read-write) and rerun"
+        )
+    return None
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, if DuckDB has not already aborted the transaction (say, on a disk error)."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
 
 
 def _rule(table: str) -> str:
@@ -132,6 +184,17 @@ def _rows_to_arrow(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return pa.table(data)
 
 
+def _delete_done(con: duckdb.DuckDBPyConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``calls_done`` entries: their calls' ledger rows are written; they are in flight no more."""
+    ids = [r.get("call_id") for r in rows]
+    if not all(isinstance(i, str) for i in ids):
+        raise ValueError("a calls_done entry needs a call_id")
+    for chunk in _chunks(ids, LOOKUP_CHUNK):  # type: ignore[arg-type]
+        con.execute(
+            f"DELETE FROM calls_in_flight WHERE call_id IN ({_placeholders(len(chunk))})", chunk
+        )
+
+
 def insert_rows(
     con: duckdb.DuckDBPyConnection,
     table: str,
@@ -170,6 +233,8 @@ class Warehouse:
         self.generation = 0
         self._closed_sig: tuple[Any, ...] | None = None
         self._listeners: list[Callable[[Sequence[tuple[str, Mapping[str, Any]]]], None]] = []
+        self._leases: set[str] = set()  # paying leases this instance holds (run ids)
+        self._renewed_at = 0.0
 
     # ------------------------------------------------------------------ change tracking
 
@@ -278,22 +343,39 @@ class Warehouse:
         # Held now, so nobody else writes until the close: compare with our last close.
         if self._signature() != self._closed_sig:
             self.generation += 1
+        failed = True
         try:
             if not read_only:
                 self._migrate(con)
                 if replay_journal:
                     self._replay_journal(con)
+                    self._load_rescue(con)
                 Warehouse.mark_stale_runs(con)
+                Warehouse.close_in_flight(con)
+                self._renew_leases(con)
             yield con
-        except (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException) as e:
+            failed = False
+        except duckdb.Error as e:
+            disk = _disk_error(self.path, e)
+            if disk is not None:
+                raise disk from None
+            if not isinstance(
+                e, (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException)
+            ):
+                raise
             # Reads past the end of a truncated file and the like: the file, not our code.
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(
-                f"warehouse {self.path} cannot be read ({first}); it is damaged or truncated: "
-                "restore it from a copy, or pass another --warehouse"
+                f"warehouse {self.path} cannot be read ({_first_line(e)}); it is damaged or "
+                "truncated: restore it from a copy, or pass another --warehouse"
             ) from None
         finally:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error as e:  # the close checkpoints: a full disk shows here
+                if not failed:
+                    raise _disk_error(self.path, e) or UserError(
+                        f"cannot close warehouse {self.path}: {_first_line(e)}"
+                    ) from None
             self._closed_sig = self._signature()
 
     def flush_with(
@@ -309,7 +391,7 @@ class Warehouse:
         try:
             write(con)
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
         con.execute("COMMIT")
         return n
@@ -324,7 +406,7 @@ class Warehouse:
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
             con.execute("COMMIT")
 
@@ -358,7 +440,9 @@ class Warehouse:
     def _locked_journal(self, mode: str) -> Iterator[Any]:
         self._check_journal_path()
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._journal_lock, open(self.journal_path, mode) as f:
+        # Appends are unbuffered (a failed write is cut off, never flushed later); reads buffer.
+        buffering = 0 if "a" in mode else -1
+        with self._journal_lock, open(self.journal_path, mode, buffering=buffering) as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 yield f
@@ -372,9 +456,13 @@ class Warehouse:
                 "(the journal must be a file beside the warehouse)"
             )
 
-    def journal(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+    def journal(
+        self, entries: Iterable[tuple[str, Mapping[str, Any]]], *, sync: bool = True
+    ) -> None:
         """Durably append (table, row) entries. Returns once they are on disk.
 
+        ``sync=False`` (the write-ahead ledger's ``calls_in_flight`` rows) returns once the
+        operating system has them: they survive a killed process, not a power cut.
         Raises :class:`JournalWriteError` (one line) if the append fails; a partial write is
         cut off again, so the journal never keeps half a line from it.
         """
@@ -390,15 +478,18 @@ class Warehouse:
             return
         data = "".join(lines).encode("utf-8")
         try:
-            with self._locked_journal("ab") as f:
-                start = f.seek(0, os.SEEK_END)
+            with self._locked_journal("a+b") as f:
+                start = self._heal_tail(f)
                 try:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                    # Unbuffered: a partial write is cut off here, never flushed later.
+                    done = 0
+                    while done < len(data):
+                        done += os.write(f.fileno(), data[done:])
+                    if sync:
+                        os.fsync(f.fileno())
                 except OSError:
                     with contextlib.suppress(OSError):
-                        f.truncate(start)
+                        os.ftruncate(f.fileno(), start)
                     raise
         except OSError as e:
             raise JournalWriteError(
@@ -406,6 +497,36 @@ class Warehouse:
                 f"{e.strerror or type(e).__name__}"
             ) from None
         self._notify(entries)
+
+    def _heal_tail(self, f: Any) -> int:
+        """Make the journal end on a line boundary (a crash mid-append leaves a torn line);
+        returns the end offset. A torn tail that parses as an entry only lost its newline and
+        gets it back; anything else is quarantined and cut off."""
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return 0
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return end
+        start, pos = 0, end
+        while pos > 0:
+            lo = max(0, pos - 65536)
+            f.seek(lo)
+            i = f.read(pos - lo).rfind(b"\n")
+            if i >= 0:
+                start = lo + i + 1
+                break
+            pos = lo
+        f.seek(start)
+        torn = f.read(end - start)
+        try:
+            _journal_entry(torn)
+        except ValueError as e:
+            self._quarantine([(torn, f"a torn last line ({e})")])
+            os.ftruncate(f.fileno(), start)
+            return start
+        os.write(f.fileno(), b"\n")
+        return end + 1
 
     def _read_journal(
         self, f: Any
@@ -461,20 +582,26 @@ class Warehouse:
         for plain in (True, False):
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in JOURNAL_TABLES:
+                for table in INSERTED_TABLES:
                     rule = _rule(table)
                     if plain and rule == "ignore":
                         rule = "error"
                     insert_rows(con, table, by_table.get(table, []), on_conflict=rule)
+                _delete_done(con, by_table.get("calls_done", []))
                 con.execute("COMMIT")
                 return []
-            except Exception:
-                con.execute("ROLLBACK")
+            except Exception as e:
+                _rollback(con)
+                if isinstance(e, duckdb.IOException) or _disk_error(self.path, e):
+                    raise  # the disk, not a row: nothing goes in one by one either
         failed = []
         for table in JOURNAL_TABLES:  # each row on its own (INSERT OR IGNORE: idempotent)
             for row in by_table.get(table, []):
                 try:
-                    insert_rows(con, table, [row], on_conflict=_rule(table))
+                    if table == "calls_done":
+                        _delete_done(con, [row])
+                    else:
+                        insert_rows(con, table, [row], on_conflict=_rule(table))
                 except Exception as e:
                     failed.append((table, row, " ".join(str(e).split())[:200]))
         return failed
@@ -506,13 +633,82 @@ class Warehouse:
             os.fsync(f.fileno())
         return len(entries)
 
+    def _load_rescue(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Load what rescue files hold (answers a full disk kept out), then remove them."""
+        n = 0
+        for path in rescue.paths(self.path):
+            rf = rescue.RescueFile(path)
+            lines = rf.lines()
+            if not lines:
+                continue
+            good, bad = [], []
+            for raw in lines:
+                try:
+                    good.append(_journal_entry(raw))
+                except ValueError as e:
+                    bad.append((raw, str(e)))
+            failed = self._insert_entries(con, good)
+            bad += [
+                (json.dumps({"t": t, "r": r}, default=str).encode(), f"insert into {t}: {why}")
+                for t, r, why in failed
+            ]
+            if bad:
+                self._quarantine(bad)
+            gone = {id(r) for _, r, _ in failed}
+            self._notify([(t, r) for t, r in good if id(r) not in gone])
+            rf.remove()
+            n += len(good)
+            log.warning("loaded %d entries saved in the rescue file %s", len(good), path)
+        return n
+
+    def reserve_rescue(self) -> Path:
+        """Set room aside for a rescue file (:mod:`tacorl_offline.rescue`) before paying."""
+        path = rescue.paths(self.path)[0]
+        try:
+            rescue.RescueFile(path).reserve()
+        except OSError as e:
+            raise UserError(
+                f"cannot set {rescue.RESERVE_BYTES // 1024} KiB aside for the rescue file {path} "
+                f"({e.strerror or type(e).__name__}); nothing was sent: free disk space, or set "
+                f"{rescue.ENV} to a file on another disk"
+            ) from None
+        return path
+
+    def release_rescue(self) -> None:
+        """Give the reserved room back when the rescue file holds nothing."""
+        for path in rescue.paths(self.path):
+            rf = rescue.RescueFile(path)
+            with contextlib.suppress(OSError):
+                if path.exists() and not rf.lines():
+                    rf.remove()
+
+    def rescue(
+        self, entries: Sequence[Sequence[tuple[str, Mapping[str, Any]]]]
+    ) -> tuple[Path, int]:
+        """Save answers (each a list of journal entries) in the reserved rescue file; returns
+        (its path, how many answers fit)."""
+        path = rescue.paths(self.path)[0]
+        groups = [
+            "".join(
+                json.dumps({"t": t, "r": dict(r)}, ensure_ascii=False, default=str) + "\n"
+                for t, r in group
+            ).encode("utf-8")
+            for group in entries
+        ]
+        return path, rescue.RescueFile(path).save(groups)
+
     def write_entries(self, entries: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Write journal-shaped entries straight into DuckDB (when the journal cannot take them)."""
-        with self.connect() as con:
-            rows = [(t, dict(r)) for t, r in entries]
-            failed = self._insert_entries(con, rows)
-            gone = {id(r) for _, r, _ in failed}
-            self._notify([(t, r) for t, r in rows if id(r) not in gone])
+        try:
+            with self.connect() as con:
+                rows = [(t, dict(r)) for t, r in entries]
+                failed = self._insert_entries(con, rows)
+                gone = {id(r) for _, r, _ in failed}
+                self._notify([(t, r) for t, r in rows if id(r) not in gone])
+        except duckdb.Error as e:
+            raise _disk_error(self.path, e) or UserError(
+                f"cannot write warehouse {self.path}: {_first_line(e)}"
+            ) from None
         if failed:
             t, _, why = failed[0]
             raise UserError(f"{len(failed)} row(s) could not be written: insert into {t}: {why}")
@@ -628,6 +824,85 @@ class Warehouse:
         return stale
 
     @staticmethod
+    def close_in_flight(
+        con: duckdb.DuckDBPyConnection, *, run_id: str | None = None, why: str | None = None
+    ) -> int:
+        """Write-ahead rows whose process is gone (or, with ``run_id``, that run's, at its end)
+        become ledger rows 'in_flight_at_crash' with their worst-case cost reserved."""
+        if run_id is None:
+            rows = con.execute(
+                "SELECT call_id, pid FROM calls_in_flight WHERE host = ?", [socket.gethostname()]
+            ).fetchall()
+            ids = [c for c, pid in rows if pid is None or not pid_alive(int(pid))]
+        else:
+            ids = [
+                r[0]
+                for r in con.execute(
+                    "SELECT call_id FROM calls_in_flight WHERE run_id = ?", [run_id]
+                ).fetchall()
+            ]
+        for chunk in _chunks(ids, LOOKUP_CHUNK):
+            marks = _placeholders(len(chunk))
+            con.execute(
+                "INSERT OR IGNORE INTO api_calls (call_id, run_id, phase, step, request_hash,"
+                " teacher_key, backend, model, attempt, status, error, input_tokens,"
+                " output_tokens, cost_usd, saved_usd, reserved_usd, created_at)"
+                " SELECT call_id, run_id, phase, step, request_hash, teacher_key, backend,"
+                " model, 1, 'in_flight_at_crash', coalesce(?, 'its process (PID '"
+                " || CAST(pid AS VARCHAR) || ') ended with the request in flight; the server"
+                " may have billed it'), 0, 0, 0, 0, reserved_usd, sent_at"
+                f" FROM calls_in_flight WHERE call_id IN ({marks})",
+                [why, *chunk],
+            )
+            con.execute(f"DELETE FROM calls_in_flight WHERE call_id IN ({marks})", chunk)
+        return len(ids)
+
+    # ------------------------------------------------------------------ the paying lease
+
+    def take_lease(self, con: duckdb.DuckDBPyConnection, run_id: str, phase: str) -> None:
+        """Take this process's paying lease for ``run_id`` (see :mod:`tacorl_offline.leases`),
+        or raise :class:`WarehouseBusy` naming the process that holds one."""
+        me = leases.Owner(os.getpid(), socket.gethostname())
+        now = time.time()
+        held = [
+            leases.Lease(r, ph, leases.Owner(int(pid), host), float(exp))
+            for r, ph, pid, host, exp in con.execute(
+                "SELECT run_id, phase, pid, host, expires_at FROM writer_leases"
+            ).fetchall()
+        ]
+        standing, stale = leases.sort_out(held, me, now, _liveness)
+        if standing:
+            raise WarehouseBusy(leases.refusal(standing[0], str(self.path), now))
+        for lease in stale:
+            con.execute("DELETE FROM writer_leases WHERE run_id = ?", [lease.run_id])
+        con.execute(
+            "INSERT OR REPLACE INTO writer_leases (run_id, phase, pid, host, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [run_id, phase, me.pid, me.host, leases.expiry(now)],
+        )
+        self._leases.add(run_id)
+        self._renewed_at = now
+
+    def holds_lease(self, run_id: str) -> bool:
+        return run_id in self._leases
+
+    def release_lease(self, con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+        con.execute("DELETE FROM writer_leases WHERE run_id = ?", [run_id])
+        self._leases.discard(run_id)
+
+    def _renew_leases(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Push this instance's leases' expiry forward (at most every tenth of the TTL)."""
+        now = time.time()
+        if not self._leases or now - self._renewed_at < leases.LEASE_TTL_S / 10:
+            return
+        ids = sorted(self._leases)
+        con.execute(
+            f"UPDATE writer_leases SET expires_at = ? WHERE run_id IN ({_placeholders(len(ids))})",
+            [leases.expiry(now), *ids],
+        )
+        self._renewed_at = now
+
+    @staticmethod
     def finish_run(
         con: duckdb.DuckDBPyConnection, run_id: str, status: str, message: str | None = None
     ) -> None:
@@ -640,6 +915,11 @@ class Warehouse:
 def run_owner() -> dict[str, Any]:
     """The run row's owner: this process on this host."""
     return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _liveness(owner: leases.Owner) -> bool | None:
+    """Whether a lease's owner lives: known on this host, unknown elsewhere."""
+    return pid_alive(owner.pid) if owner.host == socket.gethostname() else None
 
 
 def pid_alive(pid: int) -> bool:

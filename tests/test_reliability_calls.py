@@ -203,10 +203,37 @@ def test_disk_full_on_append_is_one_line_and_no_paid_answer_is_lost(
         asyncio.run(run_fill(cfg, warehouse=w))
     msg = str(e.value)
     assert "No space left on device" in msg and "\n" not in msg
-    assert 0 < loopback_server.calls < 10  # it stopped launching
-    answered = rows(w, "SELECT count(*) FROM responses WHERE kind = 'original' AND ok")[0][0]
-    assert answered == loopback_server.calls  # every paid answer was saved another way
+    # The write-ahead row of the first request could not be journaled: nothing was sent.
+    assert loopback_server.calls == 0
+    assert rows(w, "SELECT count(*) FROM responses WHERE kind = 'original'")[0][0] == 0
     w.journal_path.unlink()
-    loopback_server.reset()
     s = asyncio.run(run_fill(cfg, warehouse=w))
-    assert s.filled == 10 - answered and loopback_server.calls == s.filled
+    assert s.filled == 10 and loopback_server.calls == 10
+
+
+def test_a_response_billed_over_its_reservation_stops_the_run_before_the_next_call(
+    tmp_path, loopback_server, monkeypatch
+) -> None:
+    """Issue 18 item 5: a server that ignores max_tokens (200k output tokens billed) cannot
+    run a dollar cap over: the run stops after that answer, in one line naming the model and
+    the overrun, and the ledger row says so."""
+    monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
+    cfg, w = openai_setup(tmp_path, loopback_server, 8, concurrency=1)
+    cfg.teacher.max_tokens = 16
+    cfg.budget.max_cost_usd = 0.01
+    loopback_server.responder = lambda messages: " ".join(["word"] * 200_000)
+    with pytest.raises(UserError) as e:
+        asyncio.run(run_fill(cfg, warehouse=w))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "model gpt-4o-mini billed $0.12" in msg and "over its reservation" in msg, msg
+    assert "200000 output tokens against max_tokens 16" in msg
+    assert loopback_server.calls == 1  # stopped before the next call
+    ((status, cost, reserved, error),) = rows(
+        w, "SELECT status, cost_usd, reserved_usd, error FROM api_calls WHERE status <> 'hit'"
+    )
+    assert status == "ok" and cost > reserved > 0
+    assert error.startswith("billed over its reservation: model gpt-4o-mini")
+    assert rows(w, "SELECT count(*) FROM responses WHERE ok") == [(1,)]  # paid: kept
+    (run_status,) = rows(w, "SELECT status FROM runs")[0]
+    assert run_status == "failed"

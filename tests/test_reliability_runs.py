@@ -117,3 +117,141 @@ def test_budget_stop_redoes_the_step_and_steps_agree_with_the_ledger(
     assert [st for st, _, _ in by_step] == [1, 2, 3]
     assert all(calls == ledger for _, calls, ledger in by_step), by_step
     assert sum(c for _, c, _ in by_step) == loopback_server.calls
+
+
+# ---------------------------------------------------------------- issue 18 item 8
+
+
+def test_a_cancel_while_the_teacher_closes_still_finishes_the_run_row(
+    tmp_path, loopback_server, monkeypatch
+) -> None:
+    """The observed case (exit 130, row 'running'): Ctrl-C cancels the task at its next
+    await; it landed in the teacher's close, before the run row's last write."""
+    import asyncio
+
+    from tacorl_offline.runs import phase_run
+    from tests.helpers import openai_setup
+
+    monkeypatch.setenv("TACORL_TEST_KEY", SECRET)
+    cfg, w = openai_setup(tmp_path, loopback_server, 2)
+
+    async def main() -> None:
+        closing = asyncio.Event()
+
+        async def body() -> None:
+            async with phase_run(w, cfg, "train") as run:
+                with w.transaction() as con:
+                    run.begin(con)
+                real = run.teacher.aclose
+
+                async def slow_close() -> None:
+                    closing.set()
+                    await asyncio.sleep(5)
+                    await real()
+
+                run.teacher.aclose = slow_close  # type: ignore[method-assign]
+
+        task = asyncio.create_task(body())
+        await asyncio.wait_for(closing.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    # Before: 'running' (the finish came after the close and was skipped).
+    assert [s for _, s, _ in _status(tmp_path / "wh.duckdb")] == ["finished"]
+
+
+def _sigint_after(cmd: list[str], ready, *, env=None, timeout: float = 120) -> tuple[int, str]:
+    """Start ``cmd``, wait until ``ready()``, send SIGINT; (exit code, stderr)."""
+    child = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None and not ready():
+        time.sleep(0.02)
+    assert child.poll() is None, child.communicate()[1]
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    return child.returncode, err
+
+
+def _has_run(wh: Path, kind: str) -> bool:
+    import duckdb
+
+    try:
+        con = duckdb.connect(str(wh), read_only=True)
+    except duckdb.Error:
+        return False
+    try:
+        return bool(con.execute("SELECT 1 FROM runs WHERE kind = ?", [kind]).fetchall())
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigint_in_every_phase_leaves_the_run_interrupted(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    """A real SIGINT to teacher-fill, sft, train, a resumed train and evaluate: exit 130 and
+    the run row 'interrupted', never 'running'."""
+    import yaml
+
+    from tests.helpers import ingest_file, make_cfg, write_data
+
+    cfg = make_cfg(tmp_path, loopback_server, tiny_bert, max_steps=6, checkpoint_every=1)
+    ingest_file(cfg, write_data(tmp_path / "d.json", n=16))
+    doc = cfg.model_dump(mode="json")
+    doc["sft"].update(epochs=200, output_dir=str(tmp_path / "sft"))
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    wh = Path(cfg.warehouse)
+    base = [sys.executable, "-m", "tacorl_offline.cli"]
+
+    def cmd(*args: str) -> list[str]:
+        return [*base, *args, "-c", str(cfg_path), "--no-progress"]
+
+    def calls_past(n: int):
+        return lambda: loopback_server.calls >= n
+
+    def statuses(kind: str) -> list[str]:
+        return [s for (s,) in q(cfg, "SELECT status FROM runs WHERE kind = ?", [kind])]
+
+    loopback_server.set(latency_s=0.3)
+    # teacher-fill, mid-fill.
+    code, err = _sigint_after(cmd("teacher-fill"), calls_past(3))
+    assert code == 130, err
+    assert statuses("fill") == ["interrupted"]
+    loopback_server.set(latency_s=0.0)
+    done = subprocess.run(cmd("teacher-fill"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # sft, mid-training (its run row is written when training starts).
+    code, err = _sigint_after(cmd("sft"), lambda: _has_run(wh, "sft"))
+    assert code == 130, err
+    assert statuses("sft") == ["interrupted"]
+    # train, mid-step; then the resumed run, mid-step (the case first seen).
+    loopback_server.set(latency_s=0.3)
+    start = loopback_server.calls
+    code, err = _sigint_after(cmd("train"), calls_past(start + 1))
+    assert code == 130, err
+    assert statuses("train") == ["interrupted"]
+    (run_id,) = q(cfg, "SELECT run_id FROM runs WHERE kind = 'train'")[0]
+    start = loopback_server.calls
+    code, err = _sigint_after([*cmd("train"), "--resume", run_id], calls_past(start + 1))
+    assert code == 130, err
+    assert q(cfg, "SELECT status, message FROM runs WHERE kind = 'train'") == [
+        ("interrupted", "CancelledError")
+    ]
+    # evaluate, mid-evaluation.
+    start = loopback_server.calls
+    code, err = _sigint_after(
+        [*cmd("evaluate"), "-m", str(tiny_bert), "--baselines", "lead"], calls_past(start + 1)
+    )
+    assert code == 130, err
+    assert statuses("eval") == ["interrupted"]
+    # Nothing is left 'running', and the ledger holds no write-ahead row.
+    assert q(cfg, "SELECT count(*) FROM runs WHERE status = 'running'") == [(0,)]
+    assert q(cfg, "SELECT count(*) FROM calls_in_flight") == [(0,)]

@@ -32,6 +32,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("latency_s", "DOUBLE"),
         ("created_at", TS),
         ("step", "INTEGER"),
+        ("reserved_usd", "DOUBLE"),
     ],
     "batch_requests": [
         ("submission_id", "VARCHAR"),
@@ -54,6 +55,20 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("message", "VARCHAR"),
         ("created_at", TS),
         ("collected_at", TS),
+    ],
+    "calls_in_flight": [
+        ("call_id", "VARCHAR"),
+        ("run_id", "VARCHAR"),
+        ("phase", "VARCHAR"),
+        ("step", "INTEGER"),
+        ("request_hash", "VARCHAR"),
+        ("teacher_key", "VARCHAR"),
+        ("backend", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("reserved_usd", "DOUBLE"),
+        ("pid", "INTEGER"),
+        ("host", "VARCHAR"),
+        ("sent_at", TS),
     ],
     "dataset_items": [
         ("dataset", "VARCHAR"),
@@ -225,11 +240,20 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
         ("keep", "BOOLEAN[]"),
         ("kept_text", "VARCHAR"),
     ],
+    "writer_leases": [
+        ("run_id", "VARCHAR"),
+        ("phase", "VARCHAR"),
+        ("pid", "INTEGER"),
+        ("host", "VARCHAR"),
+        ("acquired_at", TS),
+        ("expires_at", "DOUBLE"),
+    ],
 }
 EXPECTED_KEYS = {
     "api_calls": ["call_id"],
     "batch_requests": ["submission_id", "request_hash"],
     "batches": ["submission_id"],
+    "calls_in_flight": ["call_id"],
     "dataset_items": ["dataset", "split", "prompt_id"],
     "evaluations": ["run_id", "system", "variant", "prompt_id"],
     "masks": ["prompt_id", "mask_hash", "teacher_key"],
@@ -242,6 +266,7 @@ EXPECTED_KEYS = {
     "schema_migrations": ["name"],
     "sft_labels": ["run_id", "prompt_id"],
     "steps": ["run_id", "step"],
+    "writer_leases": ["run_id"],
 }
 EXPECTED_VIEWS = ["teacher_outputs"]
 

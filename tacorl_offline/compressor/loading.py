@@ -24,6 +24,23 @@ if TYPE_CHECKING:
     from .model import Compressor
 
 CONFIG_NAME = "tacorl_compressor.json"
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """A saved compressor's ``tacorl_compressor.json``; one line when it is not readable."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"{path} is not readable JSON ({e}); restore it from the saved model, or delete it "
+            "to load the directory as a plain encoder"
+        ) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("options", {}), dict):
+        raise UserError(
+            f"{path} is not a compressor record (an object with 'options'); restore it from "
+            "the saved model, or delete it"
+        )
+    return meta
 BUILTIN_MINILM = "minilm"
 # Label 1 = keep, as LLMLingua-2; the names are what transformers' pipelines show.
 ID2LABEL = {0: "drop", 1: "keep"}
@@ -64,7 +81,7 @@ def load(
     ):
         raise UserError(f"model directory {name} does not exist")
     saved = path / CONFIG_NAME
-    meta = json.loads(saved.read_text()) if saved.is_file() else {}
+    meta = _read_meta(saved) if saved.is_file() else {}
     if options is None and meta:
         options = CompressOptions.from_dict(meta["options"])
     # A saved compressor records whether it reads the question; ``condition_on`` only
