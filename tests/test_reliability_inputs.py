@@ -106,3 +106,37 @@ def test_warehouse_parent_is_a_file(tmp_path: Path) -> None:
 
 def test_report_cost_for_an_unknown_run(filled: Path) -> None:
     one_line_error(invoke("report", "cost", "--run", "nope", "-w", str(filled)), "nope")
+
+
+# ---------------------------------------------------------------- issue 18 items 6 and 7
+
+
+def test_compress_refuses_a_text_over_ingests_limit_in_one_line(tmp_path, tiny_bert) -> None:
+    """Before: a 50 MB file ran for minutes at 6.8 GB RSS. Now: ingest's limit, in one line,
+    before the model is loaded; --max-chars raises it."""
+    from tacorl_offline.ingest import MAX_TEXT_CHARS
+
+    big = tmp_path / "big.txt"
+    big.write_text("word " * (MAX_TEXT_CHARS // 5 + 10), encoding="utf-8")
+    r = invoke("compress", "-m", str(tiny_bert), "--rate", "0.5", str(big))
+    one_line_error(r, "over the limit of 1,000,000", "the same as ingest's", "--max-chars")
+    lines = tmp_path / "big.jsonl"
+    lines.write_text('{"text": "short"}\n{"text": "' + "x" * 2000 + '"}\n', encoding="utf-8")
+    r = invoke("compress", "-m", str(tiny_bert), "--jsonl", "--max-chars", "1000", str(lines))
+    one_line_error(r, "record 2 is 2,000 characters, over the limit of 1,000")
+    small = tmp_path / "small.txt"
+    small.write_text("word " * 300, encoding="utf-8")
+    r = invoke("compress", "-m", str(tiny_bert), "--rate", "0.5", "--max-chars", "2000", str(small))
+    assert r.exit_code == 0, r.output
+    r = invoke("compress", "-m", str(tiny_bert), "--rate", "0.5", "--max-chars", "1000", str(small))
+    one_line_error(r, "1,500 characters, over the limit of 1,000")
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"options": 3}', "\udcff"])
+def test_a_corrupt_compressor_record_is_one_line(tmp_path, tiny_bert, content) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    raw = content.encode("utf-8", "surrogateescape")
+    (model / "tacorl_compressor.json").write_bytes(raw)
+    r = invoke("compress", "-m", str(model), "--rate", "0.5", "-")
+    one_line_error(r, "tacorl_compressor.json", "restore it")

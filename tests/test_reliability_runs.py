@@ -234,8 +234,10 @@ def test_sigint_in_every_phase_leaves_the_run_interrupted(
     assert statuses("sft") == ["interrupted"]
     # train, mid-step; then the resumed run, mid-step (the case first seen).
     loopback_server.set(latency_s=0.3)
-    start = loopback_server.calls
-    code, err = _sigint_after(cmd("train"), calls_past(start + 1))
+    def checkpointed() -> bool:
+        return any(Path(cfg.train.output_dir).glob("train-*/checkpoints/step-*"))
+
+    code, err = _sigint_after(cmd("train"), checkpointed)
     assert code == 130, err
     assert statuses("train") == ["interrupted"]
     (run_id,) = q(cfg, "SELECT run_id FROM runs WHERE kind = 'train'")[0]
