@@ -210,10 +210,15 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 def check_text_limit(
-    texts: Sequence[str], where: str, *, max_chars: int = MAX_TEXT_CHARS, flag: str = "--max-chars"
+    texts: Sequence[str],
+    where: str,
+    *,
+    max_chars: int | None = None,
+    flag: str = "--max-chars",
 ) -> None:
-    """Refuse, in one line, a text longer than ``max_chars`` (ingest's limit by default), e.g.
-    the input of ``compress``, before any model work is done on it."""
+    """Refuse, in one line, a text longer than ``max_chars`` (None: ingest's limit), e.g. the
+    input of ``compress``, before any model work is done on it."""
+    max_chars = MAX_TEXT_CHARS if max_chars is None else max_chars
     for i, text in enumerate(texts, 1):
         if len(text) > max_chars:
             which = f"record {i}" if len(texts) > 1 else "the text"

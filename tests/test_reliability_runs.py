@@ -234,6 +234,7 @@ def test_sigint_in_every_phase_leaves_the_run_interrupted(
     assert statuses("sft") == ["interrupted"]
     # train, mid-step; then the resumed run, mid-step (the case first seen).
     loopback_server.set(latency_s=0.3)
+
     def checkpointed() -> bool:
         return any(Path(cfg.train.output_dir).glob("train-*/checkpoints/step-*"))
 

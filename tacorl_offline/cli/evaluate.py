@@ -18,6 +18,7 @@ from tacorl_offline.cli.options import ConfigOpt, DatasetOpt, ProgressBarOpt, Sp
 from tacorl_offline.config import Config, resolve
 from tacorl_offline.display import err, evaluate_with_progress, print_eval_report
 from tacorl_offline.errors import UserError
+from tacorl_offline.ingest import check_text_limit
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -185,6 +186,9 @@ _TiktokenFileOpt = Annotated[
     ),
 ]
 _AsJsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object with token counts.")]
+_MaxCharsOpt = Annotated[
+    int | None, typer.Option(help="Longest text accepted (default: ingest's, 1,000,000).")
+]
 _JsonlOpt = Annotated[
     bool, typer.Option(help="Input and output are JSONL ({'text': ...} per line).")
 ]
@@ -242,6 +246,7 @@ def compress(
     tiktoken_file: _TiktokenFileOpt = None,
     as_json: _AsJsonOpt = False,
     jsonl: _JsonlOpt = False,
+    max_chars: _MaxCharsOpt = None,
 ) -> None:
     """Compress a prompt and print the compressed text."""
     from transformers.utils import logging as hf_logging
@@ -264,6 +269,7 @@ def compress(
     opts = CompressOptions.from_config(cfg.compressor).replace(threshold=threshold, compat=compat)
     raw = _read(file)
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
+    check_text_limit([r.get("text", r.get("prompt")) for r in records], file, max_chars=max_chars)
     from tacorl_offline.tokens import llmlingua_encoding
 
     encoding = llmlingua_encoding(tiktoken_file) if (compat or tiktoken_file) else None
