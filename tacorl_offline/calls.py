@@ -504,18 +504,21 @@ class Caller:
                     continue
                 pending.popleft()
                 self.budget.calls += 1  # counted at admission: a worker admitted next sees it
-                call_id = uuid.uuid4().hex
-                try:  # the write-ahead row: on disk before the request leaves
-                    await asyncio.to_thread(
-                        self.warehouse.journal,
-                        [
-                            (
-                                "calls_in_flight",
-                                self._in_flight_row(job, call_id, self.cost_bound(job)),
-                            )
-                        ],
-                        sync=False,
-                    )
+                # The write-ahead row, on disk before the request leaves (a local teacher
+                # bills nothing: none).
+                call_id = None if self.teacher.backend in FREE_BACKENDS else uuid.uuid4().hex
+                try:
+                    if call_id is not None:
+                        await asyncio.to_thread(
+                            self.warehouse.journal,
+                            [
+                                (
+                                    "calls_in_flight",
+                                    self._in_flight_row(job, call_id, self.cost_bound(job)),
+                                )
+                            ],
+                            sync=False,
+                        )
                 except BaseException as e:
                     self.budget.calls -= 1  # never sent
                     self.budget.settle(reserved, 0.0)
@@ -584,9 +587,9 @@ class Caller:
         insert_rows(con, "api_calls", self.pending_ledger, on_conflict="ignore")
         self.pending_ledger.clear()
         if self.pending_done:
-            from tacorl_offline.warehouse import _delete_done
+            from tacorl_offline.warehouse import delete_done
 
-            _delete_done(con, [{"call_id": c} for c in self.pending_done])
+            delete_done(con, [{"call_id": c} for c in self.pending_done])
             self.pending_done.clear()
 
 

@@ -184,7 +184,7 @@ def _rows_to_arrow(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     return pa.table(data)
 
 
-def _delete_done(con: duckdb.DuckDBPyConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+def delete_done(con: duckdb.DuckDBPyConnection, rows: Sequence[Mapping[str, Any]]) -> None:
     """``calls_done`` entries: their calls' ledger rows are written; they are in flight no more."""
     ids = [r.get("call_id") for r in rows]
     if not all(isinstance(i, str) for i in ids):
@@ -587,7 +587,7 @@ class Warehouse:
                     if plain and rule == "ignore":
                         rule = "error"
                     insert_rows(con, table, by_table.get(table, []), on_conflict=rule)
-                _delete_done(con, by_table.get("calls_done", []))
+                delete_done(con, by_table.get("calls_done", []))
                 con.execute("COMMIT")
                 return []
             except Exception as e:
@@ -599,7 +599,7 @@ class Warehouse:
             for row in by_table.get(table, []):
                 try:
                     if table == "calls_done":
-                        _delete_done(con, [row])
+                        delete_done(con, [row])
                     else:
                         insert_rows(con, table, [row], on_conflict=_rule(table))
                 except Exception as e:

@@ -155,6 +155,8 @@ def test_report_cost_and_export(filled: Path, tmp_path: Path) -> None:
             "hit_rate": 0.5,
             "spent_usd": 0.0,
             "saved_usd": 0.0,
+            "in_flight_at_crash": 0,
+            "in_flight_reserved_usd": 0.0,
         }
     ]
     r = invoke("report", "cost", "-w", str(filled), "-f", "json", "--by", "run")

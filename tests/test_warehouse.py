@@ -16,6 +16,7 @@ EXPECTED_TABLES = [
     "api_calls",
     "batch_requests",
     "batches",
+    "calls_in_flight",
     "dataset_items",
     "evaluations",
     "masks",
@@ -29,6 +30,7 @@ EXPECTED_TABLES = [
     "sft_labels",
     "steps",
     "teacher_outputs",
+    "writer_leases",
 ]
 
 
