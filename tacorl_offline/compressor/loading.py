@@ -41,6 +41,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
             "the saved model, or delete it"
         )
     return meta
+
+
 BUILTIN_MINILM = "minilm"
 # Label 1 = keep, as LLMLingua-2; the names are what transformers' pipelines show.
 ID2LABEL = {0: "drop", 1: "keep"}
