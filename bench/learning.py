@@ -119,6 +119,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 SFT epoch, 4 RL steps (smoke run)")
     ap.add_argument("--rl-steps", type=int, default=None)
     ap.add_argument("--rl-only", action="store_true", help="also RL from the base encoder")
+    ap.add_argument(
+        "--no-agnostic", action="store_true", help="skip the task-agnostic start and its RL"
+    )
+    ap.add_argument(
+        "--sft-rl-model",
+        default=None,
+        help="use this SFT+RL model (e.g. the val-chosen bench/rl_lab.py run) instead of training",
+    )
+    ap.add_argument("--sft-rl-calls", type=int, default=None, help="the calls that model paid")
     args = ap.parse_args()
     n = args.train_questions
     work = Path(args.workdir or ROOT / f"bench/.cache/learning-{n or 'all'}")
@@ -148,10 +157,19 @@ def main() -> None:
         f"val {info['val_questions']}, held-out {info['heldout_questions']}"
     )
 
-    models = {"sft": info["sft_model"], "agnostic": info["agnostic_model"], "base": "minilm"}
-    for label, start in (("sft+rl", "sft"), ("agnostic+rl", "agnostic")) + (
-        (("rl only", "base"),) if args.rl_only else ()
-    ):
+    models = {"sft": info["sft_model"], "base": "minilm"}
+    stages: list[tuple[str, str]] = [("sft+rl", "sft")]
+    if args.sft_rl_model:
+        models["sft+rl"] = args.sft_rl_model
+        calls["sft+rl"] = args.sft_rl_calls or 0
+        stages = []
+        print(f"sft+rl: {args.sft_rl_model} (trained by bench/rl_lab.py, {calls['sft+rl']} calls)")
+    if not args.no_agnostic:
+        models["agnostic"] = info["agnostic_model"]
+        stages.append(("agnostic+rl", "agnostic"))
+    if args.rl_only:
+        stages.append(("rl only", "base"))
+    for label, start in stages:
         t0 = time.perf_counter()
         s = train_rl(work, models[start], steps)
         times[label] = time.perf_counter() - t0
@@ -175,9 +193,10 @@ def main() -> None:
     print_table(report, name, "sft+rl")
     print()
     verdicts(report, name, "sft+rl", ["sft", "base", "random", "stopword", "lead", "agnostic"])
-    print()
-    agn = evaluate(work, models, "agnostic+rl")
-    verdicts(agn, name, "agnostic+rl", ["agnostic", "random", "stopword", "lead"])
+    if "agnostic+rl" in models:
+        print()
+        agn = evaluate(work, models, "agnostic+rl")
+        verdicts(agn, name, "agnostic+rl", ["agnostic", "random", "stopword", "lead"])
     print()
     print("teacher calls paid: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
     rl_calls = calls["sft+rl"]
