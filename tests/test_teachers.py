@@ -310,6 +310,92 @@ def test_extractive_deterministic_and_honest() -> None:
     assert [r.answer for r in first] == [r.answer for r in second]
 
 
+def test_centroid_picks_the_rows_closest_to_the_mean() -> None:
+    from tacorl_offline.teachers.extractive import centroid_picks
+
+    # Unit vectors at 0, 10, 20 and 90 degrees (scaled: only the direction counts): the
+    # normalised mean lies near 27 degrees, so rows 1 and 2 are closest, then 0, then 3.
+    rows = [[2.0, 0.0], [0.985, 0.174], [0.94, 0.342], [0.0, 5.0]]
+    assert centroid_picks(rows, 2) == [1, 2]
+    assert centroid_picks(rows, 3) == [0, 1, 2]
+    # equal similarities go to the earlier row; the picks come back in document order
+    assert centroid_picks([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], 2) == [0, 1]
+    assert centroid_picks([[0.0, 1.0], [1.0, 0.2], [1.0, 0.1], [1.0, 0.0]], 2) == [1, 2]
+
+
+CENTROID_DOC = (
+    "The quarterly budget review opened at nine.\n"
+    "Marketing spend rose because of the spring campaign.\n"
+    "My cat prefers to sleep on the warm windowsill.\n"
+    "Finance asked each team to cut travel costs next quarter.\n"
+    "The volcano on the island erupted in 1883.\n"
+    "The budget shortfall will be covered by deferring two hires."
+)
+
+
+def test_centroid_teacher_real_minilm_deterministic_and_on_topic() -> None:
+    """The real bundled MiniLM: the two budget sentences nearest the centroid are chosen (never
+    the cat or the volcano), in document order, the same on every call and at another thread
+    count; the answer is not the lead summary."""
+    import torch
+
+    from tacorl_offline.teachers.extractive import centroid_summary, minilm_embedder
+
+    cfg = TeacherConfig(
+        backend="extractive",
+        model="gpt-4o",  # a stale real name: never claimed
+        extractive_mode="centroid",
+        extractive_sentences=2,
+    )
+    t = build_teacher(cfg)
+    assert t.model == "extractive-centroid-2" and "stand_in=True" in repr(t)
+    (a,) = _run(t, _req(cfg, CENTROID_DOC))
+    sentences = CENTROID_DOC.split("\n")
+    chosen = [s for s in sentences if s in a.answer]
+    assert len(chosen) == 2 and a.answer == " ".join(chosen)  # two whole sentences, in order
+    assert not {"cat", "volcano"} & set(a.answer.lower().replace(".", "").split())
+    # exactly the two with the largest cosine to the mean embedding
+    e = minilm_embedder()(sentences)
+    sims = (e @ torch.nn.functional.normalize(e.mean(0), dim=0)).tolist()
+    top = sorted(sorted(range(len(sims)), key=lambda i: -sims[i])[:2])
+    assert a.answer == " ".join(sentences[i] for i in top)
+    assert a.ok and a.input_tokens > 0 and a.output_tokens == len(a.answer.split())
+    assert a.answer != " ".join(sentences[:2])
+    again = [r.answer for r in _run(t, *[_req(cfg, CENTROID_DOC)] * 3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_thread = centroid_summary(CENTROID_DOC, 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert again == [a.answer] * 3 and one_thread == a.answer
+    # at most n sentences: the text itself, without loading anything
+    assert centroid_summary("One. Two.", 2, embed=None) == "One. Two."
+
+
+def test_centroid_teacher_differs_from_lead_on_the_sample_and_has_its_own_key() -> None:
+    from tacorl_offline.config import DataConfig
+    from tacorl_offline.hashing import teacher_key
+    from tacorl_offline.ingest import read_records
+    from tacorl_offline.resources import resource_dir
+    from tacorl_offline.teachers.extractive import centroid_summary, lead_summary
+
+    records, _ = read_records(
+        Path(resource_dir("data")) / "sample" / "summarization.json", DataConfig()
+    )
+    texts = [r.text for r in records]
+    differ = sum(centroid_summary(t, 3) != lead_summary(t, 3) for t in texts)
+    # lead is not the answer: most transcripts' central sentences are not their first three
+    assert len(texts) == 80 and differ >= 70, differ
+    keys = {
+        mode: teacher_key(
+            build_teacher(TeacherConfig(backend="extractive", extractive_mode=mode)).key_settings()
+        )
+        for mode in ("summary", "centroid", "qa", "auto")
+    }
+    assert len(set(keys.values())) == 4
+
+
 # ---------------------------------------------------------------------------------- hf
 
 

