@@ -13,8 +13,10 @@ RECIPES: dict[str, Recipe] = {
         name="summarization",
         config="summarization.yaml",
         data="sample/summarization.json",
+        heldout_share=0.25,
         sft=True,
-        about="Meeting summarization (upstream TACO-RL task), BLEU against the teacher's summary",
+        about="Meeting summarization (upstream TACO-RL task), BLEU against the teacher's summary; "
+        "a quarter of the prompts held out",
     ),
     "qa": Recipe(
         name="qa",

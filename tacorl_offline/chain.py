@@ -2,7 +2,9 @@
 
 A recipe (:class:`Recipe`) names a config under ``configs/``, its training data under
 ``data/`` (a bundled sample, or the SQuAD split) and optionally a held-out file scored at the
-end instead of the training prompts, and says whether a supervised warm start (``sft``)
+end instead of the training prompts, or a share of the training file's prompts to hold out
+(``heldout_share``: a deterministic split by prompt, see :func:`split_by_prompt`; nothing of
+the held-out part is trained on), and says whether a supervised warm start (``sft``)
 comes before RL; the recipes themselves are a plain mapping in ``pipelines/``, which only
 the CLI imports. Rendering is not done here: the caller passes ``say`` (a line of progress),
 ``show`` (a stage's result) and ``train`` (how to run training, e.g. with a progress display).
@@ -11,7 +13,8 @@ the CLI imports. Rendering is not done here: the caller passes ``say`` (a line o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,21 @@ class Recipe:
     about: str
     heldout: str | None = None  # held-out file under data/, evaluated instead of the train split
     sft: bool = False  # supervised warm start before RL
+    heldout_share: float = 0.0  # share of `data`'s prompts held out (when `heldout` is None)
+
+
+def split_by_prompt(
+    records: Sequence[Any], share: float, salt: str = "heldout"
+) -> tuple[list[Any], list[Any]]:
+    """(kept, held out): the ``round(share * n)`` records whose ``sha256(salt:prompt_id)`` ranks
+    lowest are held out. Deterministic, independent of row order; a different ``salt`` carves
+    a different part (e.g. a validation part from the kept records)."""
+    k = round(share * len(records))
+    ranked = sorted(
+        records, key=lambda r: hashlib.sha256(f"{salt}:{r.prompt_id}".encode()).hexdigest()
+    )
+    out = {id(r) for r in ranked[:k]}
+    return [r for r in records if id(r) not in out], [r for r in records if id(r) in out]
 
 
 def recipe_config(recipe: Recipe, overrides: dict[str, Any] | None = None) -> Config:
@@ -55,16 +73,15 @@ def run_chain(
     show = show or (lambda stage, result: say(f"{stage}: {result}"))
     out: dict[str, Any] = {}
 
-    files = {cfg.data.split: Path(resource_dir("data")) / recipe.data}
-    if recipe.heldout:
-        files["heldout"] = Path(resource_dir("data")) / recipe.heldout
+    files, records_of = _recipe_records(recipe, cfg)
+    held_out = "heldout" in files
     stages = 5 + (1 if recipe.sft else 0)
     n = iter(range(1, stages + 1))
 
     def step() -> str:
         return f"[{next(n)}/{stages}]"
 
-    _ingest_and_fill(cfg, wh, files, step, say, show, out)
+    _ingest_and_fill(cfg, wh, files, records_of, step, say, show, out)
 
     base = cfg.compressor.model
     start = cfg
@@ -94,7 +111,7 @@ def run_chain(
 
     trained = str(out["train"].final_model)
     ev = cfg.model_copy(deep=True)
-    ev.data.split = "heldout" if recipe.heldout else cfg.data.split
+    ev.data.split = "heldout" if held_out else cfg.data.split
     models = [trained, base] + ([str(out["sft"].output)] if recipe.sft else [])
     say(
         f"{step()} evaluate the trained compressor against the base ({base})"
@@ -109,10 +126,27 @@ def run_chain(
     return out
 
 
+def _recipe_records(recipe: Recipe, cfg: Config) -> tuple[dict[str, Path], dict[str, list[Any]]]:
+    """Each split's source file and records: the recipe's train file, and its held-out file
+    or the ``heldout_share`` of the train file's prompts (:func:`split_by_prompt`)."""
+    from tacorl_offline.ingest import read_records
+
+    files = {cfg.data.split: Path(resource_dir("data")) / recipe.data}
+    if recipe.heldout:
+        files["heldout"] = Path(resource_dir("data")) / recipe.heldout
+    records_of = {split: read_records(path, cfg.data)[0] for split, path in files.items()}
+    if not recipe.heldout and recipe.heldout_share > 0:
+        kept, held = split_by_prompt(records_of[cfg.data.split], recipe.heldout_share)
+        records_of = {cfg.data.split: kept, "heldout": held}
+        files["heldout"] = files[cfg.data.split]
+    return files, records_of
+
+
 def _ingest_and_fill(
     cfg: Config,
     wh: Warehouse,
     files: dict[str, Path],
+    records_of: dict[str, list[Any]],
     step: Callable[[], str],
     say: Callable[[str], None],
     show: Callable[[str, Any], None],
@@ -120,17 +154,20 @@ def _ingest_and_fill(
 ) -> None:
     """The ingest and teacher-fill stages, over every split of the recipe."""
     from tacorl_offline.fill import run_fill
-    from tacorl_offline.ingest import read_records
     from tacorl_offline.ingest_store import store_records
 
     say(f"{step()} ingest -> {cfg.data.dataset} in {wh.path}")
     for split, path in files.items():
-        records, _ = read_records(path, cfg.data)
         out[f"ingest:{split}"] = store_records(
-            wh, records, dataset=cfg.data.dataset, split=split, source_path=path
+            wh, records_of[split], dataset=cfg.data.dataset, split=split, source_path=path
         )
         show("ingest", out[f"ingest:{split}"])
     out["ingest"] = out[f"ingest:{cfg.data.split}"]
+    if files.get("heldout") == files[cfg.data.split]:
+        say(
+            f"      {len(records_of['heldout'])} of the {sum(map(len, records_of.values()))} "
+            "prompts held out (split 'heldout', by prompt hash): scored at the end, never trained on"
+        )
 
     say(f"{step()} teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})")
     if cfg.teacher.backend == "extractive":

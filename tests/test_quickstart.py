@@ -37,8 +37,8 @@ def test_quickstart_chain_then_rerun_pays_nothing(tmp_path, monkeypatch) -> None
             f" BEATS {other};" in line or f" does NOT beat {other} (" in line
             for line in r.output.splitlines()
         ), other
-    # the warm-started, trained model beats the fresh head it started from (a large margin:
-    # +0.40 BLEU measured; the interval must exclude 0)
+    # the warm-started, trained model beats the fresh head it started from, on held-out prompts
+    # (a large margin measured; the interval must exclude 0)
     assert any(" BEATS minilm;" in line for line in r.output.splitlines()), r.output[-3000:]
     con = duckdb.connect(str(wh), read_only=True)
     first = con.execute("SELECT count(*) FROM api_calls WHERE status <> 'hit'").fetchall()[0][0]
@@ -49,6 +49,28 @@ def test_quickstart_chain_then_rerun_pays_nothing(tmp_path, monkeypatch) -> None
         "finished"
     }
     assert len(systems) == 7  # trained, base, the SFT warm start and the four baselines
+    # A quarter of the sample is held out: scored, never trained on (neither SFT nor RL).
+    con = duckdb.connect(str(wh), read_only=True)
+    split = dict(
+        con.execute(
+            "SELECT split, count(*) FROM dataset_items WHERE dataset = 'sample-summarization' "
+            "GROUP BY split"
+        ).fetchall()
+    )
+    heldout = {
+        p
+        for (p,) in con.execute(
+            "SELECT prompt_id FROM dataset_items WHERE split = 'heldout'"
+        ).fetchall()
+    }
+    scored = {p for (p,) in con.execute("SELECT DISTINCT prompt_id FROM evaluations").fetchall()}
+    trained_on = {p for (p,) in con.execute("SELECT DISTINCT prompt_id FROM samples").fetchall()}
+    sft_on = {p for (p,) in con.execute("SELECT DISTINCT prompt_id FROM sft_labels").fetchall()}
+    con.close()
+    assert split == {"train": 60, "heldout": 20}
+    assert scored == heldout and trained_on and sft_on
+    assert not (trained_on | sft_on) & heldout
+    assert "sample-summarization/heldout" in r.output and "centroid" in r.output
     assert first > 0
     final = list((tmp_path / "runs" / "summarization").glob("train-*/final/model.safetensors"))
     assert len(final) == 1
