@@ -45,9 +45,10 @@ def test_quickstart_chain_then_rerun_pays_nothing(tmp_path, monkeypatch) -> None
     runs = con.execute("SELECT kind, status FROM runs ORDER BY started_at").fetchall()
     systems = con.execute("SELECT DISTINCT system FROM evaluations").fetchall()
     con.close()
-    assert [k for k, _ in runs] == ["fill", "sft", "train", "eval"] and {s for _, s in runs} == {
-        "finished"
-    }
+    # one fill per split (train, heldout)
+    assert [k for k, _ in runs] == ["fill", "fill", "sft", "train", "eval"] and {
+        s for _, s in runs
+    } == {"finished"}
     assert len(systems) == 7  # trained, base, the SFT warm start and the four baselines
     # A quarter of the sample is held out: scored, never trained on (neither SFT nor RL).
     con = duckdb.connect(str(wh), read_only=True)
