@@ -602,6 +602,24 @@ class Config(_Section):
         """The taco reward's target rate c: the compressor's keep rate, one setting for both."""
         return self.compressor.rate
 
+    def to_yaml(self) -> str:
+        """The stored config as YAML that reads back the same: strings holding a line break or
+        a tab (``force_tokens: ["\\n"]``, templates) are written double-quoted with escapes,
+        not as multi-line blocks."""
+        import yaml
+
+        class _Dumper(yaml.SafeDumper):
+            pass
+
+        def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+            style = '"' if any(c in data for c in "\n\r\t") else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        _Dumper.add_representer(str, _str)
+        return yaml.dump(
+            self.stored(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+        )
+
     def stored(self) -> dict[str, Any]:
         """The config as stored or printed: JSON types, credentials in URLs masked."""
         from tacorl_offline.redaction import redact_config

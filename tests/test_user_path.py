@@ -22,6 +22,8 @@ from tacorl_offline.model_ref import resolve_model_ref
 from tacorl_offline.warehouse import Warehouse
 from tests import tiny_models as tm
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
@@ -255,3 +257,55 @@ def test_plot_axes_do_not_magnify_noise():
     assert lo >= -0.5 and hi - lo >= 4
     lo, hi = y_limits("reward_mean", [0.1, 0.9])
     assert lo < 0.1 and hi > 0.9 and hi - lo < 1.0
+
+
+# ----------------------------------------------------------------------------- report cost
+
+
+def test_cost_report_filters_by_dataset_and_teacher_and_says_why_free(tmp_path):
+    from tacorl_offline.reports import cost_report, free_calls_note
+    from tacorl_offline.warehouse import insert_rows
+
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    with wh.transaction() as con:
+        for rid, ds in (("fill-a", "sample"), ("fill-b", "mine")):
+            Warehouse.start_run(
+                con,
+                {"run_id": rid, "kind": "fill", "dataset": ds, "split": "train",
+                 "teacher_key": "k", "config": {}},
+            )  # fmt: skip
+        calls = []
+        for i in range(5):  # 5 free stand-in calls on the sample, 2 paid on mine
+            calls.append(("fill-a", "extractive", "extractive-lead-3", 0.0, i))
+        for i in range(2):
+            calls.append(("fill-b", "openai", "gpt-4o-mini", 0.01, 10 + i))
+        insert_rows(
+            con,
+            "api_calls",
+            [
+                {"call_id": f"c{n}", "run_id": r, "phase": "fill", "request_hash": f"h{n}",
+                 "teacher_key": "k", "backend": b, "model": m, "attempt": 1, "status": "ok",
+                 "cost_usd": c}
+                for r, b, m, c, n in calls
+            ],
+        )  # fmt: skip
+    every = cost_report(wh, by="phase")
+    assert every.rows[0][every.columns.index("calls")] == 7
+    mine = cost_report(wh, by="phase", dataset="mine")
+    assert mine.rows[0][mine.columns.index("calls")] == 2
+    assert mine.rows[0][mine.columns.index("spent_usd")] == pytest.approx(0.02)
+    paid = cost_report(wh, by="run", teacher="gpt-4o-mini")
+    assert [r[paid.columns.index("run_id")] for r in paid.rows] == ["fill-b"]
+    assert cost_report(wh, by="phase", teacher="nobody").rows == []
+    note = free_calls_note(wh)
+    assert note and "5 to the extractive teacher (offline stand-in)" in note and "\n" not in note
+    assert free_calls_note(wh, teacher="gpt-4o-mini") is None
+
+
+def test_config_yaml_writes_force_tokens_on_one_line():
+    import yaml
+
+    cfg = resolve(ROOT / "configs" / "summarization.yaml", environ={})
+    text = cfg.to_yaml()
+    assert '  - "\\n"' in text.splitlines()  # force_tokens: ["\n"], one clean line
+    assert yaml.safe_load(text) == cfg.stored()
