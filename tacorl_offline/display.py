@@ -375,16 +375,16 @@ def print_eval_report(report: Any) -> None:
         )
 
 
-def show_stage(stage: str, result: Any) -> None:
+def show_stage(stage: str, result: Any, backend: str | None = None) -> None:
     if stage == "ingest":
         out.print(
             f"      {result.records} records: {result.new_prompts} new prompts, {result.imported_answers} imported answers",
             markup=False,
         )
     elif stage == "fill":
-        print_fill_summary(result)
+        print_fill_summary(result, backend=backend)
     elif stage == "train":
-        print_train_summary(result)
+        print_train_summary(result, backend=backend)
     elif stage == "eval":
         print_eval_report(result)
     elif stage == "cost":
