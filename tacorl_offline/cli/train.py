@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -88,27 +88,36 @@ def train(
     if not resume:
         cfg = settle_flags(cfg, dataset, split)
     if rescore is not None:
-        from tacorl_offline.rescore import rescore_run
-
-        r = rescore_run(cfg, warehouse_of(cfg), rescore)
-        out.print(
-            f"rescored run {r.source_run} as {r.run_id}: {r.samples} samples, {r.calls} teacher "
-            f"calls; mean reward {r.reward_before:.4f} -> {r.reward_after:.4f} "
-            f"({cfg.train.reward.family}, {cfg.train.reward.metric})",
-            markup=False,
-        )
-        if r.unscorable:
-            out.print(
-                f"{r.unscorable} sample(s) would need an answer the run never asked for: "
-                "left unscorable",
-                markup=False,
-            )
+        _rescore(cfg, rescore)
         return
     summary, d = train_with_progress(cfg, resume=resume, progress=progress)
     if not d.is_main:
         return
     print_train_summary(summary, backend=cfg.teacher.backend)
-    flags = next_flags(config, warehouse, dataset)
+    _next_steps(summary, next_flags(config, warehouse, dataset))
+
+
+def _rescore(cfg: Any, rescore: str) -> None:
+    from tacorl_offline.rescore import rescore_run
+
+    r = rescore_run(cfg, warehouse_of(cfg), rescore)
+    out.print(
+        f"rescored run {r.source_run} as {r.run_id}: {r.samples} samples, {r.calls} teacher "
+        f"calls; mean reward {r.reward_before:.4f} -> {r.reward_after:.4f} "
+        f"({cfg.train.reward.family}, {cfg.train.reward.metric})",
+        markup=False,
+    )
+    if r.unscorable:
+        out.print(
+            f"{r.unscorable} sample(s) would need an answer the run never asked for: "
+            "left unscorable",
+            markup=False,
+        )
+
+
+def _next_steps(summary: Any, flags: str) -> None:
+    """Where the model went and the command to run next (exit 3 after a budget stop); each
+    printed command carries the flags this one was given (-c, -w, --dataset)."""
     if summary.final_model:
         out.print(f"model saved to {summary.final_model}", markup=False)
         out.print(
