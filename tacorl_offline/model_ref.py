@@ -150,6 +150,10 @@ def resolve_model_ref(ref: str, warehouse: Warehouse, *, hub_download: bool = Fa
                 )
     if p.exists():
         raise UserError(f"model '{ref}' is a file; pass the model's directory")
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise UserError(
+            f"model directory {ref} does not exist; available: {', '.join(available_models(warehouse))}"
+        )
     if _is_cached_hub_id(ref):
         return ref
     if hub_download and _HUB_ID.match(ref):

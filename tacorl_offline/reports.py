@@ -141,10 +141,10 @@ def free_calls_note(
     if not free:
         return None
     parts = ", ".join(
-        f"{n} to the {b} teacher ({'offline stand-in' if b == 'extractive' else 'local model'})"
+        f"{n} calls to the {b} teacher ({'offline stand-in' if b == 'extractive' else 'local model'})"
         for b, n in free
     )
-    return f"note: {parts}: $0 each, no API is called; filter with --teacher MODEL"
+    return f"note: {parts}: $0 each, no API"
 
 
 # The columns a terminal table shows (at 80 columns); csv and json keep every column.

@@ -80,7 +80,7 @@ def test_blocks_are_found() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)  # sft, train and evaluate twice (shell, then Python) on 2 shared cores
 def test_readme_shell_blocks_run_verbatim(tmp_path: Path, loopback_server) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     (tmp_path / "my.yaml").write_text(yaml.safe_dump(my_yaml(text)), encoding="utf-8")

@@ -298,7 +298,9 @@ def test_cost_report_filters_by_dataset_and_teacher_and_says_why_free(tmp_path):
     assert [r[paid.columns.index("run_id")] for r in paid.rows] == ["fill-b"]
     assert cost_report(wh, by="phase", teacher="nobody").rows == []
     note = free_calls_note(wh)
-    assert note and "5 to the extractive teacher (offline stand-in)" in note and "\n" not in note
+    assert (
+        note and "5 calls to the extractive teacher (offline stand-in)" in note and "\n" not in note
+    )
     assert free_calls_note(wh, teacher="gpt-4o-mini") is None
 
 

@@ -74,7 +74,7 @@ def report_cost(
     if fmt == "table":
         res = for_table(res, by)
     render(res.columns, res.rows, fmt, title=f"cost by {by}")
-    note = free_calls_note(w, dataset=dataset, teacher=teacher)
+    note = free_calls_note(w, dataset=dataset, teacher=teacher) if fmt == "table" else None
     if note:
         err.print(note, markup=False)
 
