@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 from tacorl_offline.config import Config, resolve
 from tacorl_offline.warehouse import Warehouse
 
-__all__ = ["Compressor", "evaluate", "ingest", "load_config", "teacher_fill", "train"]  # noqa: F822
+__all__ = [  # noqa: F822
+    "Compressor",
+    "evaluate",
+    "ingest",
+    "load_config",
+    "model_path",
+    "teacher_fill",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -135,4 +143,15 @@ def evaluate(
         run_evaluation(
             cfg, models=names, baselines=baselines, rate=rate, warehouse=Warehouse(cfg.warehouse)
         )
+    )
+
+
+def model_path(name: str | Path, config: ConfigLike = None) -> str:
+    """What a model name stands for, as ``-m`` reads it: a directory, ``minilm``, ``latest``,
+    ``run:<id>``, ``sft:latest`` or a cached hub id (see :mod:`tacorl_offline.model_ref`)."""
+    from tacorl_offline.model_ref import resolve_model_ref
+
+    cfg = load_config(config)
+    return resolve_model_ref(
+        str(name), Warehouse(cfg.warehouse), hub_download=cfg.compressor.hub_download
     )

@@ -15,6 +15,12 @@ Design decisions:
 - ``find`` trusts ``latest`` only if it names a complete checkpoint, else falls back to the
   newest complete one; ``--resume latest`` skips training runs that have none, and says so.
 - ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+- Small and exact (issue 21): AdamW keeps two moments per parameter, twice the model. The rows
+  of a 2-D moment that are exactly zero in both moments (the word embeddings of tokens the run
+  never saw: half of MiniLM) are left out and restored as zeros, bit for bit (``pack_state``).
+  Files of the model directory equal to the previous checkpoint's (tokenizer, configs) are hard
+  links to it, and the final model is a hard link to the last checkpoint's, not a second copy
+  (``link_model``). Every file is written with normal permissions (0644 under the usual umask).
 """
 
 from __future__ import annotations
@@ -135,7 +141,128 @@ def read_run_id(ckpt: Path) -> str:
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    return unpack_state(torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True))
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+_PACKED = "packed_rows"
+
+
+def pack_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with each 2-D optimizer moment pair stored as its nonzero rows only (when that
+    saves at least half). Exact: a row left out is zero in both moments."""
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or "state" not in opt:
+        return state
+    packed = {}
+    for k, st in opt["state"].items():
+        m, v = st.get(_MOMENTS[0]), st.get(_MOMENTS[1])
+        if not (isinstance(m, torch.Tensor) and isinstance(v, torch.Tensor)) or m.dim() != 2:
+            packed[k] = st
+            continue
+        rows = torch.nonzero((m != 0).any(dim=1) | (v != 0).any(dim=1)).flatten()
+        if rows.numel() * 2 > m.shape[0]:
+            packed[k] = st
+            continue
+        packed[k] = {
+            **{n: t for n, t in st.items() if n not in _MOMENTS},
+            _PACKED: rows,
+            "shape": torch.tensor(list(m.shape)),
+            **{n: st[n].index_select(0, rows).clone() for n in _MOMENTS},
+        }
+    return {**state, "optimizer": {**opt, "state": packed}}
+
+
+def unpack_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`pack_state` (a state saved unpacked passes through)."""
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or "state" not in opt:
+        return state
+    out = {}
+    for k, st in opt["state"].items():
+        if _PACKED not in st:
+            out[k] = st
+            continue
+        rows, shape = st[_PACKED], [int(x) for x in st["shape"]]
+        full = {}
+        for n in _MOMENTS:
+            t = torch.zeros(shape, dtype=st[n].dtype)
+            t.index_copy_(0, rows, st[n])
+            full[n] = t
+        out[k] = {
+            **{n: t for n, t in st.items() if n not in (*_MOMENTS, _PACKED, "shape")},
+            **full,
+        }
+    return {**state, "optimizer": {**opt, "state": out}}
+
+
+def normal_permissions(root: Path) -> None:
+    """0644 for files, 0755 for directories, minus the umask (some writers create 0600)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        p.chmod((0o755 if p.is_dir() else 0o644) & ~mask)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def dedupe_against(new: Path, old: Path | None) -> int:
+    """Replace each file of ``new`` that equals the same-named file of ``old`` by a hard link
+    to it. Returns the bytes saved. Nothing changes where links are not supported."""
+    if old is None or not old.is_dir():
+        return 0
+    import os
+
+    saved = 0
+    for f in new.rglob("*"):
+        if f.is_symlink() or not f.is_file():
+            continue
+        twin = old / f.relative_to(new)
+        if twin.is_symlink() or not twin.is_file() or os.path.samefile(f, twin):
+            continue
+        if not _same_file(f, twin):
+            continue
+        tmp = f.with_name(f".{f.name}.link")
+        try:
+            os.link(twin, tmp)
+            tmp.replace(f)
+            saved += twin.stat().st_size
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    return saved
+
+
+def link_model(src: Path, dst: Path) -> None:
+    """``dst``: a copy of the model directory ``src`` whose files are hard links (copies where
+    the filesystem refuses links); symlinks (the llmlingua view) are recreated as such."""
+    import os
+
+    dst.mkdir(parents=True)
+    for p in sorted(src.rglob("*")):
+        q = dst / p.relative_to(src)
+        if p.is_symlink():
+            q.symlink_to(os.readlink(p))
+        elif p.is_dir():
+            q.mkdir(exist_ok=True)
+        else:
+            try:
+                os.link(p, q)
+            except OSError:
+                shutil.copy2(p, q)
 
 
 def _free_name(ck_root: Path, step: int) -> str:
@@ -166,9 +293,12 @@ def save(
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(tmp / "model")
-    torch.save(state, tmp / STATE_FILE)
+    torch.save(pack_state(state), tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     (tmp / RUN_FILE).write_text(json.dumps({"run_id": run_id, "step": step}), encoding="utf-8")
+    normal_permissions(tmp)
+    prev = latest_of(ck_root)
+    dedupe_against(tmp / "model", prev / "model" if prev else None)
     final = ck_root / name
     tmp.rename(final)
     (ck_root / "latest.tmp").write_text(name)

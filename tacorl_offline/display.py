@@ -83,7 +83,17 @@ def print_run_report(r: Any) -> None:
     out.print(t)
 
 
-def print_fill_summary(s: Any) -> None:
+def spent_text(cost: float, backend: str | None = None) -> str:
+    """Dollars spent, saying why it is $0 when the teacher is a free stand-in or local model."""
+    from tacorl_offline.pricing import FREE_BACKENDS
+
+    if backend in FREE_BACKENDS and not cost:
+        why = "offline stand-in" if backend == "extractive" else "local model"
+        return f"$0 ({backend} teacher: {why}, no API, free)"
+    return f"${cost:.6f}"
+
+
+def print_fill_summary(s: Any, backend: str | None = None) -> None:
     t = Table(title=f"teacher-fill {s.dataset}/{s.split} ({s.run_id})")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -97,7 +107,7 @@ def print_fill_summary(s: Any) -> None:
         ("transient failures (retry on rerun)", s.transient_failures),
         ("HTTP attempts", s.attempts),
         ("tokens in / out", f"{s.input_tokens} / {s.output_tokens}"),
-        ("spent", f"${s.spend.cost_usd:.6f}"),
+        ("spent", spent_text(s.spend.cost_usd, backend)),
         ("saved by the cache", f"${s.spend.saved_usd:.6f}"),
         ("seconds", f"{s.seconds:.2f}"),
         ("answers / s", f"{s.answers_per_s:.1f}"),
@@ -160,7 +170,14 @@ def sft_with_progress(cfg: Config, *, warehouse: Any, progress: bool) -> Any:
         )
 
 
-def print_sft_summary(s: Any) -> None:
+def config_flag(config: Any) -> str:
+    """`` -c PATH`` for a printed next step (quoted for a shell), or '' without a config file."""
+    import shlex
+
+    return f" -c {shlex.quote(str(config))}" if config else ""
+
+
+def print_sft_summary(s: Any, config: Any = None) -> None:
     t = Table(title=f"sft {s.run_id} ({s.source} labels)")
     t.add_column("")
     t.add_column("value")
@@ -176,10 +193,14 @@ def print_sft_summary(s: Any) -> None:
     ]:
         t.add_row(k, v)
     out.print(t)
-    out.print(f"start RL from it: train with compressor.model: {s.output}", markup=False)
+    out.print(
+        f"next: start RL from it: tacorl-offline train{config_flag(config)} --init sft:latest"
+        f" (this run: --init run:{s.run_id})",
+        markup=False,
+    )
 
 
-def print_train_summary(s: Any) -> None:
+def print_train_summary(s: Any, backend: str | None = None) -> None:
     t = Table(
         title=f"train {s.run_id}"
         + (f" (resumed at step {s.resumed_from})" if s.resumed_from else "")
@@ -194,7 +215,7 @@ def print_train_summary(s: Any) -> None:
         ("cache hits (replayed, $0)", s.spend.hits),
         ("short-circuited (length only, no call)", s.short_circuits),
         ("unscorable samples", s.unscorable),
-        ("spent", f"${s.spend.cost_usd:.6f}"),
+        ("spent", spent_text(s.spend.cost_usd, backend)),
         ("saved by the cache", f"${s.spend.saved_usd:.6f}"),
         (
             "first / last step mean reward",
@@ -354,16 +375,16 @@ def print_eval_report(report: Any) -> None:
         )
 
 
-def show_stage(stage: str, result: Any) -> None:
+def show_stage(stage: str, result: Any, backend: str | None = None) -> None:
     if stage == "ingest":
         out.print(
             f"      {result.records} records: {result.new_prompts} new prompts, {result.imported_answers} imported answers",
             markup=False,
         )
     elif stage == "fill":
-        print_fill_summary(result)
+        print_fill_summary(result, backend=backend)
     elif stage == "train":
-        print_train_summary(result)
+        print_train_summary(result, backend=backend)
     elif stage == "eval":
         print_eval_report(result)
     elif stage == "cost":

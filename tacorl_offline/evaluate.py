@@ -345,7 +345,10 @@ def select_systems(
 ) -> _Systems:
     """The systems, the rate and the reference; one line for each setting that cannot work."""
     # run:<id> / latest name a training run's final model
-    models = [resolve_model_ref(m, wh) for m in (models or [cfg.compressor.model])]
+    models = [
+        resolve_model_ref(m, wh, hub_download=cfg.compressor.hub_download)
+        for m in (models or [cfg.compressor.model])
+    ]
     names = [*models]
     base_names = heuristics.check_baselines(
         list(cfg.eval.baselines if baselines is None else baselines)

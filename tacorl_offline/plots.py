@@ -3,14 +3,19 @@
 Design decision: the ``Agg`` backend is selected explicitly, before pyplot is imported, so
 plots are written the same on a server, in CI and on a laptop, and never open a window.
 One file per curve (``reward_mean.png`` ...), so each can be dropped into a note as is.
+Readable axes (issue 21): steps and counts get integer ticks; each curve has a minimum y span
+(``run_report.MIN_SPAN``) so a flat curve is drawn flat, not as magnified noise; a rate is drawn
+on [0, 1]; the y label names the reward and metric, or the unit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from tacorl_offline.run_report import CURVES, RunReport
+from tacorl_offline.run_report import COUNT_CURVES, CURVES, FIXED_RANGE, MIN_SPAN, RunReport
 
 
 def write_plots(report: RunReport, out_dir: str | Path) -> list[Path]:
@@ -26,7 +31,10 @@ def write_plots(report: RunReport, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for column, label in CURVES.items():
+    from matplotlib.ticker import MaxNLocator
+
+    for column in CURVES:
+        label = report.label(column)
         pairs = [
             (s, v)
             for s, v in zip(steps, report.steps.get(column, []), strict=True)
@@ -55,8 +63,12 @@ def write_plots(report: RunReport, out_dir: str | Path) -> list[Path]:
                         label="± 1 std over samples",
                     )
                     ax.legend(loc="best", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if column in COUNT_CURVES:
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            _set_span(ax, column, ys)
             ax.set_xlabel("step")
-            ax.set_ylabel(label.split(" (")[0])
+            ax.set_ylabel(_axis_label(label), fontsize=9)
             ax.set_title(f"{label}\nrun {report.run_id}", fontsize=9)
             ax.grid(alpha=0.3)
             fig.tight_layout()
@@ -66,3 +78,37 @@ def write_plots(report: RunReport, out_dir: str | Path) -> list[Path]:
         finally:
             plt.close(fig)
     return written
+
+
+def _axis_label(label: str) -> str:
+    """The y label: the curve's name with its unit, shortened where the title says more."""
+    short = {
+        "compression ratio (compressed / original tokens)": "kept / original tokens",
+        "cache hit rate (hits / (hits + paid calls))": "hit rate (fraction)",
+        "policy entropy (nats per deciding word)": "entropy (nats / word)",
+        "paid teacher calls per step": "calls per step",
+        "cumulative spend (USD)": "spend (USD)",
+    }
+    return short.get(label, label)
+
+
+def y_limits(column: str, ys: Sequence[float]) -> tuple[float, float]:
+    """The y range drawn: the data's, widened to the curve's minimum span around its middle
+    (never below 0 for a quantity that cannot be negative), or the curve's fixed range."""
+    if column in FIXED_RANGE:
+        lo, hi = FIXED_RANGE[column]
+        pad = (hi - lo) * 0.04
+        return lo - pad, hi + pad
+    lo, hi = float(min(ys)), float(max(ys))
+    span = MIN_SPAN.get(column, 0.0)
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+        if column != "reward_mean" and lo < 0 <= min(ys):
+            lo, hi = 0.0, span
+    pad = (hi - lo) * 0.05
+    return lo - pad, hi + pad
+
+
+def _set_span(ax: Any, column: str, ys: Sequence[float]) -> None:
+    ax.set_ylim(*y_limits(column, ys))

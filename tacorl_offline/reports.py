@@ -73,21 +73,78 @@ def run_query(warehouse: Warehouse, query: str, params: list[Any] | None = None)
         return QueryResult(cols, cur.fetchall())
 
 
-def cost_report(warehouse: Warehouse, run: str | None = None, by: str = "run") -> QueryResult:
+_CALLS = "FROM api_calls c"
+
+
+def _filtered(sql: str, dataset: str | None, teacher: str | None) -> tuple[str, list[Any]]:
+    """A named cost query over the ledger rows of ``dataset`` (by the run's dataset) and
+    ``teacher`` (a model name or a backend), parameterised."""
+    if dataset is None and teacher is None:
+        return sql, []
+    where, params = [], []
+    if dataset is not None:
+        where.append("r.dataset = ?")
+        params.append(dataset)
+    if teacher is not None:
+        where.append("(a.model = ? OR a.backend = ?)")
+        params += [teacher, teacher]
+    sub = (
+        "FROM (SELECT a.* FROM api_calls a LEFT JOIN runs r ON r.run_id = a.run_id"
+        f" WHERE {' AND '.join(where)}) c"
+    )
+    assert sql.count(_CALLS) == 1
+    return sql.replace(_CALLS, sub), params
+
+
+def cost_report(
+    warehouse: Warehouse,
+    run: str | None = None,
+    by: str = "run",
+    *,
+    dataset: str | None = None,
+    teacher: str | None = None,
+) -> QueryResult:
     """Calls, hits, tokens, dollars spent and saved: ``by='phase'`` (one row per phase, the
-    default of ``report cost``) or ``by='run'`` (one row per phase and run; ``run`` filters)."""
+    default of ``report cost``) or ``by='run'`` (one row per phase and run; ``run`` filters);
+    ``dataset`` and ``teacher`` (a model or backend name) keep only those calls."""
     if by not in ("phase", "run"):
         raise UserError(f"--by must be phase or run, not '{by}'")
     if by == "phase" and run is None:
-        return run_query(warehouse, load_named_query("cost_by_phase").strip().rstrip(";"))
-    base = load_named_query("cost_by_run").strip().rstrip(";")
+        sql, params = _filtered(
+            load_named_query("cost_by_phase").strip().rstrip(";"), dataset, teacher
+        )
+        return run_query(warehouse, sql, params)
+    base, params = _filtered(load_named_query("cost_by_run").strip().rstrip(";"), dataset, teacher)
     if run is None:
-        return run_query(warehouse, base)
+        return run_query(warehouse, base, params)
     if not run_query(warehouse, "SELECT 1 FROM runs WHERE run_id = ?", [run]).rows:
         raise UserError(
             f"no run '{run}' in {warehouse.path}; list the runs with: tacorl-offline sql -q runs"
         )
-    return run_query(warehouse, f"SELECT * FROM ({base}) WHERE run_id = ?", [run])
+    return run_query(warehouse, f"SELECT * FROM ({base}) WHERE run_id = ?", [*params, run])
+
+
+def free_calls_note(
+    warehouse: Warehouse, *, dataset: str | None = None, teacher: str | None = None
+) -> str | None:
+    """Why some calls cost $0: they went to a free stand-in (the extractive teacher) or a local
+    model, not to a paid API. None when there were none."""
+    from tacorl_offline.pricing import FREE_BACKENDS
+
+    sql, params = _filtered(
+        "SELECT c.backend, count(*) " + _CALLS + " WHERE c.status <> 'hit' GROUP BY 1 ORDER BY 1",
+        dataset,
+        teacher,
+    )
+    rows = run_query(warehouse, sql, params).rows
+    free = [(b, n) for b, n in rows if b in FREE_BACKENDS and n]
+    if not free:
+        return None
+    parts = ", ".join(
+        f"{n} calls to the {b} teacher ({'offline stand-in' if b == 'extractive' else 'local model'})"
+        for b, n in free
+    )
+    return f"note: {parts}: $0 each, no API"
 
 
 # The columns a terminal table shows (at 80 columns); csv and json keep every column.

@@ -22,14 +22,35 @@ from tacorl_offline.errors import UserError
 from tacorl_offline.warehouse import Warehouse
 
 # (column in the series, axis label) for every curve the report draws.
+# ``mean reward`` is named by the run's reward in the plot (``reward_label``).
 CURVES: dict[str, str] = {
     "reward_mean": "mean reward",
     "compression": "compression ratio (compressed / original tokens)",
-    "entropy": "policy entropy",
+    "entropy": "policy entropy (nats per deciding word)",
     "hit_rate": "cache hit rate (hits / (hits + paid calls))",
-    "calls": "paid teacher calls",
+    "calls": "paid teacher calls per step",
     "cumulative_usd": "cumulative spend (USD)",
 }
+# Curves whose values are counts (integer ticks) and the smallest y span each axis shows, so
+# that noise in the 4th decimal is not drawn as a trend (a rate is shown on [0, 1]).
+COUNT_CURVES = frozenset({"calls"})
+MIN_SPAN: dict[str, float] = {
+    "reward_mean": 0.1,
+    "compression": 0.1,
+    "entropy": 0.1,
+    "hit_rate": 1.0,
+    "calls": 4.0,
+    "cumulative_usd": 0.01,
+}
+FIXED_RANGE: dict[str, tuple[float, float]] = {"hit_rate": (0.0, 1.0)}
+
+
+def reward_label(cfg: dict[str, Any]) -> str | None:
+    """``taco reward (bleu)`` from a stored config's reward section."""
+    r = cfg.get("reward") or {}
+    if not r.get("family"):
+        return None
+    return f"{r['family']} reward ({r['metric']})" if r.get("metric") else f"{r['family']} reward"
 
 
 @dataclass
@@ -50,6 +71,12 @@ class RunReport:
     saved_usd: float = 0.0
     steps: dict[str, list[float | None]] = field(default_factory=dict)  # column -> values
     plots: list[str] = field(default_factory=list)
+    reward: str | None = None  # e.g. "taco reward (bleu)"
+
+    def label(self, column: str) -> str:
+        if column == "reward_mean" and self.reward:
+            return f"mean {self.reward}"
+        return CURVES[column]
 
     @property
     def n_steps(self) -> int:
@@ -144,6 +171,7 @@ def load_run_report(warehouse: Warehouse, run: str) -> RunReport:
         spent_usd=float(spent),
         saved_usd=float(saved),
         steps=steps,
+        reward=reward_label(cfg) if kind == "train" else None,
     )
 
 

@@ -402,8 +402,12 @@ def run_sft(
     sc = cfg.sft
     t0 = time.perf_counter()
     torch.manual_seed(sc.seed)
+    from tacorl_offline.model_ref import resolve_model_ref
+
     comp = Compressor.from_pretrained(
-        cfg.compressor.model,
+        resolve_model_ref(
+            cfg.compressor.model, warehouse, hub_download=cfg.compressor.hub_download
+        ),
         device=cfg.compressor.device,
         options=CompressOptions.from_config(cfg.compressor),
         condition_on=cfg.compressor.condition_on,

@@ -361,12 +361,13 @@ class Trainer:
         """The last checkpoint and the final model (resuming a finished run rewrites nothing)."""
         final = self.run_dir / "final"
         if s.steps or not final.is_dir():
-            self.save_checkpoint()
+            ckpt = self.save_checkpoint()
             if self.dist.is_main:
                 tmp = self.run_dir / ".final.tmp"
                 if tmp.exists():
                     shutil.rmtree(tmp)
-                self.comp.save_pretrained(tmp)
+                # the last checkpoint's model, hard-linked: one copy on disk
+                checkpoints.link_model(ckpt / "model", tmp)
                 checkpoints.swap_dir(tmp, final)
         s.final_model = final
 

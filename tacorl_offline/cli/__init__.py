@@ -15,18 +15,73 @@ runs, warehouse, config); ``options`` defines the shared options, ``common`` the
 from __future__ import annotations
 
 import os
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
 
 from tacorl_offline.cli import data, evaluate, reports, train
 from tacorl_offline.cli.common import user_errors
+from tacorl_offline.display import err
 
 # Library chatter (load reports, shard-writing progress bars) is not ours to print.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Command-line mistakes (an unknown option, a missing or malformed value) print one line
+    and exit 2, like every other user error, instead of a usage box; ``--help`` shows usage."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+        # typer vendors click; its exception classes live beside the public BadParameter
+        click = sys.modules[typer.BadParameter.__module__]
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.NoSuchOption as e:
+            hint = ""
+            if " " in e.option_name or not e.option_name.startswith("--"):
+                hint = (
+                    "; a value that starts with '-' goes after '--' "
+                    "(e.g. tacorl-offline sql -- '-- a comment')"
+                )
+            err.print(f"error: {e.format_message().rstrip('.')}{hint}; see --help", markup=False)
+            sys.exit(2)
+        except click.UsageError as e:
+            err.print(f"error: {e.format_message().rstrip('.')}; see --help", markup=False)
+            sys.exit(2)
+        except click.ClickException as e:
+            err.print(f"error: {e.format_message()}", markup=False)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            err.print("aborted", markup=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _plain_flags() -> None:
+    """Help shows an on/off flag without a ``<bool>`` type (typer prints one for every option)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_tacorl", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._tacorl = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Fine-tune LLMLingua-2 prompt compressors with TACO-RL, paying each teacher answer once.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

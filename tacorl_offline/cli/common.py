@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import typer
 
 from tacorl_offline.config import Config, resolve
-from tacorl_offline.display import err
+from tacorl_offline.display import config_flag, err
 from tacorl_offline.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -19,6 +19,44 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Exit codes: 2 a user error, 3 stopped by the budget (rerun resumes), 4 a Batch API job still
 # running (rerun collects it), 5 some requests failed (rerun retries the transient ones).
 EXIT_FAILURES = 5
+
+
+def check_numbers(**flags: tuple[float | int | None, float]) -> None:
+    """Our own one-line refusal of a negative, too small or NaN number on the command line
+    (``name=(value, minimum)``; the flag is ``--name`` with dashes)."""
+    import math
+
+    for name, (value, low) in flags.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{flag} must be a number >= {low:g}, not {value}")
+        if value < low:
+            raise UserError(f"{flag} must be >= {low:g} (got {value:g})")
+
+
+def warehouse_for(config: Path | None, warehouse: str | None) -> str:
+    """The warehouse a read-only command uses: -w, else the config's (-c), else the default."""
+    if warehouse is None and config is not None:
+        return resolve(config).warehouse
+    return default_warehouse(warehouse)
+
+
+def next_flags(
+    config: Path | None,
+    warehouse: str | None = None,
+    dataset: str | None = None,
+) -> str:
+    """The flags a printed next step needs to work when copied (-c, -w, --dataset)."""
+    import shlex
+
+    out = config_flag(config)
+    if warehouse:
+        out += f" -w {shlex.quote(warehouse)}"
+    if dataset:
+        out += f" --dataset {shlex.quote(dataset)}"
+    return out
 
 
 def user_errors(fn: F) -> F:
@@ -52,8 +90,9 @@ def warehouse_of(cfg_or_path: Config | str):
 
 def settle_flags(cfg: Config, dataset: str | None, split: str | None) -> Config:
     """The dataset and split a phase uses: a flag must exist; the config's choice falls back
-    to the warehouse's only dataset/split (with a note). See :mod:`tacorl_offline.datasets`."""
-    from tacorl_offline.datasets import settle
+    to the warehouse's only dataset/split (with a note), and is refused when another dataset was
+    ingested last; the choice is printed before any call. See :mod:`tacorl_offline.datasets`."""
+    from tacorl_offline.datasets import settle, using_line
 
     w = warehouse_of(cfg)
     if not w.path.exists():
@@ -65,9 +104,12 @@ def settle_flags(cfg: Config, dataset: str | None, split: str | None) -> Config:
             dataset_given=dataset is not None,
             split_given=split is not None,
             where=str(w.path),
+            strict=True,
         )
+        using = using_line(con, cfg)
     if note:
         err.print(f"note: {note}", markup=False)
+    err.print(f"using {using}", markup=False)
     return cfg
 
 

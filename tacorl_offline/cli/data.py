@@ -10,7 +10,9 @@ import typer
 
 from tacorl_offline.cli.common import (
     EXIT_FAILURES,
+    check_numbers,
     config_of,
+    next_flags,
     settle_flags,
     user_errors,
     warehouse_of,
@@ -102,18 +104,25 @@ def teacher_fill(
     config: ConfigOpt = None,
     split: SplitOpt = None,
     dataset: DatasetOpt = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (>= 1).")] = None,
     max_cost_usd: Annotated[
-        float | None, typer.Option(min=0, help="Stop once this much is spent.")
+        float | None, typer.Option(help="Stop once this much is spent (USD, >= 0).")
     ] = None,
     max_calls: Annotated[
-        int | None, typer.Option(min=0, help="Stop after this many paid calls.")
+        int | None, typer.Option(help="Stop after this many paid calls (>= 0).")
     ] = None,
     progress: ProgressBarOpt = True,
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Answer every original prompt once (a rerun pays nothing; a budget stop resumes)."""
+    """Answer every original prompt once (a rerun pays nothing; a budget stop resumes).
+
+    A warehouse where every prompt already has an answer exits 0 without contacting the
+    teacher (its endpoint is never checked then): there is nothing to pay for."""
     from tacorl_offline.fill import run_fill
+
+    check_numbers(
+        concurrency=(concurrency, 1), max_cost_usd=(max_cost_usd, 0), max_calls=(max_calls, 0)
+    )
 
     cfg = config_of(
         config,
@@ -130,7 +139,7 @@ def teacher_fill(
     cfg = settle_flags(cfg, dataset, split)
     with bar:
         summary = asyncio.run(run_fill(cfg, warehouse=warehouse_of(cfg), on_progress=on_progress))
-    print_fill_summary(summary)
+    print_fill_summary(summary, backend=cfg.teacher.backend)
     if summary.failures:
         err.print(
             f"error: {summary.failure_text}; the answers that arrived are stored; rerun teacher-fill "
@@ -160,7 +169,7 @@ def sft(
     labels: Annotated[
         str | None, typer.Option(help="LLMLingua-2 word-label file for --source file.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (sft.epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (sft.epochs, >= 1).")] = None,
     output_dir: Annotated[
         str | None, typer.Option(help="Where the model directory goes (sft.output_dir).")
     ] = None,
@@ -170,7 +179,9 @@ def sft(
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Supervised warm start (LLMLingua-2 style): word labels, class-balanced token loss,
-    held-out label F1; the result is a compressor directory that train can start from."""
+    held-out label F1; the result is a compressor directory that train can start from
+    (``train --init sft:latest``)."""
+    check_numbers(epochs=(epochs, 1))
     cfg = config_of(
         config,
         **{
@@ -184,4 +195,7 @@ def sft(
         },
     )
     cfg = settle_flags(cfg, dataset, split)
-    print_sft_summary(sft_with_progress(cfg, warehouse=warehouse_of(cfg), progress=progress))
+    print_sft_summary(
+        sft_with_progress(cfg, warehouse=warehouse_of(cfg), progress=progress),
+        config=next_flags(config, warehouse, dataset).removeprefix(" -c ") or None,
+    )

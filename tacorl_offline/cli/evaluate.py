@@ -13,7 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
-from tacorl_offline.cli.common import check_format, config_of, settle_flags, user_errors
+from tacorl_offline.cli.common import (
+    check_format,
+    check_numbers,
+    config_of,
+    settle_flags,
+    user_errors,
+)
 from tacorl_offline.cli.options import ConfigOpt, DatasetOpt, ProgressBarOpt, SplitOpt, WarehouseOpt
 from tacorl_offline.config import Config, resolve
 from tacorl_offline.display import err, evaluate_with_progress, print_eval_report
@@ -37,7 +43,8 @@ def evaluate(
             "--model",
             "-m",
             help="Compressor to evaluate (repeatable): a directory, 'minilm', 'run:<id>' "
-            "(a training run's final model) or 'latest' (the latest run's).",
+            "(a training or sft run's final model), 'latest' (the latest training run's) or "
+            "'sft:latest'. Without -m: compressor.model.",
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -49,7 +56,7 @@ def evaluate(
     ] = None,
     target_token: Annotated[
         int | None,
-        typer.Option(min=1, help="Keep this many tokens per prompt instead of a rate."),
+        typer.Option(help="Keep this many tokens per prompt instead of a rate (>= 1)."),
     ] = None,
     baselines: Annotated[
         str | None,
@@ -78,6 +85,7 @@ def evaluate(
     """Score models and baselines on the same prompts at the same rate, with paired 95% CIs."""
 
     check_format(fmt)
+    check_numbers(target_token=(target_token, 1))
     if rate is not None and target_token is not None:
         raise UserError("pass either --rate or --target-token, not both")
     cfg = config_of(
@@ -136,7 +144,8 @@ _ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model directory, hub id, or 'minilm' (default: compressor.model).",
+        help="Model: a directory, 'minilm', 'latest', 'run:<id>', 'sft:latest' or a cached "
+        "hub id (default: compressor.model).",
     ),
 ]
 _RateOpt = Annotated[
@@ -185,12 +194,25 @@ _TiktokenFileOpt = Annotated[
         "(default with --compat: tiktoken's cached copy under TIKTOKEN_CACHE_DIR, if any).",
     ),
 ]
-_AsJsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON object with token counts.")]
+_FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help="text (the compressed prompt) or json (llmlingua's result dict: token counts, "
+        "ratio '3.0x', rate '33.3%', and mask_hash).",
+    ),
+]
+_AsJsonOpt = Annotated[bool, typer.Option("--json", hidden=True, help="Same as --format json.")]
 _MaxCharsOpt = Annotated[
     int | None, typer.Option(help="Longest text accepted (default: ingest's, 1,000,000).")
 ]
 _JsonlOpt = Annotated[
-    bool, typer.Option(help="Input and output are JSONL ({'text': ...} per line).")
+    bool,
+    typer.Option(
+        help="Input and output are JSONL: {'text': ..., <field>: ...} per line; the other "
+        "fields are kept, and a question-aware model reads the ones it needs (e.g. 'question')."
+    ),
 ]
 
 
@@ -244,6 +266,7 @@ def compress(
     batch_size: _BatchSizeOpt = None,
     compat: _CompatOpt = False,
     tiktoken_file: _TiktokenFileOpt = None,
+    fmt: _FormatOpt = "text",
     as_json: _AsJsonOpt = False,
     jsonl: _JsonlOpt = False,
     max_chars: _MaxCharsOpt = None,
@@ -251,10 +274,13 @@ def compress(
     """Compress a prompt and print the compressed text."""
     from transformers.utils import logging as hf_logging
 
-    from tacorl_offline.compressor import CompressOptions, Compressor
+    from tacorl_offline.compressor import CompressOptions
 
     hf_logging.disable_progress_bar()
 
+    if fmt not in ("text", "json"):
+        raise UserError(f"--format must be text or json, not '{fmt}'")
+    as_json = as_json or fmt == "json"
     given = [
         n
         for n, v in (("--rate", rate), ("--target-token", target_token), ("--threshold", threshold))
@@ -268,6 +294,11 @@ def compress(
     )  # fmt: skip
     opts = CompressOptions.from_config(cfg.compressor).replace(threshold=threshold, compat=compat)
     raw = _read(file)
+    if not raw.strip():
+        raise UserError(
+            f"{'stdin' if file == '-' else file} is empty: nothing to compress; pass a text file "
+            "(or JSONL with --jsonl)"
+        )
     records = _jsonl_records(raw, file) if jsonl else [{"text": raw}]
     check_text_limit([r.get("text", r.get("prompt")) for r in records], file, max_chars=max_chars)
     from tacorl_offline.tokens import llmlingua_encoding
@@ -280,11 +311,31 @@ def compress(
             "cl100k_base.tiktoken or set TIKTOKEN_CACHE_DIR to a cache holding it",
             err=True,
         )
-    comp = Compressor.from_pretrained(
-        cfg.compressor.model, device=cfg.compressor.device, options=opts, token_counter=encoding
-    )
-    results = comp.compress([r.get("text", r.get("prompt")) for r in records])
+    comp = _load_compressor(cfg, opts, encoding, jsonl=jsonl)
+    texts = [r.get("text", r.get("prompt")) for r in records]
+    results = comp.compress(texts, fields=records if comp.condition_on else None)
     _print_results(records, results, jsonl=jsonl, as_json=as_json)
+
+
+def _load_compressor(cfg: Config, opts: Any, encoding: Any, *, jsonl: bool) -> Any:
+    """The compressor ``-m``/``compressor.model`` names (any model name, see
+    :mod:`tacorl_offline.model_ref`); a question-aware one needs JSONL records with its fields."""
+    from tacorl_offline.compressor import Compressor
+    from tacorl_offline.model_ref import resolve_model_ref
+    from tacorl_offline.warehouse import Warehouse
+
+    name = resolve_model_ref(
+        cfg.compressor.model, Warehouse(cfg.warehouse), hub_download=cfg.compressor.hub_download
+    )
+    comp = Compressor.from_pretrained(
+        name, device=cfg.compressor.device, options=opts, token_counter=encoding
+    )
+    if comp.condition_on and not jsonl:
+        raise UserError(
+            f"this compressor reads {', '.join(comp.condition_on)} with the text; pass JSONL "
+            f'records with --jsonl, e.g. {{"text": ..., "{comp.condition_on[0]}": ...}}'
+        )
+    return comp
 
 
 def _compress_config(
@@ -324,12 +375,13 @@ def _print_results(records: list[dict], results: list[Any], *, jsonl: bool, as_j
     """One line per input: the compressed text, its JSON result, or the JSONL record."""
     for rec, res in zip(records, results, strict=False):
         if jsonl:
-            out = {**rec, "compressed_prompt": res.compressed_prompt, "ratio": round(res.ratio, 4)}
+            out = {**rec, "compressed_prompt": res.compressed_prompt}
+            out.update(ratio=res["ratio"], rate=res["rate"])  # llmlingua's formats, as the API
             if as_json:
                 out.update(
                     origin_tokens=res.origin_tokens,
                     compressed_tokens=res.compressed_tokens,
-                    rate=round(res.rate, 4),
+                    mask_hash=res.mask_hash,
                 )
             typer.echo(json.dumps(out, ensure_ascii=False))
         elif as_json:

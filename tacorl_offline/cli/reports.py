@@ -12,10 +12,11 @@ from tacorl_offline.cli.common import (
     config_of,
     default_warehouse,
     user_errors,
+    warehouse_for,
     warehouse_of,
 )
 from tacorl_offline.cli.options import ConfigOpt, FormatOpt, WarehouseOpt
-from tacorl_offline.display import out, print_json, print_run_report, render
+from tacorl_offline.display import err, out, print_json, print_run_report, render
 from tacorl_offline.errors import UserError
 
 
@@ -27,6 +28,7 @@ def sql(
     ] = None,
     fmt: FormatOpt = "table",
     list_queries: Annotated[bool, typer.Option("--list", help="List the named queries.")] = False,
+    config: ConfigOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Query the warehouse read-only. Any write is refused."""
@@ -41,7 +43,7 @@ def sql(
     if (query is None) == (named is None):
         raise UserError("pass either a SQL query or --query NAME (see --list)")
     text = load_named_query(named) if named else query
-    res = run_query(warehouse_of(default_warehouse(warehouse)), text or "")
+    res = run_query(warehouse_of(warehouse_for(config, warehouse)), text or "")
     render(res.columns, res.rows, fmt, title=named)
 
 
@@ -49,21 +51,32 @@ def sql(
 def report_cost(
     run: Annotated[str | None, typer.Option(help="Only this run id (implies --by run).")] = None,
     by: Annotated[str, typer.Option(help="phase (one row each) or run.")] = "phase",
+    dataset: Annotated[str | None, typer.Option(help="Only calls of runs on this dataset.")] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(help="Only calls to this teacher model or backend (e.g. gpt-4o-mini)."),
+    ] = None,
     fmt: FormatOpt = "table",
+    config: ConfigOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
-    """Calls, cache hits, dollars spent and saved, by phase (or --by run)."""
-    from tacorl_offline.reports import cost_report, for_table
+    """Calls, cache hits, dollars spent and saved, by phase (or --by run). Calls to a free
+    stand-in (the extractive teacher) or a local model cost $0: a note says how many."""
+    from tacorl_offline.reports import cost_report, for_table, free_calls_note
 
     check_format(fmt)
     by = "run" if run else by
-    res = cost_report(warehouse_of(default_warehouse(warehouse)), run, by=by)
+    w = warehouse_of(warehouse_for(config, warehouse))
+    res = cost_report(w, run, by=by, dataset=dataset, teacher=teacher)
     if not res.rows:
         out.print("no teacher calls recorded yet", markup=False)
         return
     if fmt == "table":
         res = for_table(res, by)
     render(res.columns, res.rows, fmt, title=f"cost by {by}")
+    note = free_calls_note(w, dataset=dataset, teacher=teacher) if fmt == "table" else None
+    if note:
+        err.print(note, markup=False)
 
 
 @user_errors
@@ -75,6 +88,7 @@ def report_run(
         Path | None,
         typer.Option("--out", help="Directory for the PNGs (default: <run dir>/plots)."),
     ] = None,
+    config: ConfigOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """A run's summary, plus PNG curves of reward, compression, entropy, hit rate, calls and spend."""
@@ -83,7 +97,7 @@ def report_run(
 
     if fmt not in ("table", "json"):
         raise UserError(f"--format must be table or json, not '{fmt}'")
-    r = load_run_report(warehouse_of(default_warehouse(warehouse)), run)
+    r = load_run_report(warehouse_of(warehouse_for(config, warehouse)), run)
     if plots:
         r.plots = [str(p) for p in write_plots(r, out_dir or default_plot_dir(r))]
     if fmt == "json":
@@ -124,12 +138,13 @@ def runs_prune(
 @user_errors
 def warehouse_export(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the Parquet export.")],
+    config: ConfigOpt = None,
     warehouse: WarehouseOpt = None,
 ) -> None:
     """Write every table as partitioned Parquet."""
     from tacorl_offline.reports import export_parquet
 
-    counts = export_parquet(warehouse_of(default_warehouse(warehouse)), out_dir)
+    counts = export_parquet(warehouse_of(warehouse_for(config, warehouse)), out_dir)
     for t, n in counts.items():
         out.print(f"{t}: {n} rows", markup=False)
     out.print(f"exported to {out_dir}", markup=False)
@@ -146,7 +161,5 @@ def warehouse_migrate(warehouse: WarehouseOpt = None) -> None:
 @user_errors
 def show_config(config: ConfigOpt = None) -> None:
     """Print the resolved config (defaults < file < environment) as YAML."""
-    import yaml
-
     cfg = config_of(config)
-    out.print(yaml.safe_dump(cfg.stored(), sort_keys=False), markup=False)
+    out.print(cfg.to_yaml(), markup=False)

@@ -427,7 +427,7 @@ def _compat_one(
         compressed_prompt=out,
         compressed_prompt_list=texts,
         origin_tokens=n_orig,
-        compressed_tokens=counter(out) if out else 0,
+        compressed_tokens=sum(counter(t) for t in texts if t),  # llmlingua: per context
         words=words,
         keep=keep,
         word_spans=spans,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -131,15 +131,7 @@ def compress_normal(
         if opts.target_token > 0:
             kept_origin = sum(n for n, k_ in zip(c_counts, ctx_keep, strict=True) if k_)
             rate = min(opts.target_token / max(kept_origin, 1), 1.0)
-        # one budget over the kept contexts' words
-        sel = [i for i in range(len(ctxs)) if ctx_keep[i]]
-        all_p = np.concatenate([probs[i] for i in sel]) if sel else np.zeros(0)
-        all_w = np.concatenate([ls[i].weights for i in sel]) if sel else np.zeros(0)
-        all_f = np.concatenate([ls[i].forced for i in sel]) if sel else np.zeros(0, bool)
-        if opts.threshold is not None:
-            keep_all = selection.keep_by_threshold(all_p, opts.threshold, all_f)
-        else:
-            keep_all = selection.keep_by_rate(all_p, all_w, rate, all_f)
+        keep_all = keep_per_context(ls, probs, ctx_keep, rate, opts)
         results.append(assemble(ctxs, ls, probs, ctx_keep, keep_all, opts, origin))
     outs = [r.compressed_prompt for r in results]
     n_out = counter.many(outs) if own else [counter(t) if t else 0 for t in outs]
@@ -185,3 +177,23 @@ def assemble(ctxs, ls, probs, ctx_keep, keep_all, opts, origin) -> CompressResul
         word_probs=wps,
         original_text="\n\n".join(ctxs),
     )
+
+
+def keep_per_context(
+    ls: Sequence[Any], probs: Sequence[np.ndarray], ctx_keep: np.ndarray, rate: float, opts: Any
+) -> np.ndarray:
+    """The kept contexts' keep decisions, concatenated. Each kept context keeps its own share
+    of the budget, as llmlingua's per-chunk threshold does: a context of low-probability words
+    is shortened, never emptied (a budget under one word keeps its most probable word)."""
+    parts = []
+    for lay, p, kept in zip(ls, probs, ctx_keep, strict=True):
+        if not kept:
+            continue
+        if opts.threshold is not None:
+            parts.append(selection.keep_by_threshold(p, opts.threshold, lay.forced))
+            continue
+        kk = selection.keep_by_rate(p, lay.weights, rate, lay.forced)
+        if len(kk) and not kk.any():
+            kk[int(np.argmax(p))] = True
+        parts.append(kk)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)

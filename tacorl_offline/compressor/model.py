@@ -59,7 +59,7 @@ from . import greedy, loading, policy
 from .compat import compress_compat
 from .layout import Layout, build_layout
 from .options import CompressOptions
-from .result import CompressResult, Sample
+from .result import LABEL_SEP, WORD_SEP, CompressResult, Sample
 from .text import split_at
 from .words import LLMLINGUA_MAGIC, Scheme, TokenFeatures, detect_scheme, pure, vocab_features
 
@@ -316,7 +316,13 @@ class Compressor:
 
         ``fields``: per prompt, its never-compressed fields (a dict; one dict for one string);
         needed, and used, only by a compressor that reads them (``condition_on``, e.g. the
-        question)."""
+        question).
+
+        ``return_word_label=True`` (with llmlingua's ``word_sep``/``label_sep``) adds
+        ``fn_labeled_original_prompt`` to each result, as llmlingua does."""
+        labels = overrides.pop("return_word_label", False)
+        word_sep = overrides.pop("word_sep", WORD_SEP)
+        label_sep = overrides.pop("label_sep", LABEL_SEP)
         opts = self._opts(overrides)
         prompts = _as_prompts(texts)
         counter = self._counter(token_counter)
@@ -334,13 +340,29 @@ class Compressor:
                     fields = [fields]
                 pre = self.prefixes(fields, len(prompts))
                 results = greedy.compress_normal(self, prompts, opts, counter, m, pre)
+        if labels:
+            for r in results:
+                r.add_word_labels(word_sep, label_sep)
         return results[0] if isinstance(texts, str) else results
 
     def compress_prompt(self, context: str | Sequence[str], **kw: Any) -> dict[str, Any]:
         """llmlingua's ``PromptCompressor.compress_prompt`` (LLMLingua-2): the contexts of one
-        prompt in, llmlingua's result dict out (same keys and formats)."""
+        prompt in, llmlingua's result dict out (same keys and formats; a dict subclass that
+        also carries the words and their decisions).
+
+        As llmlingua's ``compress_prompt``, the context-level filter is on by default
+        (``use_context_level_filter=True``): with several contexts, whole contexts of low mean
+        keep-probability are dropped first (at ``context_level_rate``, by default
+        ``(rate + 1) / 2``) and left out of ``compressed_prompt_list``; each kept context then
+        keeps its own share of the token budget. ``use_context_level_filter=False`` is
+        llmlingua's ``compress_prompt_llmlingua2`` default: every context is kept and shortened.
+        With ``compat=True`` the kept words equal llmlingua 0.2.2's (tests/test_compressor_parity.py);
+        the default mode differs from llmlingua only within a context: one budget over the
+        context's words instead of one per 512-token chunk, and never nothing kept of a kept
+        context."""
         prompt = [context] if isinstance(context, str) else [list(context)]
-        return self.compress(prompt, **kw)[0].llmlingua()
+        kw.setdefault("use_context_level_filter", True)
+        return self.compress(prompt, **kw)[0]
 
     # ------------------------------------------------------------------ llmlingua compatibility
     def compat_twin(self) -> tuple[Any, torch.nn.Module]:

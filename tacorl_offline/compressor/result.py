@@ -1,7 +1,16 @@
-"""Result types: a greedy compression and one sampled (or greedy) mask."""
+"""Result types: a greedy compression and one sampled (or greedy) mask.
+
+Design decision: :class:`CompressResult` *is* llmlingua's result dict (a ``dict`` subclass), so
+``json.dumps(result)``, ``result["ratio"]`` ("3.0x"), ``result["rate"]`` ("33.3%") and
+``dict(result)`` behave exactly as with ``PromptCompressor.compress_prompt``. What only this
+tool knows (the words, their keep decisions, probabilities and spans, the mask hash) are
+attributes; ``ratio_value``/``rate_value`` (also ``.ratio``/``.rate``) give the two ratios as
+numbers, where ``result["ratio"]``/``result["rate"]`` are llmlingua's strings.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,27 +27,94 @@ LLMLINGUA_KEYS = (
     "rate",
     "saving",
 )
+# llmlingua's separators for ``fn_labeled_original_prompt`` (compress_prompt_llmlingua2)
+WORD_SEP, LABEL_SEP = "\t\t|\t\t", " "
 
 
-@dataclass
-class CompressResult:
-    """One compressed prompt. Spans index ``original_text`` ("\\n\\n".join(contexts)).
+def format_ratio(origin_tokens: int, compressed_tokens: int) -> tuple[str, str]:
+    """llmlingua's ("3.0x", "33.3%") for a token count pair (1x when nothing is left)."""
+    ratio = origin_tokens / compressed_tokens if compressed_tokens else 1.0
+    return f"{ratio:.1f}x", f"{1 / ratio * 100:.1f}%"
 
-    It also reads like llmlingua's result dict: ``result["compressed_prompt"]``,
-    ``result["ratio"]`` ("3.3x"), ``result["rate"]`` ("30.3%"), ``dict(result)`` and
-    ``result.keys()`` give exactly ``PromptCompressor.compress_prompt``'s keys and formats.
+
+class CompressResult(dict):
+    """One compressed prompt: llmlingua's result dict, plus this tool's word-level view.
+
+    Spans index ``original_text`` ("\\n\\n".join(contexts)). The dict holds exactly
+    ``PromptCompressor.compress_prompt``'s keys and formats (and ``fn_labeled_original_prompt``
+    after :meth:`add_word_labels`, as llmlingua's ``return_word_label=True``).
     """
 
-    compressed_prompt: str
-    compressed_prompt_list: list[str]
-    origin_tokens: int
-    compressed_tokens: int
-    words: list[str]
-    keep: list[bool]
-    word_spans: list[tuple[int, int]]
-    word_probs: list[float]
-    original_text: str
-    compat: bool = False
+    def __init__(
+        self,
+        *,
+        compressed_prompt: str,
+        compressed_prompt_list: Sequence[str],
+        origin_tokens: int,
+        compressed_tokens: int,
+        words: list[str],
+        keep: list[bool],
+        word_spans: list[tuple[int, int]],
+        word_probs: list[float],
+        original_text: str,
+        compat: bool = False,
+    ) -> None:
+        super().__init__(
+            compressed_prompt=compressed_prompt,
+            compressed_prompt_list=list(compressed_prompt_list),
+            origin_tokens=origin_tokens,
+        )
+        self.words = words
+        self.keep = keep
+        self.word_spans = word_spans
+        self.word_probs = word_probs
+        self.original_text = original_text
+        self.compat = compat
+        self.compressed_tokens = compressed_tokens  # sets ratio, rate and saving
+
+    # llmlingua's fields as attributes too
+    @property
+    def compressed_prompt(self) -> str:
+        return self["compressed_prompt"]
+
+    @property
+    def compressed_prompt_list(self) -> list[str]:
+        return self["compressed_prompt_list"]
+
+    @property
+    def origin_tokens(self) -> int:
+        return self["origin_tokens"]
+
+    @property
+    def compressed_tokens(self) -> int:
+        return self["compressed_tokens"]
+
+    @compressed_tokens.setter
+    def compressed_tokens(self, n: int) -> None:
+        origin = self["origin_tokens"]
+        ratio, rate = format_ratio(origin, n)
+        saving = (origin - n) * 0.06 / 1000
+        self.update(
+            compressed_tokens=n,
+            ratio=ratio,
+            rate=rate,
+            saving=f", Saving ${saving:.1f} in GPT-4.",
+        )
+
+    @property
+    def ratio_value(self) -> float:
+        """origin / compressed tokens (``self["ratio"]`` is llmlingua's "3.0x")."""
+        n = self["compressed_tokens"]
+        return self["origin_tokens"] / n if n else 1.0
+
+    @property
+    def rate_value(self) -> float:
+        """compressed / origin tokens (``self["rate"]`` is llmlingua's "33.3%")."""
+        return 1.0 / self.ratio_value
+
+    # numbers under the names earlier versions used (attributes; the dict keys are strings)
+    ratio = ratio_value
+    rate = rate_value
 
     @property
     def kept_spans(self) -> list[tuple[int, int]]:
@@ -48,51 +124,42 @@ class CompressResult:
     def mask_hash(self) -> str:
         return mask_hash(self.original_text, self.kept_spans)
 
-    @property
-    def ratio(self) -> float:
-        """origin / compressed tokens (upstream's "3.3x" as a number)."""
-        return self.origin_tokens / self.compressed_tokens if self.compressed_tokens else 1.0
+    def labeled_words(self, word_sep: str = WORD_SEP, label_sep: str = LABEL_SEP) -> str:
+        """llmlingua's ``fn_labeled_original_prompt``: ``word<label_sep>0|1`` joined by
+        ``word_sep``, every word of the original (a dropped context's words labelled 0)."""
+        return word_sep.join(
+            f"{w}{label_sep}{int(k)}" for w, k in zip(self.words, self.keep, strict=True)
+        )
 
-    @property
-    def rate(self) -> float:
-        """compressed / origin tokens."""
-        return self.compressed_tokens / self.origin_tokens if self.origin_tokens else 1.0
+    def add_word_labels(self, word_sep: str = WORD_SEP, label_sep: str = LABEL_SEP) -> None:
+        self["fn_labeled_original_prompt"] = self.labeled_words(word_sep, label_sep)
 
     def llmlingua(self) -> dict[str, Any]:
-        """llmlingua 0.2.2's ``compress_prompt_llmlingua2`` result, key for key."""
-        ratio = self.ratio
-        saving = (self.origin_tokens - self.compressed_tokens) * 0.06 / 1000
-        return {
-            "compressed_prompt": self.compressed_prompt,
-            "compressed_prompt_list": list(self.compressed_prompt_list),
-            "origin_tokens": self.origin_tokens,
-            "compressed_tokens": self.compressed_tokens,
-            "ratio": f"{ratio:.1f}x",
-            "rate": f"{1 / ratio * 100:.1f}%",
-            "saving": f", Saving ${saving:.1f} in GPT-4.",
-        }
-
-    def keys(self) -> tuple[str, ...]:
-        return LLMLINGUA_KEYS
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in LLMLINGUA_KEYS:
-            raise KeyError(key)
-        return self.llmlingua()[key]
+        """A plain ``dict`` copy: llmlingua 0.2.2's ``compress_prompt_llmlingua2`` result."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.items()}
 
     def to_dict(self, *, labels: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "compressed_prompt": self.compressed_prompt,
-            "origin_tokens": self.origin_tokens,
-            "compressed_tokens": self.compressed_tokens,
-            "ratio": round(self.ratio, 4),
-            "rate": round(self.rate, 4),
-            "mask_hash": self.mask_hash,
-        }
+        """What ``compress --format json`` prints: llmlingua's dict plus ``mask_hash`` (and, with
+        ``labels``, the words and their keep decisions)."""
+        d = self.llmlingua()
+        d["mask_hash"] = self.mask_hash
         if labels:
             d["words"] = self.words
             d["keep"] = self.keep
         return d
+
+    def __repr__(self) -> str:
+        return f"CompressResult({dict.__repr__(self)})"
+
+    def __reduce__(self):  # pickle/copy: rebuild through __init__, keep the attributes
+        return (_rebuild, (dict(self), self.__dict__.copy()))
+
+
+def _rebuild(items: dict[str, Any], attrs: dict[str, Any]) -> CompressResult:
+    r = CompressResult.__new__(CompressResult)
+    dict.update(r, items)
+    r.__dict__.update(attrs)
+    return r
 
 
 @dataclass

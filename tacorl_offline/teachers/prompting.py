@@ -2,7 +2,9 @@
 
 Design decision: the template is a :meth:`str.format_map` template, as upstream TACO-RL's
 ``task.prompt.format(transcript=...)``. ``{transcript}`` is the (possibly compressed) text,
-any other ``{name}`` is a never-compressed field of the record. Placeholders must be plain
+any other ``{name}`` is a never-compressed field of the record. The text field's own name
+(``data.text_field``, e.g. ``{context}``) is accepted for ``{transcript}``: the config rewrites
+it to ``{transcript}`` when it loads, so both spellings make the same requests and cache keys. Placeholders must be plain
 names: attribute/index access (``{x.y}``, ``{x[0]}``) is refused, so a template cannot reach
 into Python objects. Literal braces are written doubled (``{{`` / ``}}``), e.g. a JSON
 example in a template is ``{{"answer": "..."}}``. A single-brace JSON snippet such as
@@ -55,6 +57,27 @@ def template_fields(template: str) -> list[str]:
         if name not in names:
             names.append(name)
     return names
+
+
+def rename_placeholder(template: str, old: str, new: str) -> str:
+    """``template`` with every ``{old}`` written ``{new}`` (literal text and other placeholders,
+    doubled braces included, unchanged)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return template  # malformed: rendered later with its own message
+    out = []
+    for literal, name, spec, conv in parsed:
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is None:
+            continue
+        inner = new if name == old else name
+        if conv:
+            inner += f"!{conv}"
+        if spec:
+            inner += f":{spec}"
+        out.append("{" + inner + "}")
+    return "".join(out)
 
 
 def render_user(template: str, text: str, fields: Mapping[str, Any]) -> str:

@@ -18,14 +18,18 @@ def build_policy(
 ) -> tuple[Any, torch.nn.Module, torch.nn.Module | None, str]:
     """(compressor, policy: its model or the DDP wrapper, start model or None, device)."""
     from tacorl_offline.compressor import CompressOptions, Compressor
+    from tacorl_offline.model_ref import resolve_model_ref
+    from tacorl_offline.warehouse import Warehouse
 
     cc, tc = cfg.compressor, cfg.train
+    # -m style names (sft:latest, run:<id>, latest, minilm) resolve here, as in every phase
+    start_ref = resolve_model_ref(cc.model, Warehouse(cfg.warehouse), hub_download=cc.hub_download)
     device = cc.device
     if dist.enabled and device.startswith("cuda"):
         device = f"cuda:{dist.local_rank}"
     torch.manual_seed(tc.seed)  # the fresh head of a base encoder is seeded too
     comp = Compressor.from_pretrained(
-        str(ckpt / "model") if ckpt else cc.model,
+        str(ckpt / "model") if ckpt else start_ref,
         device=device,
         options=CompressOptions.from_config(cc),
         condition_on=cc.condition_on,
@@ -42,7 +46,7 @@ def build_policy(
         if ckpt:  # a resumed run anchors to its own start: the model its config names
             torch.manual_seed(tc.seed)  # as at the run's start (a base encoder's fresh head)
             start = Compressor.from_pretrained(
-                cc.model,
+                start_ref,
                 device=device,
                 options=CompressOptions.from_config(cc),
                 condition_on=cc.condition_on,
