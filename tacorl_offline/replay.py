@@ -81,12 +81,15 @@ class _Sorted:
 
     def range(self, key: bytes) -> range:
         """Positions whose key equals ``key`` (at most one for unique keys)."""
-        if not len(self.keys):
+        n = len(self.first)
+        if not n:
             return range(0)
-        words = np.frombuffer(key, dtype="<u8")
-        lo = int(np.searchsorted(self.first, words[0], "left"))
-        hi = int(np.searchsorted(self.first, words[0], "right"))
-        hits = [i for i in range(lo, hi) if np.array_equal(self.keys[i], words)]
+        w0 = np.frombuffer(key, dtype="<u8", count=1)[0]
+        lo = int(self.first.searchsorted(w0))
+        hi = lo
+        while hi < n and self.first[hi] == w0:
+            hi += 1
+        hits = [i for i in range(lo, hi) if self.keys[i].tobytes() == key]
         return range(hits[0], hits[-1] + 1) if hits else range(0)
 
     def find(self, key: bytes) -> int:
