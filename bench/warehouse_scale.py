@@ -17,6 +17,11 @@ Design decisions:
   in one transaction. Its share is taken of a MiniLM training step (sample 8 prompts, loss,
   backward, AdamW step) measured in the same run. The DuckDB lookups the trainer falls back
   to (after another process wrote the file) are measured beside it.
+- **Memory is the peak RSS of a fresh process** holding what ``train`` holds before its first
+  step (the trainer module, torch, the MiniLM compressor) that warms the run's map as the
+  trainer does and decides one 64-key lookup; the same process without the map is the
+  baseline, and the difference over the answers is the bytes an answer costs (issue 19's
+  target: at most 250 B, so 10M answers fit in 4 GB).
 
 Run from the repository root::
 
@@ -524,9 +529,10 @@ OPS = (
 
 
 def deep_size(mm: MaskMap) -> int:
-    """Bytes held by the map's containers and the objects in them (shared ones once)."""
+    """Bytes held by the map: its arrays, plus the dicts of later entries and the objects in
+    them (shared ones once)."""
     seen: set[int] = set()
-    total = 0
+    total = mm.held_bytes()
 
     def add(o: Any) -> None:
         nonlocal total
@@ -534,20 +540,57 @@ def deep_size(mm: MaskMap) -> int:
             seen.add(id(o))
             total += sys.getsizeof(o)
 
-    for container in (mm._map, mm._answers, mm._elsewhere, mm._metrics):
+    for container in (mm._map, mm._answers, mm._metrics):
         add(container)
-    for k, v in mm._map.items():
-        add(k)
-        add(v)
-    for k, v in mm._answers.items():
-        add(k)
-        add(v)
-        for x in v:
-            add(x)
-    for k, v in mm._metrics.items():
-        add(k)
-        add(v)
+        for k, v in container.items():
+            add(k)
+            add(v)
     return total
+
+
+# ----------------------------------------------------------------------------- peak RSS
+
+
+def rss_child(path: str, warm: bool, built: int) -> None:
+    """In a fresh process: import and load what ``train`` holds before its first step (the
+    trainer module, torch, the MiniLM compressor), warm the run's map as the trainer does,
+    decide one 64-key lookup in memory; print the peak RSS in KiB."""
+    import resource
+
+    from tacorl_offline import trainer  # noqa: F401  (what train imports)
+    from tacorl_offline.compressor import Compressor
+
+    Compressor.from_pretrained("minilm")
+    w = Warehouse(Path(path))
+    mm = MaskMap(TKEY)
+    if not warm:  # the baseline opens the file too (DuckDB's own start-up memory)
+        with w.connect() as con:
+            con.execute("SELECT count(*) FROM prompts").fetchone()
+    else:
+        with w.connect() as con:
+            pids = [r[0] for r in con.execute("SELECT prompt_id FROM prompts").fetchall()]
+            mm.warm(con, pids, warehouse=w, metric_names=["bleu"])
+        keys = random.Random(0).sample(range(built), STEP)  # answers the build stored
+        ws = [Wanted(*compression(*divmod(i, MASKS_PER_PROMPT))[:2], "", {}) for i in keys]
+        found = lookup_in_memory(
+            ws,
+            teacher_key=TKEY,
+            render=lambda text, fields: render_messages(CFG.teacher, text, fields),
+            mask_map=mm,
+            warehouse=w,
+        )
+        assert found is not None and len(found.stored) == STEP, "map not exact"
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def peak_rss_kib(path: Path, warm: bool, built: int) -> int:
+    import subprocess
+
+    args = [sys.executable, __file__, "--rss-child", str(path), "1" if warm else "0", str(built)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"peak RSS child failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- MiniLM step
@@ -663,6 +706,10 @@ def main(argv: list[str] | None = None) -> int:
             if minilm is not None:
                 for k, v in minilm.run().items():
                     step_times[k].append(v)
+        # Peak RSS of a process that holds what train holds, with and without the warmed map
+        # (after the timed rounds, one size at a time, each in a fresh process).
+        rss_base = peak_rss_kib(scratch[names[0]].path, warm=False, built=SIZES[names[0]])
+        rss = {n: peak_rss_kib(scratch[n].path, warm=True, built=SIZES[n]) for n in names}
         sizes = {n: scratch[n].path.stat().st_size for n in names}
         scratch_warm = {n: scratch[n].warm_s for n in names}
         scratch_bytes = {n: scratch[n].map_bytes for n in names}
@@ -673,9 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         "| answers | open (write) | lookup64 join (before) | lookup64 IN-list"
         " | lookup64 mask map + IN | lookup64 in memory (trainer) | step write"
         " | open + replay 64-answer journal | all per-step work (one open)"
-        " | share of MiniLM step | report cost | file size | map warm-up | map memory |"
+        " | share of MiniLM step | report cost | file size | map warm-up | map memory"
+        " | peak RSS (train's process) | RSS per answer |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    per_answer = {n: (rss[n] - rss_base) * 1024 / SIZES[n] for n in names}
     overhead = {}
     for n in names:
         t = {op: median_ms(v) for op, v in times[n].items()}
@@ -685,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
             f" | {t['lookup_map']:.1f} ms | {t['lookup_mem']:.2f} ms"
             f" | {t['step_write']:.1f} ms | {t['replay']:.1f} ms | {t['step']:.1f} ms"
             f" | {overhead[n][1]:.1f}% | {t['report']:.1f} ms | {sizes[n] / 1e6:.0f} MB"
-            f" | {scratch_warm[n]:.2f} s | {scratch_bytes[n] / 1e6:.0f} MB |"
+            f" | {scratch_warm[n]:.2f} s | {scratch_bytes[n] / 1e6:.0f} MB"
+            f" | {rss[n] / 1024:.0f} MiB | {per_answer[n]:.0f} B |"
         )
     print(
         "\nlookup64 (join, IN-list, mask map + IN): on an open connection, as the lookups"
@@ -710,12 +760,28 @@ def main(argv: list[str] | None = None) -> int:
             f" all per-step work {hi} / {lo}:"
             f" {median_ms(times[hi]['step']) / median_ms(times[lo]['step']):.2f}x"
         )
+    print(
+        f"\npeak RSS: a fresh process that imports the trainer and loads MiniLM, warms the run's"
+        f" map (every prompt) and decides one 64-key lookup; {rss_base / 1024:.0f} MiB for the"
+        " same process that only opens the file. RSS per answer = (peak - that) / answers."
+    )
+    if len(names) > 1:
+        lo, hi = names[0], names[-1]
+        slope = (rss[hi] - rss[lo]) * 1024 / (SIZES[hi] - SIZES[lo])
+        print(f"RSS per answer between {lo} and {hi}: {slope:.0f} B")
     last = names[-1]
-    print(f"{last}: lookup64 {overhead[last][0]:.2f} ms, step overhead {overhead[last][1]:.1f}%")
+    print(
+        f"{last}: lookup64 {overhead[last][0]:.2f} ms, step overhead {overhead[last][1]:.1f}%,"
+        f" {per_answer[last]:.0f} B per answer (peak RSS)"
+    )
     return 0
 
 
 if __name__ == "__main__":
+    if "--rss-child" in sys.argv:
+        i = sys.argv.index("--rss-child")
+        rss_child(sys.argv[i + 1], sys.argv[i + 2] == "1", int(sys.argv[i + 3]))
+        sys.exit(0)
     if "--build-only" in sys.argv:
         for s in sys.argv[sys.argv.index("--build-only") + 1].split(","):
             cached(s)

@@ -536,6 +536,19 @@ class SftConfig(_Section):
         "fewer weights to move on a small label set, and a cheaper backward pass.",
     )
     seed: int = Field(0, description="Seed for the data order.")
+    dropout: Literal["none", "hidden", "all"] = Field(
+        "hidden",
+        description="Dropout while SFT trains: hidden (embeddings, block outputs, head; no "
+        "attention dropout, so attention takes the fused SDPA kernel), all (the model's own "
+        "settings, attention included: SDPA falls back to its math path) or none. The saved model keeps "
+        "its configured dropout either way.",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op threads for SFT; null: the free cores (usable cores less the "
+        "1-minute load of other processes, at least 1).",
+    )
     output_dir: str = Field("runs/sft", description="Where the SFT model directory goes.")
 
 

@@ -20,6 +20,8 @@ journals every answer before it is returned.
 from __future__ import annotations
 
 import hashlib
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tacorl_offline.calls import Caller, Job
-from tacorl_offline.hashing import request_hash
+from tacorl_offline.hashing import SCHEME, request_hash
 from tacorl_offline.runs import Spend
 from tacorl_offline.teachers.base import TeacherRequest
 from tacorl_offline.warehouse import Warehouse
@@ -49,12 +51,108 @@ class Wanted:
     paid: bool = False
 
 
+_WARM_BATCH = 20_000  # rows per fetch while warming (bounds the transient Python tuples)
+
+
+def _raw_hash(h: str) -> bytes | None:
+    """The 32 bytes of a ``v1:<64 hex>`` hash (:func:`~tacorl_offline.hashing.hash_obj`), or
+    None for any other form (kept as a string instead)."""
+    if len(h) != 67 or not h.startswith(f"{SCHEME}:"):
+        return None
+    try:
+        return bytes.fromhex(h[3:])
+    except ValueError:
+        return None
+
+
+class _Sorted:
+    """Fixed-width binary keys (``width`` little-endian uint64 words each) in sorted order,
+    found by binary search on the first word; ``order`` is the permutation applied, for the
+    caller's parallel columns. A few bytes a key, no Python object per key."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        order = np.lexsort(keys.T[::-1]) if len(keys) else np.zeros(0, dtype=np.int64)
+        self.keys = keys[order]
+        self.first = np.ascontiguousarray(self.keys[:, 0]) if len(keys) else np.zeros(0, "<u8")
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def range(self, key: bytes) -> range:
+        """Positions whose key equals ``key`` (at most one for unique keys)."""
+        n = len(self.first)
+        if not n:
+            return range(0)
+        w0 = np.frombuffer(key, dtype="<u8", count=1)[0]
+        lo = int(self.first.searchsorted(w0))
+        hi = lo
+        while hi < n and self.first[hi] == w0:
+            hi += 1
+        hits = [i for i in range(lo, hi) if self.keys[i].tobytes() == key]
+        return range(hits[0], hits[-1] + 1) if hits else range(0)
+
+    def find(self, key: bytes) -> int:
+        r = self.range(key)
+        return r.start if r else -1
+
+    def contains_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per row of ``rows`` (n, width), whether it is held (vectorised)."""
+        if not len(self.keys) or not len(rows):
+            return np.zeros(len(rows), dtype=bool)
+        idx = np.searchsorted(self.first, rows[:, 0], "left").clip(0, len(self.keys) - 1)
+        return (self.keys[idx] == rows).all(axis=1)
+
+
+def _words(chunks: list[bytes], width: int) -> np.ndarray:
+    return np.frombuffer(b"".join(chunks), dtype="<u8").reshape(-1, width).copy()
+
+
+class _TextStore:
+    """Answer texts in an unlinked temporary file, read back on demand: the map holds an
+    offset and a length per answer, not the text (page cache, not the process, keeps them)."""
+
+    def __init__(self) -> None:
+        # Held for the map's lifetime (closed with it), not a with-block.
+        self._f = tempfile.TemporaryFile(prefix="tacorl-answers-")  # noqa: SIM115
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def append(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and lengths (-1: None) of ``texts``, written at the end of the file."""
+        offs = np.zeros(len(texts), dtype=np.int64)
+        lens = np.full(len(texts), -1, dtype=np.int32)
+        buf = bytearray()
+        for i, t in enumerate(texts):
+            offs[i] = self._size + len(buf)
+            if t is not None:
+                b = t.encode("utf-8")
+                lens[i] = len(b)
+                buf += b
+        with self._lock:
+            self._f.seek(self._size)
+            self._f.write(buf)
+            self._f.flush()
+            self._size += len(buf)
+        return offs, lens
+
+    def read(self, offset: int, length: int) -> str | None:
+        if length < 0:
+            return None
+        with self._lock:
+            self._f.seek(offset)
+            return self._f.read(length).decode("utf-8")
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class MaskMap:
     """What the warehouse holds for one run under one teacher key, in memory.
 
     - ``(prompt id, mask hash) -> request hash`` for the run's prompts;
-    - the stored answers those request hashes lead to (answer, ok, cost), and every answer
-      this process journals or flushes later, so a replayed answer needs no read;
+    - the stored answers those request hashes lead to (ok, cost; the text read on demand),
+      and every answer this process journals or flushes later;
     - the request hashes answered under the key for other prompts (as 64-bit digests: such a
       key is never decided from memory, only checked in DuckDB);
     - cached metric values of those answers.
@@ -68,17 +166,40 @@ class MaskMap:
     (:func:`lookup_in_memory`). Once another process has written DuckDB the map is no longer
     exact: lookups go to DuckDB as before (:func:`lookup`), the map serving masks only.
 
-    Keys are 16-byte digests of the pair (about 170 bytes an entry with the value); an
-    answer adds its tuple and text (measured by bench/warehouse_scale.py).
+    Design decision (memory, issue 19): what :meth:`warm` loads is held in sorted numpy arrays,
+    no Python object per entry: a mask is a 16-byte digest of the pair and the 32 bytes of its
+    request hash; an answer is its 32-byte request hash, a flag byte, its cost, and the offset
+    and length of its text in an unlinked temporary file (:class:`_TextStore`), read back when
+    a lookup replays it (a 64-key lookup reads at most 64 short texts from the page cache); a
+    metric value is a 16-byte digest of (request hash, reference hash), a name index and the
+    value. About 100 bytes an answer in all (bench/warehouse_scale.py measures the peak RSS).
+    What is learned later (a step's new masks and answers, metric values) goes into small
+    dicts beside them, as does any hash not of the ``v1:<hex>`` form.
     """
+
+    _STORED, _OK, _NONE = 1, 2, 4  # answer flags
 
     def __init__(self, teacher_key: str) -> None:
         self.teacher_key = teacher_key
+        # Learned after warm() (and hashes of another form): plain dicts.
         self._map: dict[bytes, str] = {}
         self._answers: dict[str, tuple[str | None, bool, float]] = {}
+        self._metrics: dict[tuple[str, str], dict[str, float]] = {}
+        # Warmed: sorted arrays (see the class docstring).
+        self._masks = _Sorted(np.zeros((0, 2), dtype="<u8"))
+        self._mask_rh = np.zeros((0, 4), dtype="<u8")
+        self._resp = _Sorted(np.zeros((0, 4), dtype="<u8"))
+        self._flags = np.zeros(0, dtype=np.uint8)
+        self._cost = np.zeros(0, dtype=np.float64)
+        self._text_at = np.zeros(0, dtype=np.int64)
+        self._text_len = np.zeros(0, dtype=np.int32)
+        self._texts: _TextStore | None = None
+        self._mvals = _Sorted(np.zeros((0, 2), dtype="<u8"))
+        self._mname = np.zeros(0, dtype=np.uint16)
+        self._mvalue = np.zeros(0, dtype=np.float64)
+        self._mnames: list[str] = []
         # Sorted 64-bit digests (8 bytes each, however many other prompts' answers there are).
         self._elsewhere: np.ndarray = np.zeros(0, dtype=np.uint64)
-        self._metrics: dict[tuple[str, str], dict[str, float]] = {}
         self._prompts: set[str] = set()
         self._exact_gen: int | None = None  # Warehouse.generation the map is exact for
 
@@ -87,34 +208,87 @@ class MaskMap:
         return hashlib.blake2b(f"{prompt_id}\x00{mask_hash}".encode(), digest_size=16).digest()
 
     @staticmethod
+    def _metric_key(request_hash_: str, reference_hash: str) -> bytes:
+        return hashlib.blake2b(
+            f"{request_hash_}\x00{reference_hash}".encode(), digest_size=16
+        ).digest()
+
+    @staticmethod
     def _digest(request_hash_: str) -> int:
         return int.from_bytes(
             hashlib.blake2b(request_hash_.encode(), digest_size=8).digest(), "little"
         )
 
     def __len__(self) -> int:
-        return len(self._map)
+        return len(self._map) + len(self._masks)
 
     @property
     def answers(self) -> int:
-        return len(self._answers)
+        return len(self._answers) + int(np.count_nonzero(self._flags & self._STORED))
+
+    def held_bytes(self) -> int:
+        """Bytes of the warmed arrays (the dicts of later entries not counted)."""
+        arrays = (
+            self._masks.keys,
+            self._masks.first,
+            self._mask_rh,
+            self._resp.keys,
+            self._resp.first,
+            self._flags,
+            self._cost,
+            self._text_at,
+            self._text_len,
+            self._mvals.keys,
+            self._mvals.first,
+            self._mname,
+            self._mvalue,
+            self._elsewhere,
+        )
+        return sum(a.nbytes for a in arrays)
 
     def get(self, prompt_id: str, mask_hash: str) -> str | None:
-        return self._map.get(self._key(prompt_id, mask_hash))
+        key = self._key(prompt_id, mask_hash)
+        rh = self._map.get(key)
+        if rh is not None:
+            return rh
+        i = self._masks.find(key)
+        return f"{SCHEME}:{self._mask_rh[i].tobytes().hex()}" if i >= 0 else None
 
     def add(self, prompt_id: str, mask_hash: str, request_hash: str) -> None:
-        self._map[self._key(prompt_id, mask_hash)] = request_hash
+        key = self._key(prompt_id, mask_hash)
+        if key not in self._map:
+            i = self._masks.find(key)
+            raw = _raw_hash(request_hash)
+            if i >= 0 and raw is not None and self._mask_rh[i].tobytes() == raw:
+                return  # already held as it is
+        self._map[key] = request_hash
+
+    def _answer_at(self, request_hash_: str) -> int:
+        raw = _raw_hash(request_hash_)
+        if raw is None:
+            return -1
+        i = self._resp.find(raw)
+        return i if i >= 0 and self._flags[i] & self._STORED else -1
 
     def answer(self, request_hash_: str) -> dict[str, Any] | None:
         """The stored answer as a response row (the fields :func:`pay` reads), if held."""
         a = self._answers.get(request_hash_)
         if a is None:
-            return None
+            i = self._answer_at(request_hash_)
+            if i < 0:
+                return None
+            assert self._texts is not None
+            f = int(self._flags[i])
+            text = self._texts.read(int(self._text_at[i]), int(self._text_len[i]))
+            a = (text, bool(f & self._OK), float(self._cost[i]))
         return {"request_hash": request_hash_, "answer": a[0], "ok": a[1], "cost_usd": a[2]}
+
+    def _holds_answer(self, request_hash_: str) -> bool:
+        return request_hash_ in self._answers or self._answer_at(request_hash_) >= 0
 
     def elsewhere(self, request_hash_: str) -> bool:
         """Answered under this key for a prompt outside the run (only DuckDB has it)."""
-        if request_hash_ in self._answers or not len(self._elsewhere):
+        if not len(self._elsewhere) or self._holds_answer(request_hash_):
             return False
         d = np.uint64(self._digest(request_hash_))
         i = int(np.searchsorted(self._elsewhere, d))
@@ -125,7 +299,13 @@ class MaskMap:
     ) -> dict[str, float] | None:
         """Cached values of (request hash, reference hash), by component (``names``:
         component -> stored metric name, as :func:`metric_cache.load` takes them)."""
-        held = self._metrics.get(key) if key is not None else None
+        if key is None:
+            return None
+        held: dict[str, float] = {}
+        if len(self._mvals):
+            for i in self._mvals.range(self._metric_key(*key)):
+                held[self._mnames[int(self._mname[i])]] = float(self._mvalue[i])
+        held.update(self._metrics.get(key, {}))
         if not held:
             return None
         out = {comp: held[stored] for comp, stored in names.items() if stored in held}
@@ -146,7 +326,7 @@ class MaskMap:
         for table, row in entries:
             if table == "responses" and row.get("teacher_key") == self.teacher_key:
                 rh = row["request_hash"]
-                if rh not in self._answers:  # the first stored row wins (INSERT OR IGNORE)
+                if not self._holds_answer(rh):  # the first stored row wins (INSERT OR IGNORE)
                     self._answers[rh] = (
                         row.get("answer"),
                         bool(row.get("ok")),
@@ -158,7 +338,8 @@ class MaskMap:
                 and row.get("prompt_id") in self._prompts
             ):
                 key = self._key(row["prompt_id"], row["mask_hash"])
-                self._map.setdefault(key, row["request_hash"])
+                if key not in self._map and self._masks.find(key) < 0:
+                    self._map[key] = row["request_hash"]
 
     def warm(
         self,
@@ -171,67 +352,160 @@ class MaskMap:
         """Load the run's masks, the answers stored for its prompts (and those its masks lead
         to), their metric values, and the request hashes answered for other prompts. With
         ``warehouse`` (whose connection ``con`` is) the map becomes exact and listens to the
-        warehouse's entries."""
+        warehouse's entries. Each query streams (no join holds the answers' text)."""
         import pyarrow as pa
 
         self._prompts = set(prompt_ids)
-        ids = pa.table({"prompt_id": list(self._prompts)})
-        con.register("_mask_map_prompts", ids)
+        con.register("_mask_map_prompts", pa.table({"prompt_id": list(self._prompts)}))
         try:
-            cur = con.execute(
-                "SELECT m.prompt_id, m.mask_hash, m.request_hash, r.answer, r.ok, r.cost_usd"
-                " FROM masks m SEMI JOIN _mask_map_prompts p USING (prompt_id)"
-                " LEFT JOIN responses r USING (request_hash) WHERE m.teacher_key = ?",
-                [self.teacher_key],
-            )
-            n = 0
-            while batch := cur.fetchmany(100_000):
-                for pid, mh, rh, answer, ok, cost in batch:
-                    self.add(pid, mh, rh)
-                    if ok is not None:
-                        self._answers[rh] = (answer, bool(ok), float(cost or 0.0))
-                n += len(batch)
-            # Every answer under the key: the run's prompts' in memory (a mask never recorded
-            # may reach one), the others' as digests (left to DuckDB).
-            cur = con.execute(
-                "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, p.prompt_id IS NOT NULL"
-                " FROM responses r LEFT JOIN _mask_map_prompts p USING (prompt_id)"
-                " WHERE r.teacher_key = ?",
-                [self.teacher_key],
-            )
-            elsewhere: list[int] = []
-            while batch := cur.fetchmany(100_000):
-                for rh, answer, ok, cost, ours in batch:
-                    if rh in self._answers:
-                        continue
-                    if ours:
-                        self._answers[rh] = (answer, bool(ok), float(cost or 0.0))
-                    else:
-                        elsewhere.append(self._digest(rh))
-            self._elsewhere = np.unique(np.array(elsewhere, dtype=np.uint64))
-            names = list(dict.fromkeys(metric_names))
-            if names and self._answers:
-                con.register("_mask_map_answers", pa.table({"request_hash": list(self._answers)}))
-                try:
-                    cur = con.execute(
-                        "SELECT v.request_hash, v.reference_hash, v.metric, v.value"
-                        " FROM metric_values v SEMI JOIN _mask_map_answers USING (request_hash)"
-                        f" WHERE v.metric IN ({', '.join(['?'] * len(names))})",
-                        names,
-                    )
-                    while batch := cur.fetchmany(100_000):
-                        self.add_metrics(
-                            {"request_hash": a, "reference_hash": b, "metric": c, "value": d}
-                            for a, b, c, d in batch
-                        )
-                finally:
-                    con.unregister("_mask_map_answers")
+            n = self._warm_masks(con)
+            self._warm_answers(con)
+            self._warm_metrics(con, list(dict.fromkeys(metric_names)))
         finally:
             con.unregister("_mask_map_prompts")
         if warehouse is not None:
             warehouse.add_listener(self.absorb)
             self._exact_gen = warehouse.generation
         return n
+
+    def _warm_masks(self, con: Any) -> int:
+        cur = con.execute(
+            "SELECT m.prompt_id, m.mask_hash, m.request_hash"
+            " FROM masks m SEMI JOIN _mask_map_prompts p USING (prompt_id)"
+            " WHERE m.teacher_key = ?",
+            [self.teacher_key],
+        )
+        keys: list[bytes] = []
+        hashes: list[bytes] = []
+        n = 0
+        while batch := cur.fetchmany(_WARM_BATCH):
+            kb, hb = [], []
+            for pid, mh, rh in batch:
+                raw = _raw_hash(rh)
+                if raw is None:
+                    self._map[self._key(pid, mh)] = rh
+                else:
+                    kb.append(self._key(pid, mh))
+                    hb.append(raw)
+            keys.append(b"".join(kb))
+            hashes.append(b"".join(hb))
+            n += len(batch)
+        self._masks = _Sorted(_words(keys, 2))
+        del keys
+        self._mask_rh = _words(hashes, 4)[self._masks.order]
+        self._masks.order = np.zeros(0, dtype=np.int64)
+        return n
+
+    def _warm_answers(self, con: Any) -> None:
+        """Every answer under the key: the run's prompts' in memory (a mask never recorded
+        may reach one), the others' as digests (left to DuckDB); then the few answers of other
+        prompts that the run's masks lead to."""
+        import pyarrow as pa
+
+        self._texts = self._texts or _TextStore()
+        cur = con.execute(
+            "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, p.prompt_id IS NOT NULL"
+            " FROM responses r LEFT JOIN _mask_map_prompts p USING (prompt_id)"
+            " WHERE r.teacher_key = ?",
+            [self.teacher_key],
+        )
+        parts: list[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        elsewhere: list[int] = []
+        theirs: list[bytes] = []  # raw hashes of other prompts' answers, to match the masks
+        while batch := cur.fetchmany(_WARM_BATCH):
+            mine = [row for row in batch if row[4]]
+            for rh, _, _, _, ours in batch:
+                if not ours:
+                    elsewhere.append(self._digest(rh))
+                    raw = _raw_hash(rh)
+                    if raw is not None:
+                        theirs.append(raw)
+            parts.append(self._answer_part(mine))
+        if theirs and len(self._mask_rh):
+            # Masks of the run that lead to another prompt's answer: load those answers too.
+            other = _Sorted(_words(theirs, 4))
+            wanted = self._mask_rh[other.contains_rows(self._mask_rh)]
+            if len(wanted):
+                hexes = [f"{SCHEME}:{row.tobytes().hex()}" for row in np.unique(wanted, axis=0)]
+                con.register("_mask_map_wanted", pa.table({"request_hash": hexes}))
+                try:
+                    rows = con.execute(
+                        "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, true FROM responses r"
+                        " SEMI JOIN _mask_map_wanted w USING (request_hash)"
+                        " WHERE r.teacher_key = ?",
+                        [self.teacher_key],
+                    ).fetchall()
+                finally:
+                    con.unregister("_mask_map_wanted")
+                parts.append(self._answer_part(rows))
+        del theirs
+        self._elsewhere = np.unique(np.array(elsewhere, dtype=np.uint64))
+        del elsewhere
+        raws = [p[0] for p in parts]
+        self._resp = _Sorted(_words(raws, 4))
+        del raws
+        order = self._resp.order
+        self._resp.order = np.zeros(0, dtype=np.int64)
+        self._flags = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.uint8)])[order]
+        self._cost = np.concatenate([p[2] for p in parts] or [np.zeros(0)])[order]
+        self._text_at = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])[order]
+        self._text_len = np.concatenate([p[4] for p in parts] or [np.zeros(0, np.int32)])[order]
+
+    def _answer_part(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One batch of response rows: raw hashes, flags, costs, text offsets and lengths;
+        a hash of another form goes to the dict."""
+        assert self._texts is not None
+        raws, flags, costs, texts = [], [], [], []
+        for rh, answer, ok, cost, _ in rows:
+            raw = _raw_hash(rh)
+            if raw is None:
+                self._answers.setdefault(rh, (answer, bool(ok), float(cost or 0.0)))
+                continue
+            raws.append(raw)
+            flags.append(
+                self._STORED | (self._OK if ok else 0) | (self._NONE if answer is None else 0)
+            )
+            costs.append(float(cost or 0.0))
+            texts.append(answer)
+        at, lens = self._texts.append(texts)
+        return (
+            b"".join(raws),
+            np.array(flags, dtype=np.uint8),
+            np.array(costs, dtype=np.float64),
+            at,
+            lens,
+        )
+
+    def _warm_metrics(self, con: Any, names: list[str]) -> None:
+        """Cached metric values of the answers the map holds (those of the run's prompts and
+        those its masks lead to), by a digest of (request hash, reference hash)."""
+        if not names or not (len(self._resp) or self._answers or len(self._mask_rh)):
+            return
+        cur = con.execute(
+            "SELECT v.request_hash, v.reference_hash, v.metric, v.value FROM metric_values v"
+            f" WHERE v.metric IN ({', '.join(['?'] * len(names))}) AND v.request_hash IN ("
+            " SELECT r.request_hash FROM responses r SEMI JOIN _mask_map_prompts USING (prompt_id)"
+            " WHERE r.teacher_key = ? UNION"
+            " SELECT m.request_hash FROM masks m SEMI JOIN _mask_map_prompts USING (prompt_id)"
+            " WHERE m.teacher_key = ?)",
+            [*names, self.teacher_key, self.teacher_key],
+        )
+        self._mnames = names
+        index = {n: i for i, n in enumerate(names)}
+        keys: list[bytes] = []
+        name_ix: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        while batch := cur.fetchmany(_WARM_BATCH):
+            keys.append(b"".join(self._metric_key(a, b) for a, b, _, _ in batch))
+            name_ix.append(np.array([index[c] for _, _, c, _ in batch], dtype=np.uint16))
+            values.append(np.array([float(d) for _, _, _, d in batch], dtype=np.float64))
+        self._mvals = _Sorted(_words(keys, 2))
+        order = self._mvals.order
+        self._mvals.order = np.zeros(0, dtype=np.int64)
+        self._mname = np.concatenate(name_ix or [np.zeros(0, np.uint16)])[order]
+        self._mvalue = np.concatenate(values or [np.zeros(0)])[order]
 
 
 @dataclass

@@ -23,6 +23,14 @@ words carry none. A share of the prompts (``sft.eval_share``, chosen by prompt-i
 out for the label F1 reported after each epoch. The result is a normal compressor directory
 (`save_pretrained`), which ``train`` starts from (``compressor.model: <dir>``). The labels are
 stored in the warehouse table ``sft_labels`` so they can be queried.
+
+Design decision (speed, issue 19): SFT runs at the model's own speed. Each example is tokenized
+into its model rows once (:func:`example_rows`); an epoch's batches are length-bucketed, seeded
+and reproducible (:func:`bucketed_batches`), so little of a batch is padding; the loss of a batch
+is computed on the padded tensors at once (equal to the per-example loss it replaced,
+tests/test_sft_speed.py); AdamW is the trainer's fused one; no attention dropout unless
+``sft.dropout`` asks (:mod:`.compressor.dropout`), so attention takes the fused SDPA kernel;
+intra-op threads are the free cores (:mod:`.threads`). bench/sft_speed.py measures it.
 """
 
 from __future__ import annotations
@@ -189,6 +197,151 @@ class SftResult:
     keep_share: float = 0.0
 
 
+# ----------------------------------------------------------------------------- batching (pure)
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, pool: int = 64
+) -> list[list[int]]:
+    """One epoch's batches: every index once, similar lengths together, in a seeded order.
+
+    The indices are shuffled (seeded by ``seed`` and ``epoch``), cut into pools of
+    ``pool * batch_size``, each pool sorted by length and cut into batches, and the batches
+    shuffled again: a batch holds prompts of one length band (little padding), while which
+    prompts meet, and the order of the bands, change from epoch to epoch. Reproducible: the
+    same arguments give the same batches.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    rng = random.Random(f"sft-batches:{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = max(1, pool) * batch_size
+    batches: list[list[int]] = []
+    for k in range(0, len(order), span):
+        chunk = sorted(order[k : k + span], key=lambda i: lengths[i])
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def padding_share(row_lengths: Sequence[Sequence[int]], batches: Sequence[Sequence[int]]) -> float:
+    """The share of padded positions when each batch's rows are padded to its longest row
+    (``row_lengths[i]``: the lengths of example i's model rows)."""
+    real = padded = 0
+    for b in batches:
+        rows = [n for i in b for n in row_lengths[i]]
+        if rows:
+            real += sum(rows)
+            padded += max(rows) * len(rows)
+    return 1.0 - real / padded if padded else 0.0
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class SftRows:
+    """One example's model rows, built once (the same rows greedy compression reads,
+    :func:`~tacorl_offline.compressor.rows.build_rows`), with the label of each token and
+    whether it counts in the loss (a token of a deciding word; not padding, specials, the
+    question, or forced words)."""
+
+    ids: list[np.ndarray]
+    types: list[np.ndarray] | None
+    y: list[np.ndarray]  # float32 per row token (0 where it does not count)
+    counted: list[np.ndarray]  # bool per row token
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(r) for r in self.ids]
+
+
+def example_rows(
+    comp: Any, examples: Sequence[SftExample], lays: Sequence[Any] | None = None
+) -> list[SftRows]:
+    """Model rows and token targets of every example, tokenized once (``lays``: their
+    layouts, if already made)."""
+    from tacorl_offline.compressor.rows import build_rows
+
+    if lays is None:
+        lays = comp.layouts([ex.text for ex in examples], comp.options)
+    pre = comp.prefixes([ex.fields for ex in examples], len(lays))
+    rows = build_rows(lays, comp.tokenizer, pre, comp._two_types)
+    out = [SftRows([], [] if rows.types is not None else None, [], []) for _ in examples]
+    for r, (li, a, b) in enumerate(rows.where):
+        ex, lay, lead = examples[li], lays[li], rows.leads[r]
+        ids = rows.ids[r]
+        wot = np.asarray(lay.word_of_token[a:b])
+        ok = wot >= 0
+        counted = np.zeros(len(ids), dtype=bool)
+        y = np.zeros(len(ids), dtype=np.float32)
+        w = np.where(ok, wot, 0)
+        dec = ok & ~np.asarray(lay.forced)[w]
+        counted[lead : lead + (b - a)] = dec
+        y[lead : lead + (b - a)] = np.where(dec, np.asarray(ex.labels)[w], 0)
+        o = out[li]
+        o.ids.append(ids)
+        o.y.append(y)
+        o.counted.append(counted)
+        if o.types is not None and rows.types is not None:
+            o.types.append(rows.types[r])
+    return out
+
+
+def _batch_loss(
+    model: torch.nn.Module,
+    rows: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]],
+    *,
+    device: torch.device,
+    pad: int,
+    group: int,
+    w0: float,
+    w1: float,
+) -> float:
+    """Forward and backward over one batch's rows (``(ids, types, y, counted)``), longest
+    first, ``group`` rows per forward, each padded to its longest; the gradient is that of the
+    mean token loss over the batch. Returns that mean."""
+    from tacorl_offline.compressor.rows import mask_arg
+
+    n = sum(int(c.sum()) for _, _, _, c in rows)
+    if n == 0:
+        return math.nan
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    total = 0.0
+    for k in range(0, len(order), group):
+        idx = order[k : k + group]
+        width = len(rows[idx[0]][0])
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        y = torch.zeros((len(idx), width))
+        counted = torch.zeros((len(idx), width), dtype=torch.bool)
+        typed = rows[idx[0]][1] is not None
+        tt = torch.zeros((len(idx), width), dtype=torch.long) if typed else None
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for j, i in enumerate(idx):
+            r_ids, r_types, r_y, r_c = rows[i]
+            m = len(r_ids)
+            ids[j, :m] = torch.from_numpy(r_ids)
+            y[j, :m] = torch.from_numpy(r_y)
+            counted[j, :m] = torch.from_numpy(r_c)
+            mask[j, :m] = 1
+            if tt is not None and r_types is not None:
+                tt[j, :m] = torch.from_numpy(r_types)
+        kw: dict[str, Any] = {"input_ids": ids.to(device)}
+        if tt is not None:
+            kw["token_type_ids"] = tt.to(device)
+        if not bool(mask.all()):  # no padding in the group: no mask at all
+            kw["attention_mask"] = mask_arg(model, mask.to(device))
+        logits = model(**kw).logits
+        p = torch.softmax(logits.float(), dim=-1)[..., 1].clamp(1e-6, 1 - 1e-6)
+        y, counted = y.to(device), counted.to(device)
+        tok = -(w1 * y * p.log() + w0 * (1 - y) * (1 - p).log())
+        part = tok[counted].sum()
+        (part / n).backward()
+        total += float(part.detach())
+    return total / n
+
+
 def train_sft(
     comp: Any,
     train: Sequence[SftExample],
@@ -203,15 +356,29 @@ def train_sft(
     on_epoch: Callable[[EpochLog], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SftResult:
-    """Class-balanced token cross-entropy on word labels; label F1 on ``evals`` per epoch."""
+    """Class-balanced token cross-entropy on word labels; label F1 on ``evals`` per epoch.
+
+    Built for the model's own speed: every example is tokenized into its model rows once;
+    each epoch's batches are length-bucketed (:func:`bucketed_batches`, seeded by ``seed``),
+    so a batch is padded little; the loss is computed on the padded batch at once; AdamW is
+    the fused one the trainer uses. The caller picks the dropout
+    (:func:`~tacorl_offline.compressor.dropout.set_dropout`) and the threads.
+    """
+    from tacorl_offline.compressor.rows import pad_id
+    from tacorl_offline.trainer import build_optimizer
+
     if not train:
         raise UserError("no SFT training examples (every prompt was held out or unlabelled)")
-    layouts = {ex.prompt_id: comp.layouts([ex.text], comp.options)[0] for ex in train}
-    w0, w1 = class_weights(train, lambda ex: layouts[ex.prompt_id].weights)
+    lays = comp.layouts([ex.text for ex in train], comp.options)
+    weights = {id(ex): lay.weights for ex, lay in zip(train, lays, strict=True)}
+    w0, w1 = class_weights(train, lambda ex: weights[id(ex)])
+    rows = example_rows(comp, train, lays)
+    lengths = [max(r.lengths, default=0) for r in rows]
     model = comp.model
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = epochs * math.ceil(len(train) / batch_size)
+    opt = build_optimizer(params, lr=lr, weight_decay=weight_decay)
+    per_epoch = math.ceil(len(train) / batch_size)
+    total = epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda u: (
@@ -220,40 +387,30 @@ def train_sft(
             else (u + 1) / max(1, total * 0.06)
         ),
     )
-    rng = random.Random(seed)
     res = SftResult(n_train=len(train), n_eval=len(evals))
     res.keep_share = float(np.mean([ex.labels.mean() for ex in train if len(ex.labels)]))
+    pad = pad_id(comp.tokenizer)
+    group = max(1, int(comp.options.batch_size))
     done = 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        order = list(range(len(train)))
-        rng.shuffle(order)
         model.train()
         losses = []
-        for k in range(0, len(order), batch_size):
-            batch = [train[i] for i in order[k : k + batch_size]]
-            lays, tps = comp.token_probs(
-                [ex.text for ex in batch], fields=[ex.fields for ex in batch]
-            )
-            parts = []
-            for ex, lay, tp in zip(batch, lays, tps, strict=True):
-                wot = torch.as_tensor(lay.word_of_token[: tp.shape[0]])
-                ok = wot >= 0
-                if ok.any():
-                    deciding = ~torch.as_tensor(lay.forced)[wot[ok]]
-                    y = torch.as_tensor(ex.labels)[wot[ok]][deciding].to(tp.dtype)
-                    p = tp[ok][deciding].clamp(1e-6, 1 - 1e-6)
-                    parts.append(-(w1 * y * p.log() + w0 * (1 - y) * (1 - p).log()))
-            if not parts:
-                continue
-            loss = torch.cat(parts).mean()
+        for batch in bucketed_batches(lengths, batch_size, seed, epoch):
+            flat = [
+                (r.ids[j], r.types[j] if r.types is not None else None, r.y[j], r.counted[j])
+                for r in (rows[i] for i in batch)
+                for j in range(len(r.ids))
+            ]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = _batch_loss(model, flat, device=comp.device, pad=pad, group=group, w0=w0, w1=w1)
+            if math.isnan(loss):
+                continue
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             done += 1
             if on_batch:
                 on_batch(done, total)
@@ -396,7 +553,9 @@ def run_sft(
 ) -> SftSummary:
     """Label, store the labels, train, save. ``items`` come from the warehouse (see items.py)."""
     from tacorl_offline.compressor import CompressOptions, Compressor
+    from tacorl_offline.compressor.dropout import set_dropout
     from tacorl_offline.compressor.text import rebuild
+    from tacorl_offline.threads import intra_op_threads
     from tacorl_offline.warehouse import Warehouse, insert_rows
 
     sc = cfg.sft
@@ -464,17 +623,19 @@ def run_sft(
             if on_epoch:
                 on_epoch(log)
 
-        result = train_sft(
-            comp,
-            train,
-            evals,
-            epochs=sc.epochs,
-            lr=sc.lr,
-            batch_size=sc.batch_size,
-            seed=sc.seed,
-            on_epoch=epoch_done,
-            on_batch=on_batch,
-        )
+        set_dropout(comp.model, sc.dropout)
+        with intra_op_threads(sc.threads):
+            result = train_sft(
+                comp,
+                train,
+                evals,
+                epochs=sc.epochs,
+                lr=sc.lr,
+                batch_size=sc.batch_size,
+                seed=sc.seed,
+                on_epoch=epoch_done,
+                on_batch=on_batch,
+            )
         final = comp.save_pretrained(out_dir / "final")
         last = result.epochs[-1] if result.epochs else None
         status = "finished"
