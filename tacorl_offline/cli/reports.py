@@ -1,4 +1,4 @@
-"""Report commands: ``sql``, ``report cost|run``, ``runs prune``, ``warehouse export|migrate``, ``config``."""
+"""Report commands: ``sql``, ``report cost|run``, ``runs prune``, ``warehouse export|merge|migrate``, ``config``."""
 
 from __future__ import annotations
 
@@ -133,6 +133,25 @@ def warehouse_export(
     for t, n in counts.items():
         out.print(f"{t}: {n} rows", markup=False)
     out.print(f"exported to {out_dir}", markup=False)
+
+
+@user_errors
+def warehouse_merge(
+    source: Annotated[
+        Path, typer.Argument(help="Another warehouse file, or a 'warehouse export' directory.")
+    ],
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Add another machine's answers, ledger and runs (idempotent; earliest answer kept)."""
+    from tacorl_offline.merge import merge_warehouse
+
+    res = merge_warehouse(warehouse_of(default_warehouse(warehouse)), source)
+    for t, n in res.added.items():
+        if n:
+            out.print(f"{t}: {n} added", markup=False)
+    if res.replaced_answers:
+        out.print(f"responses: {res.replaced_answers} replaced by the earlier answer", markup=False)
+    out.print(f"merged {source}" if res.total else f"merged {source}: nothing new", markup=False)
 
 
 @user_errors
