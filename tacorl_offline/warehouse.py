@@ -162,7 +162,11 @@ class Warehouse:
     """A DuckDB warehouse file. Cheap to construct; connections are opened per use."""
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout_s: float = 60.0) -> None:
-        self.path = Path(path)
+        # Shared mode (a postgresql:// setting): this machine's file is the URL's local=.
+        from tacorl_offline.shared_store import SharedStore, is_shared_url
+
+        self.shared: SharedStore | None = SharedStore(str(path)) if is_shared_url(path) else None
+        self.path = self.shared.local_path if self.shared else Path(path)
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.lock_timeout_s = lock_timeout_s
         self._journal_lock = threading.Lock()
@@ -274,6 +278,11 @@ class Warehouse:
         own writes.
         """
         config = {"enable_external_access": False} if safe else None
+        if read_only and self.shared is not None:
+            # Shared mode: pull the other machines' rows first, unless a writer holds the
+            # file (it syncs on its own opens).
+            with contextlib.suppress(WarehouseLocked):
+                self.flush(lock_timeout_s=0.0)
         con = self._open(read_only, config, lock_timeout_s)
         # Held now, so nobody else writes until the close: compare with our last close.
         if self._signature() != self._closed_sig:
@@ -284,6 +293,8 @@ class Warehouse:
                 if replay_journal:
                     self._replay_journal(con)
                 Warehouse.mark_stale_runs(con)
+                if self.shared is not None:
+                    self.shared.sync(self, con)
             yield con
         except (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException) as e:
             # Reads past the end of a truncated file and the like: the file, not our code.
@@ -406,6 +417,8 @@ class Warehouse:
                 f"{e.strerror or type(e).__name__}"
             ) from None
         self._notify(entries)
+        if self.shared is not None:  # durable here first; pushed now, or on a later open
+            self.shared.publish(entries)
 
     def _read_journal(
         self, f: Any
@@ -550,9 +563,9 @@ class Warehouse:
                 ]
         return responses, masks
 
-    def flush(self) -> None:
+    def flush(self, *, lock_timeout_s: float | None = None) -> None:
         """Replay the journal into DuckDB now (opens and closes a write connection)."""
-        with self.connect():
+        with self.connect(lock_timeout_s=lock_timeout_s):
             pass
 
     # ------------------------------------------------------------------ lookups

@@ -57,13 +57,24 @@ def report_cost(
 
     check_format(fmt)
     by = "run" if run else by
-    res = cost_report(warehouse_of(default_warehouse(warehouse)), run, by=by)
+    w = warehouse_of(default_warehouse(warehouse))
+    res = cost_report(w, run, by=by)
     if not res.rows:
         out.print("no teacher calls recorded yet", markup=False)
         return
     if fmt == "table":
         res = for_table(res, by)
     render(res.columns, res.rows, fmt, title=f"cost by {by}")
+    if fmt == "table":
+        from tacorl_offline.shared_store import duplicate_calls
+
+        with w.connect(read_only=True) as con:
+            n, usd = duplicate_calls(con)
+        if n or w.shared is not None:
+            out.print(
+                f"duplicate paid calls (a request answered twice): {n} (${usd:.4f})",
+                markup=False,
+            )
 
 
 @user_errors
