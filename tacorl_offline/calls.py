@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -467,6 +468,10 @@ class Caller:
 
         shared = self.warehouse.shared
         deferred: list[Job] = []  # claimed by another machine: its answer is awaited
+        if shared is not None:  # machines walk the work in different orders: fewer collisions
+            order = list(pending)
+            random.Random(shared.machine).shuffle(order)
+            pending = collections.deque(order)
         while True:
             n = max(1, min(concurrency, len(pending)))
             await asyncio.gather(*(worker() for _ in range(n)))
