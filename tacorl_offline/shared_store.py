@@ -169,6 +169,9 @@ class SharedStore:
         self._schema_ready = False
         self._pks: dict[str, list[str]] = {}
         self.dirty = True  # a full watermark push is due (first open, or a failed push)
+        # (table, pk) this process has pushed or pulled: a sync skips them (PostgreSQL has
+        # them), so the overlap windows cost no rows on the wire and no local inserts.
+        self._known: set[tuple[str, str]] = set()
         self.claims = {"claimed": 0, "busy": 0, "answer": 0, "offline": 0}
 
     # ------------------------------------------------------------------ connection
@@ -326,7 +329,10 @@ class SharedStore:
                 )
             return True
 
-        return bool(self._guard(push, False))
+        if self._guard(push, False):
+            self._known.update((t, pk) for t, pk, _ in rows if t in IGNORE_TABLES)
+            return True
+        return False
 
     def _local_rows_since(
         self, con: Any, since: str | None
@@ -358,7 +364,9 @@ class SharedStore:
 
         st = self._state()
         now = con.execute("SELECT current_timestamp::TIMESTAMP").fetchone()[0].isoformat()
-        rows = self._local_rows_since(con, st["pushed_until"])
+        rows = [
+            r for r in self._local_rows_since(con, st["pushed_until"]) if r[:2] not in self._known
+        ]
 
         def push(pg: Any) -> bool:
             with pg.transaction():
@@ -368,6 +376,7 @@ class SharedStore:
         pushed = 0
         if rows and self._guard(push, False):
             pushed = len(rows)
+            self._known.update((t, pk) for t, pk, _ in rows if t in IGNORE_TABLES)
             st["pushed_until"] = now
             self.dirty = False
         elif not rows:
@@ -385,8 +394,14 @@ class SharedStore:
         pulled = 0
         if got:
             by_table: dict[str, list[dict[str, Any]]] = {}
+            pks = self.primary_keys(con)
+            fresh: list[tuple[str, str]] = []
             for _, t, r, _ in got:
-                by_table.setdefault(t, []).append(r)
+                key = (t, _pk_text(r, pks.get(t, [])))
+                if key not in self._known:
+                    by_table.setdefault(t, []).append(r)
+                    if t in IGNORE_TABLES:
+                        fresh.append(key)
             entries: list[tuple[str, dict[str, Any]]] = []
             con.execute("BEGIN TRANSACTION")
             try:
@@ -401,6 +416,7 @@ class SharedStore:
                         insert_rows(con, t, rs, on_conflict=rule)
                         entries += [(t, r) for r in rs]
                 con.execute("COMMIT")
+                self._known.update(fresh)
             except Exception as e:  # never fatal: the rows stay in PostgreSQL for the next open
                 con.execute("ROLLBACK")
                 log.warning(
