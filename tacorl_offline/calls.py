@@ -476,6 +476,7 @@ class Caller:
             n = max(1, min(concurrency, len(pending)))
             await asyncio.gather(*(worker() for _ in range(n)))
             if not deferred or stop or fatal or self.budget.reached():
+                pending.extend(deferred)  # left unanswered: counted as a budget stop below
                 break
             await asyncio.sleep(SHARED_POLL_S)
             pending.extend(deferred)
