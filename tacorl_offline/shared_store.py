@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -356,12 +356,11 @@ class SharedStore:
 
     # ------------------------------------------------------------------ sync (push + pull)
 
-    def sync(self, warehouse: Any, con: Any) -> tuple[int, int]:
+    def sync(self, warehouse: Any, con: Any, insert_rows: Callable[..., int]) -> tuple[int, int]:
         """Push this machine's rows written since the last confirmed push, then pull the rows
-        other machines added; (pushed, pulled). Best effort: on a PostgreSQL error nothing
-        is lost locally and the next write open tries again."""
-        from tacorl_offline.warehouse import insert_rows
-
+        other machines added (stored with ``insert_rows``, the warehouse's batch insert);
+        (pushed, pulled). Best effort: on a PostgreSQL error nothing is lost locally and the
+        next write open tries again."""
         st = self._state()
         now = con.execute("SELECT current_timestamp::TIMESTAMP").fetchone()[0].isoformat()
         rows = [

@@ -294,7 +294,7 @@ class Warehouse:
                     self._replay_journal(con)
                 Warehouse.mark_stale_runs(con)
                 if self.shared is not None:
-                    self.shared.sync(self, con)
+                    self.shared.sync(self, con, insert_rows)
             yield con
         except (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException) as e:
             # Reads past the end of a truncated file and the like: the file, not our code.
