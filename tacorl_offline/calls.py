@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import random
 import socket
 import time
 import uuid
@@ -41,6 +42,9 @@ from tacorl_offline.errors import UserError
 from tacorl_offline.pricing import FREE_BACKENDS, PriceTable, worst_case_input_tokens
 from tacorl_offline.teachers.base import Teacher, TeacherRequest, TeacherResult
 from tacorl_offline.warehouse import JournalWriteError, Warehouse
+
+# How often answers another machine is paying for are looked for (team warehouse).
+SHARED_POLL_S = 0.05
 
 
 @dataclass
@@ -141,6 +145,8 @@ class CallStats:
     budget_stopped: bool = False
     # Attempts that reached the server (everything but a refused connection).
     reached_attempts: int = 0
+    # Answers another machine paid for, taken from the team warehouse instead of paying.
+    shared_hits: int = 0
     # error kind -> requests that ended in it (permanent and transient failures).
     failures: dict[str, int] = field(default_factory=dict)
 
@@ -503,6 +509,17 @@ class Caller:
                         await settled.wait()
                     continue
                 pending.popleft()
+                if shared is not None:  # team warehouse: claim it, or take another's answer
+                    verdict, row = await asyncio.to_thread(shared.acquire, job.request.request_hash)
+                    if verdict in ("answer", "busy"):
+                        self.budget.settle(reserved, 0.0)
+                        async with settled:
+                            settled.notify_all()
+                        if verdict == "busy":
+                            deferred.append(job)
+                        else:
+                            results[job.request.request_hash] = await self._replicate(job, row)
+                        continue
                 self.budget.calls += 1  # counted at admission: a worker admitted next sees it
                 # The write-ahead row, on disk before the request leaves (a local teacher
                 # bills nothing: none).
@@ -545,6 +562,8 @@ class Caller:
                 finally:
                     async with settled:
                         settled.notify_all()
+                if shared is not None and not (res.ok or res.permanent):
+                    await asyncio.to_thread(shared.release, job.request.request_hash)
                 if not saved:
                     stop.append("journal")
                     continue
@@ -571,14 +590,72 @@ class Caller:
                 if on_result is not None:
                     on_result(job, res)
 
-        n = max(1, min(concurrency, len(pending)))
-        await asyncio.gather(*(worker() for _ in range(n)))
+        shared = self.warehouse.shared
+        deferred: list[Job] = []  # claimed by another machine: its answer is awaited
+        if shared is not None:  # machines walk the work in different orders: fewer collisions
+            order = list(pending)
+            random.Random(shared.machine).shuffle(order)
+            pending = collections.deque(order)
+        while True:
+            n = max(1, min(concurrency, len(pending)))
+            await asyncio.gather(*(worker() for _ in range(n)))
+            if not deferred or stop or fatal or self.budget.reached():
+                pending.extend(deferred)  # left unanswered: counted as a budget stop below
+                break
+            await asyncio.sleep(SHARED_POLL_S)
+            pending.extend(deferred)
+            deferred.clear()
         self.save_unsaved()
         if fatal:
             raise fatal[0]
         if pending:
             self.stats.budget_stopped = True
         return results
+
+    async def _replicate(self, job: Job, row: dict[str, Any]) -> TeacherResult:
+        """Another machine's answer (team warehouse): journaled here with a 'hit' ledger row,
+        never paid again."""
+        rh = job.request.request_hash
+        entries: list[tuple[str, dict[str, Any]]] = [("responses", dict(row))]
+        if job.mask_hash is not None:
+            entries.append(
+                (
+                    "masks",
+                    {
+                        "prompt_id": job.prompt_id,
+                        "mask_hash": job.mask_hash,
+                        "teacher_key": self.teacher_key,
+                        "request_hash": rh,
+                    },
+                )
+            )
+        entries += [
+            ("api_calls", r)
+            for r in hit_ledger_rows(
+                run_id=self.run_id,
+                phase=self.phase,
+                teacher_key=self.teacher_key,
+                backend=self.teacher.backend,
+                model=self.teacher.model,
+                hits=[(rh, float(row.get("cost_usd") or 0.0))],
+                step=self.step,
+            )
+        ]
+        try:
+            await self._journal(entries)
+        except JournalWriteError as e:
+            self.unsaved.append(entries)
+            self.journal_error = str(e)
+        self.stats.shared_hits += 1
+        ok = bool(row.get("ok"))
+        return TeacherResult(
+            request_hash=rh,
+            ok=ok,
+            answer=row.get("answer"),
+            error_kind=row.get("error_kind"),
+            permanent=not ok,
+            model=self.teacher.model,
+        )
 
     def write_pending_ledger(self, con: Any) -> None:
         """Write the buffered transient-failure ledger rows (call inside a write connection)."""

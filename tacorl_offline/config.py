@@ -553,7 +553,11 @@ class SftConfig(_Section):
 
 
 class Config(_Section):
-    warehouse: str = Field(DEFAULT_WAREHOUSE, description="DuckDB warehouse file.")
+    warehouse: str = Field(
+        DEFAULT_WAREHOUSE,
+        description="DuckDB warehouse file, or a team warehouse: "
+        "postgresql://user@host:5432/db?local=PATH (README: Team warehouse).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     prices: dict[str, Price] = Field(

@@ -1,7 +1,7 @@
 """Credentials never leave the process (pure).
 
 Design decision: a URL in the config may carry credentials (``http://user:PW@host/v1``, or a
-``?api-key=`` query). Wherever a config is stored (``runs.config``, a checkpoint's
+``?api-key=`` query), and so may a team warehouse URL (``warehouse: postgresql://u:PW@h/db``). Wherever a config is stored (``runs.config``, a checkpoint's
 ``config.json``, hence the Parquet export) or printed (``tacorl-offline config``), the URL's
 userinfo and query values are replaced by ``***``. A resumed run takes such a URL from its
 current config, since the stored one cannot be used.
@@ -44,6 +44,8 @@ def is_redacted(url: str | None) -> bool:
 def redact_config(dumped: dict[str, Any]) -> dict[str, Any]:
     """A copy of a dumped config (``Config.model_dump(mode='json')``) safe to store or print."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dumped.items()}
+    if isinstance(out.get("warehouse"), str) and "://" in out["warehouse"]:
+        out["warehouse"] = redact_url_credentials(out["warehouse"])  # a team warehouse URL
     for section, key in URL_FIELDS:
         sec = out.get(section)
         if isinstance(sec, dict) and sec.get(key):

@@ -225,7 +225,11 @@ class Warehouse:
     """A DuckDB warehouse file. Cheap to construct; connections are opened per use."""
 
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout_s: float = 60.0) -> None:
-        self.path = Path(path)
+        # Shared mode (a postgresql:// setting): this machine's file is the URL's local=.
+        from tacorl_offline.shared_store import SharedStore, is_shared_url
+
+        self.shared: SharedStore | None = SharedStore(str(path)) if is_shared_url(path) else None
+        self.path = self.shared.local_path if self.shared else Path(path)
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.lock_timeout_s = lock_timeout_s
         self._journal_lock = threading.Lock()
@@ -339,6 +343,11 @@ class Warehouse:
         own writes.
         """
         config = {"enable_external_access": False} if safe else None
+        if read_only and self.shared is not None:
+            # Shared mode: pull the other machines' rows first, unless a writer holds the
+            # file (it syncs on its own opens).
+            with contextlib.suppress(WarehouseLocked):
+                self.flush(lock_timeout_s=0.0)
         con = self._open(read_only, config, lock_timeout_s)
         # Held now, so nobody else writes until the close: compare with our last close.
         if self._signature() != self._closed_sig:
@@ -353,6 +362,8 @@ class Warehouse:
                 Warehouse.mark_stale_runs(con)
                 Warehouse.close_in_flight(con)
                 self._renew_leases(con)
+                if self.shared is not None:
+                    self.shared.sync(self, con, insert_rows)
             yield con
             failed = False
         except duckdb.Error as e:
@@ -497,6 +508,8 @@ class Warehouse:
                 f"{e.strerror or type(e).__name__}"
             ) from None
         self._notify(entries)
+        if self.shared is not None:  # durable here first; pushed now, or on a later open
+            self.shared.publish(entries)
 
     def _heal_tail(self, f: Any) -> int:
         """Make the journal end on a line boundary (a crash mid-append leaves a torn line);
@@ -746,9 +759,9 @@ class Warehouse:
                 ]
         return responses, masks
 
-    def flush(self) -> None:
+    def flush(self, *, lock_timeout_s: float | None = None) -> None:
         """Replay the journal into DuckDB now (opens and closes a write connection)."""
-        with self.connect():
+        with self.connect(lock_timeout_s=lock_timeout_s):
             pass
 
     # ------------------------------------------------------------------ lookups

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from tests.loopback import LoopbackServer, loopback_server  # noqa: F401  (fixture)
+from tests.pg_server import pg  # noqa: F401  (fixture: a PostgreSQL for the team tests)
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 

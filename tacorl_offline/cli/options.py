@@ -17,7 +17,7 @@ WarehouseOpt = Annotated[
     typer.Option(
         "--warehouse",
         "-w",
-        help="DuckDB warehouse file.",
+        help="DuckDB warehouse file, or a team warehouse postgresql://user@host/db?local=PATH.",
         envvar="TACORL_WAREHOUSE",
         show_envvar=True,
     ),

