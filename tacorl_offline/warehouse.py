@@ -105,28 +105,6 @@ def _placeholders(n: int) -> str:
 log = logging.getLogger("tacorl_offline")
 
 
-def truncated(file_size: int, total_blocks: int, block_size: int) -> bool:
-    """A DuckDB file shorter than the blocks its own header counts was cut (a partial copy,
-    a disk that filled mid-copy); DuckDB would read the missing blocks as absent rows."""
-    return total_blocks > 0 and file_size < total_blocks * block_size
-
-
-def check_file_length(path: Path, con: duckdb.DuckDBPyConnection) -> None:
-    """One line instead of silently partial answers from a cut warehouse file."""
-    if not path.exists():
-        return
-    row = con.execute("SELECT block_size, total_blocks FROM pragma_database_size()").fetchone()
-    if row is None:
-        return
-    size = path.stat().st_size
-    if truncated(size, int(row[1]), int(row[0])):
-        raise UserError(
-            f"the warehouse {path} is cut short ({size:,} of {int(row[0]) * int(row[1]):,} bytes "
-            "its header counts): restore it from a copy, or merge what a copy holds with "
-            "'tacorl-offline warehouse merge'"
-        )
-
-
 class WarehouseLocked(UserError):
     """Another process held the warehouse for longer than the lock timeout."""
 
@@ -252,7 +230,6 @@ class Warehouse:
 
         self.shared: SharedStore | None = SharedStore(str(path)) if is_shared_url(path) else None
         self.path = self.shared.local_path if self.shared else Path(path)
-        self._length_checked = False  # check_file_length runs on the first open
         self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.lock_timeout_s = lock_timeout_s
         self._journal_lock = threading.Lock()
@@ -372,13 +349,6 @@ class Warehouse:
             with contextlib.suppress(WarehouseLocked):
                 self.flush(lock_timeout_s=0.0)
         con = self._open(read_only, config, lock_timeout_s)
-        if not self._length_checked:
-            try:
-                check_file_length(self.path, con)
-            except BaseException:
-                con.close()
-                raise
-            self._length_checked = True
         # Held now, so nobody else writes until the close: compare with our last close.
         if self._signature() != self._closed_sig:
             self.generation += 1
