@@ -246,3 +246,10 @@ def q(cfg: Config, sql: str, params=None):
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def error_lines(text: str) -> list[str]:
+    """The non-blank lines of a command's stderr, less the informational line every phase prints
+    before its first call ("using dataset 'x', split 'y': N prompts", issue 21): a failure
+    after that point still says what is wrong in one line."""
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("using dataset ")]

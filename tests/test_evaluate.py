@@ -25,6 +25,7 @@ from tacorl_offline.ingest_store import store_records
 from tacorl_offline.judge import JUDGE_SYSTEM, pair_score, parse_verdict
 from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, warehouse_snapshot
+from tests.helpers import error_lines
 from tests.loopback import LoopbackServer, answer_for
 from tests.tiny_models import WORDS
 
@@ -252,7 +253,7 @@ def test_bad_evaluate_input_is_one_line_exit_2_warehouse_unchanged(
     before = warehouse_snapshot(wh)
     r = invoke("evaluate", "-c", str(cfg), "-w", str(wh), "--no-progress", *args)
     assert r.exit_code == 2, r.output
-    lines = [x for x in r.output.splitlines() if x.strip()]
+    lines = error_lines(r.output)
     assert len(lines) == 1 and says in lines[0] and "Traceback" not in r.output
     assert warehouse_snapshot(wh) == before
 

@@ -143,7 +143,7 @@ def test_template_without_the_text_is_refused_in_one_line(tmp_path) -> None:
     assert r.output.strip() == (
         f"error: {cfg} + flags: teacher.template: does not use {{transcript}}, the compressible text: "
         "every prompt would send the same request and get the same answer; put {transcript} "
-        "where the text goes"
+        "(or the name of data.text_field, e.g. {context}) where the text goes"
     )
     assert warehouse_snapshot(wh) == before
 

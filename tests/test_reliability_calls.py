@@ -16,7 +16,7 @@ from tacorl_offline.errors import UserError
 from tacorl_offline.fill import run_fill
 from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, openai_config, warehouse_snapshot, write_upstream_json
-from tests.helpers import openai_setup, rows
+from tests.helpers import error_lines, openai_setup, rows
 
 
 def invoke(*args: str, env: dict[str, str] | None = None):
@@ -88,7 +88,7 @@ def test_auth_error_stops_the_run_at_once_and_names_the_key_variable(
         loopback_server.reset()
         r = invoke("teacher-fill", "-c", str(cfg), "-w", str(wh), "--no-progress", env=env)
         assert r.exit_code == 2, r.output
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        lines = error_lines(r.stderr)
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
         assert "TACORL_TEST_KEY" in lines[0] and "401" in lines[0] and SECRET not in r.output
         assert loopback_server.calls <= 2  # only what was already in flight

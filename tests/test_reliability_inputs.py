@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from tacorl_offline.cli import app
 from tests.conftest import warehouse_snapshot
+from tests.helpers import error_lines
 
 
 def invoke(*args: str, env: dict[str, str] | None = None):
@@ -28,7 +29,7 @@ def filled(tmp_path: Path) -> Path:
 
 def one_line_error(r, *needles: str) -> str:
     assert r.exit_code == 2, (r.exit_code, r.output)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    lines = error_lines(r.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.output
     for n in needles:
@@ -138,5 +139,7 @@ def test_a_corrupt_compressor_record_is_one_line(tmp_path, tiny_bert, content) -
     shutil.copytree(tiny_bert, model)
     raw = content.encode("utf-8", "surrogateescape")
     (model / "tacorl_compressor.json").write_bytes(raw)
-    r = invoke("compress", "-m", str(model), "--rate", "0.5", "-")
+    text = tmp_path / "in.txt"
+    text.write_text("Some words to compress, so that the model is loaded.", encoding="utf-8")
+    r = invoke("compress", "-m", str(model), "--rate", "0.5", str(text))
     one_line_error(r, "tacorl_compressor.json", "restore it")

@@ -21,7 +21,7 @@ from tacorl_offline.fill import run_fill
 from tacorl_offline.reports import cost_report
 from tacorl_offline.warehouse import JournalWriteError, Warehouse
 from tests.conftest import SECRET, openai_config, write_upstream_json
-from tests.helpers import openai_setup, rows
+from tests.helpers import error_lines, openai_setup, rows
 from tests.loopback import LoopbackServer
 
 
@@ -253,7 +253,7 @@ def test_a_full_disk_is_one_line_and_a_rerun_pays_nothing_twice(small_fs: Path) 
         filler = _fill_disk(small_fs)
         _, err = child.communicate(timeout=120)
         assert child.returncode == 2, err
-        err = err.strip()
+        err = "\n".join(error_lines(err))
         assert "No space left on device" in err, err
         assert "\n" not in err and "Traceback" not in err, err
         paid_first = server.calls

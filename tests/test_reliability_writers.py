@@ -15,7 +15,7 @@ from tacorl_offline import leases
 from tacorl_offline.cli import app
 from tacorl_offline.warehouse import Warehouse
 from tests.conftest import SECRET, openai_config, write_upstream_json
-from tests.helpers import rows
+from tests.helpers import error_lines, rows
 from tests.loopback import LoopbackServer
 
 ME = leases.Owner(100, "here")
@@ -75,7 +75,7 @@ def test_a_second_paying_process_is_refused_in_one_line_and_nothing_is_paid_twic
         _, err1 = first.communicate(timeout=120)
         assert first.returncode == 0, err1
         assert second.returncode == 2, second.stderr
-        line = second.stderr.strip()
+        line = "\n".join(error_lines(second.stderr))
         assert "is in use by fill run fill-" in line and f"PID {first.pid}" in line, line
         assert "\n" not in line
         # Every prompt paid once, by the first process only.
