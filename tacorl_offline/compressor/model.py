@@ -271,12 +271,7 @@ class Compressor:
         max_seq_len: int,
         prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[np.ndarray]:
-        """Greedy forward over the same rows as sampling (:func:`.rows.build_rows`), built in
-        numpy. With ``self.length_bucketing`` (default) rows are sorted by length (longest
-        first) and each batch is padded to its longest row; without it, rows go in input order
-        padded to ``max_seq_len`` as llmlingua does. The attention mask makes both equal up to
-        float noise (kept words identical in the tests and the benchmark).
-        Returns float32 keep-probabilities per layout token."""
+        """See :func:`.greedy.token_probs_np`."""
         return greedy.token_probs_np(self, layouts, model, batch_size, max_seq_len, prefixes)
 
     # ------------------------------------------------------------------ greedy compression
