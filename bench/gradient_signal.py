@@ -29,22 +29,21 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
+import torch
+from squad_splits import read_jsonl, split_train
 
-from tacorl_offline import credit  # noqa: E402
-from tacorl_offline.advantages import compute_advantages  # noqa: E402
-from tacorl_offline.compressor import Compressor  # noqa: E402
-from tacorl_offline.compressor.options import CompressOptions  # noqa: E402
-from tacorl_offline.config import resolve  # noqa: E402
-from tacorl_offline.metrics import squad_f1  # noqa: E402
-from tacorl_offline.teachers.extractive import best_overlap_sentence  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "bench"))
-from squad_splits import read_jsonl, split_train  # noqa: E402
+from tacorl_offline import credit
+from tacorl_offline.advantages import compute_advantages
+from tacorl_offline.compressor import Compressor
+from tacorl_offline.compressor.options import CompressOptions
+from tacorl_offline.config import resolve
+from tacorl_offline.metrics import squad_f1
+from tacorl_offline.teachers.extractive import best_overlap_sentence
 
 
 def flat_grad(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from rl_lab import base_config, load, prepare_workdir, with_split  # noqa: E402
+from common import load_average  # noqa: E402
+from rl_lab import base_config, prepare_workdir, with_split  # noqa: E402
 
 from tacorl_offline.evaluate import EvalReport, run_evaluation  # noqa: E402
 from tacorl_offline.trainer import Trainer  # noqa: E402
@@ -132,7 +133,10 @@ def main() -> None:
     n = args.train_questions
     work = Path(args.workdir or ROOT / f"bench/.cache/learning-{n or 'all'}")
     steps = args.rl_steps or (4 if args.quick else None)
-    print(f"learning benchmark: train questions {n or 'all'}, load average {load()}", flush=True)
+    print(
+        f"learning benchmark: train questions {n or 'all'}, load average {load_average()}",
+        flush=True,
+    )
 
     times: dict[str, float] = {}
     calls: dict[str, int] = {}
@@ -204,7 +208,7 @@ def main() -> None:
         f"sft+rl calls / train fill calls: {rl_calls / max(1, calls['teacher-fill (train)']):.2f}"
     )
     print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
-    print(f"load average at the end: {load()} (2 cores)")
+    print(f"load average at the end: {load_average()} (2 cores)")
 
 
 if __name__ == "__main__":

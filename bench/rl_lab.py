@@ -32,32 +32,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, load_average
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from squad_splits import read_jsonl, split_train, write_jsonl  # noqa: E402
+from squad_splits import read_jsonl, split_train, write_jsonl
 
-from tacorl_offline.config import Config, resolve  # noqa: E402
-from tacorl_offline.evaluate import run_evaluation  # noqa: E402
-from tacorl_offline.fill import run_fill  # noqa: E402
-from tacorl_offline.ingest import read_records  # noqa: E402
-from tacorl_offline.ingest_store import store_records  # noqa: E402
-from tacorl_offline.items import load_items  # noqa: E402
-from tacorl_offline.runs import key_of  # noqa: E402
-from tacorl_offline.sft import run_sft  # noqa: E402
-from tacorl_offline.trainer import Trainer  # noqa: E402
-from tacorl_offline.warehouse import Warehouse  # noqa: E402
+from tacorl_offline.config import Config, resolve
+from tacorl_offline.evaluate import run_evaluation
+from tacorl_offline.fill import run_fill
+from tacorl_offline.ingest import read_records
+from tacorl_offline.ingest_store import store_records
+from tacorl_offline.items import load_items
+from tacorl_offline.runs import key_of
+from tacorl_offline.sft import run_sft
+from tacorl_offline.trainer import Trainer
+from tacorl_offline.warehouse import Warehouse
 
 DATASET = "squad-lab"
 METRIC = "teacher.squad_f1"
-
-
-def load() -> str:
-    la = os.getloadavg()
-    return f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
 
 
 def parse_value(v: str) -> Any:
@@ -100,7 +95,7 @@ def prepare_workdir(
     splits["heldout"] = read_jsonl(ROOT / "data/squad/heldout.jsonl")
     cfg = base_config(work, {"sft.epochs": sft_epochs})
     wh = Warehouse(cfg.warehouse)
-    info: dict[str, Any] = {"train_questions": train_questions, "load_start": load()}
+    info: dict[str, Any] = {"train_questions": train_questions, "load_start": load_average()}
     t0 = time.perf_counter()
     for split, rs in splits.items():
         path = work / "data" / f"{split}.jsonl"
@@ -131,7 +126,7 @@ def prepare_workdir(
         agn = run_sft(acfg, warehouse=wh, items=items, teacher_key=tkey)
         info["agnostic_model"] = str(agn.output)
         info["agnostic_seconds"] = time.perf_counter() - t0
-    info["load_end"] = load()
+    info["load_end"] = load_average()
     (work / "prepared.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))
     return info
@@ -211,7 +206,7 @@ def rl(args: argparse.Namespace) -> None:
         "best_step": best,
         "train_s": round(train_s, 1),
         "eval_s": round(time.perf_counter() - t0, 1),
-        "load": load(),
+        "load": load_average(),
     }
     with (work / "sweep.jsonl").open("a") as f:
         f.write(json.dumps(out) + "\n")
@@ -219,7 +214,7 @@ def rl(args: argparse.Namespace) -> None:
         f"{args.name}: calls {summary.spend.calls}, val "
         + ", ".join(f"{s}:{v['val']:.3f}" for s, v in curve.items())
         + f" | final-start {curve[str(summary.steps)]['diff']:+.3f} {curve[str(summary.steps)]['ci']}"
-        + f" | best step {best} | {train_s:.0f}s train, load {load()}"
+        + f" | best step {best} | {train_s:.0f}s train, load {load_average()}"
     )
     if not args.keep:  # the final model stays (bench/learning.py --from-sweep reads it)
         shutil.rmtree(summary.run_dir / "checkpoints", ignore_errors=True)

@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from learning import fmt_ci, fmt_diff, load, with_split  # noqa: E402
+from common import load_average  # noqa: E402
+from learning import fmt_ci, fmt_diff, with_split  # noqa: E402
 
 from tacorl_offline.config import Config, resolve  # noqa: E402
 from tacorl_offline.evaluate import run_evaluation  # noqa: E402
@@ -190,7 +191,7 @@ def main() -> None:
     print(
         f"sample-efficiency benchmark: {args.config}, RL from {base.compressor.model}, "
         f"{args.steps} steps, lr {base.train.lr}, tolerance {base.train.tolerance_tokens} tokens, "
-        f"load average {load()}",
+        f"load average {load_average()}",
         flush=True,
     )
     prepare(base, wh, 120 if args.quick else None)
@@ -231,7 +232,7 @@ def main() -> None:
             summary = run(cfg, w)
             print(
                 f"  {name} seed {seed}: {summary.spend.calls} calls, "
-                f"{time.perf_counter() - t0:.0f} s, load {load()}",
+                f"{time.perf_counter() - t0:.0f} s, load {load_average()}",
                 flush=True,
             )
             points[name][seed] = checkpoints_of(summary, w)
@@ -252,7 +253,7 @@ def main() -> None:
             sweep.append(run(c, sweep_wh))
             print(
                 f"  sweep seed {seed}: {sweep[-1].spend.calls} calls, "
-                f"{time.perf_counter() - t0:.0f} s, load {load()}",
+                f"{time.perf_counter() - t0:.0f} s, load {load_average()}",
                 flush=True,
             )
         models += [str(s.final_model) for s in sweep]
@@ -361,7 +362,7 @@ def main() -> None:
     print()
     print(
         f"mean curves: on-policy final {on_final:.3f} after {on_final_calls:.0f} calls; "
-        f"load average {load()}"
+        f"load average {load_average()}"
     )
     if need is None:
         best = max(m for _, m in curves[ours_name])
