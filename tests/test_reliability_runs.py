@@ -64,6 +64,13 @@ def test_a_killed_run_becomes_interrupted_on_the_next_open(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(180)
+def _default_sigint() -> None:
+    """The child takes SIGINT as a terminal's Ctrl-C would reach it. A suite started in the
+    background by a non-interactive shell (``make test &``) ignores SIGINT, and its children
+    would inherit that and never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_before_the_first_checkpoint_is_interrupted(
     tmp_path, loopback_server, tiny_bert
 ) -> None:
@@ -71,7 +78,13 @@ def test_ctrl_c_before_the_first_checkpoint_is_interrupted(
     loopback_server.set(latency_s=1.0)
     cmd = train_command(cfg, tmp_path)
     loopback_server.reset()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and loopback_server.calls < 1 and child.poll() is None:
         time.sleep(0.05)
@@ -165,7 +178,12 @@ def test_a_cancel_while_the_teacher_closes_still_finishes_the_run_row(
 def _sigint_after(cmd: list[str], ready, *, env=None, timeout: float = 120) -> tuple[int, str]:
     """Start ``cmd``, wait until ``ready()``, send SIGINT; (exit code, stderr)."""
     child = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None and not ready():
