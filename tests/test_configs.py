@@ -58,7 +58,7 @@ def test_task_configs_default_offline(task: str) -> None:
     assert cfg.train.max_steps is not None and cfg.train.max_steps <= 30
     assert cfg.train.batch_size <= 8 and cfg.train.epochs == 1
     # qa: lr and entropy chosen on the validation carve of its train paragraphs (issue 16)
-    lr = 4e-5 if task == "qa" else 1e-5
+    lr = 1e-4 if task == "qa" else 1e-5
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(lr)
     if task == "qa":
         assert cfg.train.entropy_coeff == 0.0 and cfg.train.kl_coeff == 0.0
