@@ -129,6 +129,12 @@ def main() -> None:
         help="use this SFT+RL model (e.g. the val-chosen bench/rl_lab.py run) instead of training",
     )
     ap.add_argument("--sft-rl-calls", type=int, default=None, help="the calls that model paid")
+    ap.add_argument(
+        "--agnostic-rl-model",
+        default=None,
+        help="use this agnostic+RL model (a val-chosen bench/rl_lab.py run) instead of training",
+    )
+    ap.add_argument("--agnostic-rl-calls", type=int, default=None, help="the calls it paid")
     args = ap.parse_args()
     n = args.train_questions
     work = Path(args.workdir or ROOT / f"bench/.cache/learning-{n or 'all'}")
@@ -170,7 +176,12 @@ def main() -> None:
         print(f"sft+rl: {args.sft_rl_model} (trained by bench/rl_lab.py, {calls['sft+rl']} calls)")
     if not args.no_agnostic:
         models["agnostic"] = info["agnostic_model"]
-        stages.append(("agnostic+rl", "agnostic"))
+        if args.agnostic_rl_model:
+            models["agnostic+rl"] = args.agnostic_rl_model
+            calls["agnostic+rl"] = args.agnostic_rl_calls or 0
+            print(f"agnostic+rl: {args.agnostic_rl_model} ({calls['agnostic+rl']} calls)")
+        else:
+            stages.append(("agnostic+rl", "agnostic"))
     if args.rl_only:
         stages.append(("rl only", "base"))
     for label, start in stages:

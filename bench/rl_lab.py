@@ -84,9 +84,15 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def prepare_workdir(
-    work: Path, train_questions: int | None, sft_epochs: int | None, agnostic: bool
+    work: Path,
+    train_questions: int | None,
+    sft_epochs: int | None,
+    agnostic: bool,
+    sft: bool = True,
 ) -> dict[str, Any]:
-    """Splits, ingest, fill, SFT (and the task-agnostic warm start): ``prepared.json``."""
+    """Splits, ingest, fill, SFT (and the task-agnostic warm start): ``prepared.json``.
+
+    ``sft=False`` stops after the fill (for RL from the base encoder)."""
     if work.exists():
         shutil.rmtree(work)
     (work / "data").mkdir(parents=True)
@@ -109,14 +115,17 @@ def prepare_workdir(
         info[f"fill_calls_{split}"] = s.spend.calls
         print(f"{split}: {len(rs)} questions, {paras} paragraphs, fill paid {s.spend.calls}")
     info["fill_seconds"] = time.perf_counter() - t0
+    if not sft:
+        (work / "prepared.json").write_text(json.dumps(info, indent=1))
+        return info
     t0 = time.perf_counter()
     tkey = key_of(cfg.teacher)
     with wh.connect() as con:
         items = load_items(con, cfg, tkey)
-    sft = run_sft(cfg, warehouse=wh, items=items, teacher_key=tkey)
-    for e in sft.result.epochs:
+    warm = run_sft(cfg, warehouse=wh, items=items, teacher_key=tkey)
+    for e in warm.result.epochs:
         print(f"  sft epoch {e.epoch}: loss {e.loss:.4f}, label F1 {e.label_f1:.3f}", flush=True)
-    info["sft_model"] = str(sft.output)
+    info["sft_model"] = str(warm.output)
     info["sft_seconds"] = time.perf_counter() - t0
     if agnostic:
         t0 = time.perf_counter()
