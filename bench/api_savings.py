@@ -33,9 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
-import shlex
 import shutil
 import statistics
 import sys
@@ -45,15 +43,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import torch
-from common import KEY_ENV, clone_warehouse, load_average, quiet_fd
+from common import (
+    clone_warehouse,
+    load_average,
+    loopback_config,
+    mean,
+    print_run_header,
+    quiet_fd,
+    serial_latency,
+    text_table,
+    warehouse_with_prompts,
+)
 from common import query as q
 
-from tacorl_offline.config import Config, resolve
+from tacorl_offline.config import Config
 from tacorl_offline.fill import run_fill
 from tacorl_offline.ingest import read_records
-from tacorl_offline.ingest_store import store_records
 from tacorl_offline.trainer import StepLog, Trainer, TrainSummary
 from tacorl_offline.warehouse import Warehouse
 from tests.loopback import LoopbackServer
@@ -95,21 +101,21 @@ class Setup:
     tolerance: int
     lr: float
     checkpoint_every: int
+    latency: float = 0.0  # measured serial latency per call, s
+    base: Path = Path()  # the post-fill warehouse every scenario copies
+    total_steps: int = 0
+    kill_after: int = 0
+    median_len: float = 0.0  # median prompt length in policy tokens
 
 
 def make_cfg(
     st: Setup, wh: Path, *, seed: int = 0, tolerance: int | None = None, model: Path | None = None
 ) -> Config:
-    return resolve(
-        None,
-        environ={},
-        overrides={
+    return loopback_config(
+        st.server.base_url,
+        {
             "warehouse": str(wh),
             "data.dataset": "bench",
-            "teacher.backend": "openai",
-            "teacher.model": "gpt-4o-mini",
-            "teacher.base_url": st.server.base_url,
-            "teacher.api_key_env": KEY_ENV,
             "teacher.concurrency": st.batch,
             "teacher.timeout_s": 30,
             "teacher.max_retries": 1,
@@ -131,11 +137,11 @@ def make_cfg(
 
 def ingest_and_fill(st: Setup, wh: Path) -> dict[str, Any]:
     """A new warehouse with the prompts ingested and every original answered once."""
-    wh.parent.mkdir(parents=True, exist_ok=True)
     cfg = make_cfg(st, wh)
     records, _ = read_records(st.data, cfg.data)
-    w = Warehouse(wh)
-    store_records(w, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=st.data)
+    w = warehouse_with_prompts(
+        wh, records, dataset=cfg.data.dataset, split=cfg.data.split, source_path=st.data
+    )
     st.server.reset()
     t0 = time.perf_counter()
     fs = asyncio.run(run_fill(cfg, warehouse=w))
@@ -147,25 +153,6 @@ def ingest_and_fill(st: Setup, wh: Path) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "cost": fs.spend.cost_usd,
     }
-
-
-def serial_latency(server: LoopbackServer, n: int) -> float:
-    """Mean wall time of ``n`` serial chat completions through the real openai client."""
-    from openai import AsyncOpenAI
-
-    async def go() -> float:
-        client = AsyncOpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
-        try:
-            msgs = [{"role": "user", "content": "Summarize: the council met on Monday."}]
-            await client.chat.completions.create(model="gpt-4o-mini", messages=msgs)  # warm
-            t0 = time.perf_counter()
-            for _ in range(n):
-                await client.chat.completions.create(model="gpt-4o-mini", messages=msgs)
-            return (time.perf_counter() - t0) / n
-        finally:
-            await client.close()
-
-    return asyncio.run(go())
 
 
 # ----------------------------------------------------------------------------- runs
@@ -319,10 +306,6 @@ def step_times(
     return ours, up
 
 
-def mean(xs: list[float]) -> float:
-    return statistics.fmean(xs) if xs else float("nan")
-
-
 def single_row(name: str, res: RunResult, latency: float, tolerance: int) -> Row:
     stats = run_stats(res.wh, res.run_id)
     ours, up = step_times(res, stats, latency)
@@ -372,325 +355,286 @@ def weights_compare(a: Path, b: Path, init: Path) -> tuple[bool, bool, float, fl
 # ----------------------------------------------------------------------------- report
 
 
-def fmt_row(r: Row) -> str:
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    sens: list[Row] = field(default_factory=list)  # the tolerance sensitivity rows
+    notes: list[str] = field(default_factory=list)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+
+def copy_of_base(st: Setup, name: str) -> Path:
+    wh = st.tmp / name / "wh.duckdb"
+    clone_warehouse(st.base, wh)
+    return wh
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def fresh_runs(st: Setup, rep: Report) -> tuple[RunResult, Row, Row]:
+    """a0) and a): a fresh run at upstream's tolerance (like for like), then at ours."""
+    r0 = train(st, make_cfg(st, copy_of_base(st, "tol30"), seed=0, tolerance=30))
+    row_up = single_row("a0) fresh run, upstream tolerance", r0, st.latency, 30)
+    rep.rows.append(row_up)
+
+    wa = copy_of_base(st, "a")
+    ra = train(st, make_cfg(st, wa, seed=0))
+    row_a = single_row("a) fresh run", ra, st.latency, st.tolerance)
+    rep.rows.append(row_a)
+    sa = ra.summary
+    assert sa is not None and sa.final_model is not None
+    stats_a = run_stats(wa, ra.run_id)
+    rep.checks.append(
+        (
+            "server calls == trainer summary calls (fresh run)",
+            ra.server_calls == sa.spend.calls,
+            f"{ra.server_calls} vs {sa.spend.calls}",
+        )
+    )
+    rep.notes.append(
+        f"a) {row_a.samples} samples: {stats_a['sc_over']} over-compressed (-0.4), "
+        f"{stats_a['sc_outside']} outside tolerance (-0.1), {stats_a['needed']} needed "
+        f"the teacher, {stats_a['distinct_needed']} distinct masks among them; "
+        f"paid {ra.server_calls}, replayed {row_a.hits} "
+        f"(cross-epoch/in-step repeats of a mask); cost ${sa.spend.cost_usd:.6f}, "
+        f"saved ${sa.spend.saved_usd:.6f}"
+    )
+    rep.notes.append(
+        f"a) where upstream's {row_a.upstream} calls go: {stats_a['sc_outside']} are decided "
+        f"by the tolerance gate before any call (upstream pays, then discards), "
+        f"{row_a.dups} are in-step duplicates (paid once per step), {row_a.replays} are "
+        f"replays of a request answered in an earlier step/epoch, {ra.server_calls} are "
+        f"paid (needed {stats_a['needed']} = dups + replays + paid: "
+        f"{stats_a['needed'] == row_a.dups + row_a.replays + ra.server_calls}). Policy "
+        f"entropy {row_a.entropy:.2f} nats/word"
+    )
+    wall_a = mean(ra.step_wall)
+    logged_a = mean(list(stats_a["logged_s"].values()))
+    wait_a = mean(list(stats_a["teacher_s"].values()))
+    rep.notes.append(
+        f"a) mean step {wall_a:.3f} s = teacher wait {wait_a:.3f} s + sampling/loss/"
+        f"backward and the step's one warehouse connection (the previous step's rows, "
+        f"the journal, the lookups) {logged_a - wait_a:.3f} s + checkpoints/logging "
+        f"{wall_a - logged_a:.3f} s (StepLog.seconds = {logged_a:.3f} s); the "
+        "non-teacher part is what upstream's serial time is added to"
+    )
+    return ra, row_a, row_up
+
+
+def repeat_run(st: Setup, rep: Report, ra: RunResult) -> Row:
+    """b) the same run again on a)'s warm warehouse."""
+    rb = train(st, make_cfg(st, ra.wh, seed=0))
+    row_b = single_row("b) repeat, warm warehouse", rb, st.latency, st.tolerance)
+    rep.rows.append(row_b)
+    same_rewards = q(
+        ra.wh,
+        "SELECT count(*) FROM steps a JOIN steps b USING (step) WHERE a.run_id = ? "
+        "AND b.run_id = ? AND a.reward_mean IS NOT DISTINCT FROM b.reward_mean "
+        "AND a.loss = b.loss",
+        [ra.run_id, rb.run_id],
+    )[0][0]
+    rep.notes.append(
+        f"b) identical per-step reward and loss as a): {same_rewards}/{st.total_steps} steps"
+    )
+    return row_b
+
+
+def killed_and_resumed(st: Setup, rep: Report, ra: RunResult) -> None:
+    """c) killed mid-way and resumed, on a fresh copy of the post-fill warehouse."""
+    wc = copy_of_base(st, "c")
+    cfg_c = make_cfg(st, wc, seed=0)
+    rk = train(st, cfg_c, kill_after=st.kill_after)
+    status = q(wc, "SELECT status FROM runs WHERE run_id = ?", [rk.run_id])[0][0]
+    # Snapshot the kill-run's rows now: the resumed run replaces the replayed steps' rows.
+    stats_kill = run_stats(wc, rk.run_id)
+    rr = train(st, cfg_c, resume=rk.run_id)
+    assert rr.summary is not None and rr.summary.final_model is not None
+    resumed_from = rr.summary.resumed_from or 0
+    stats_c = run_stats(wc, rk.run_id)  # final rows (replayed steps replaced)
+    calls_c = rk.server_calls + rr.server_calls
+    rep.rows.append(resumed_row(st, rk, rr, stats_kill, stats_c, resumed_from))
+    steps_calls, ledger_ok = q(
+        wc,
+        "SELECT (SELECT sum(calls) FROM steps WHERE run_id = $1), (SELECT count(*) FROM "
+        "api_calls WHERE run_id = $1 AND phase = 'train' AND status = 'ok')",
+        [rk.run_id],
+    )[0]
+    agree = steps_calls == ledger_ok == calls_c
+    rep.notes.append(
+        f"c) after the resume, sum(steps.calls) for the run = {steps_calls}, api_calls ok "
+        f"rows = {ledger_ok}, server saw {calls_c}: "
+        + (
+            "steps, ledger and server agree (a replayed step keeps the calls it first paid)"
+            if agree
+            else "MISMATCH: the steps table does not account for what the run paid"
+        )
+    )
+    assert ra.summary is not None and ra.summary.final_model is not None
+    close, equal, diff, moved = weights_compare(
+        ra.summary.final_model, rr.summary.final_model, st.model
+    )
+    rep.notes.append(
+        f"c) killed after step {st.kill_after} (status '{status}'), checkpoints every "
+        f"{st.checkpoint_every} steps, resumed from step {resumed_from}: "
+        f"{rk.server_calls} + {rr.server_calls} = {calls_c} calls vs {ra.server_calls} "
+        f"fresh; steps {resumed_from + 1}-{st.kill_after} replayed from the warehouse. "
+        f"upstream has no resume, so its row counts the killed steps plus a full rerun."
+    )
+    rep.notes.append(
+        f"c) final weights vs a): allclose(atol 1e-7) {close}, bitwise equal {equal}, "
+        f"max |diff| {diff:.3g}; training moved weights by up to {moved:.3g} from init"
+    )
+    rep.checks.append(
+        (
+            "killed+resumed pays what a fresh run pays",
+            calls_c == ra.server_calls,
+            f"{calls_c} vs {ra.server_calls}",
+        )
+    )
+    rep.checks.append(
+        ("killed+resumed ends with run a)'s weights", close, f"max |diff| {diff:.3g}")
+    )
+
+
+def resumed_row(
+    st: Setup,
+    rk: RunResult,
+    rr: RunResult,
+    stats_kill: dict[str, Any],
+    stats_c: dict[str, Any],
+    resumed_from: int,
+) -> Row:
+    """The killed run and its resume as one row, against upstream starting over."""
+    ours_k, up_k = step_times(rk, stats_kill, st.latency)
+    ours_r, up_r = step_times(rr, stats_c, st.latency, first_step=resumed_from + 1)
+    hits_c = q(
+        rk.wh,
+        "SELECT count(*) FROM api_calls WHERE run_id = ? AND status = 'hit'",
+        [rk.run_id],
+    )[0][0]
+    # Upstream has no resume: the killed steps are lost and it starts over from step 1.
+    # Its steps 1..resumed_from of the rerun are the kill-run's steps (same samples).
+    up_c = stats_kill["upstream"] + stats_c["upstream"]
+    up_steps_c = up_k + up_k[:resumed_from] + up_r
+    wait_c = [stats_kill["teacher_s"][k] for k in sorted(stats_kill["teacher_s"])] + [
+        stats_c["teacher_s"][k] for k in sorted(stats_c["teacher_s"]) if k > resumed_from
+    ]
+    return Row(
+        "c) killed + resumed",
+        rk.server_calls + rr.server_calls,
+        up_c,
+        hits_c,
+        stats_kill["sc"] + after(stats_c, "sc_per_step", resumed_from),
+        stats_kill["samples"] + after(stats_c, "n_per_step", resumed_from),
+        mean(ours_k + ours_r),
+        mean(up_steps_c),
+        mean(wait_c),
+        up_c * st.latency / len(up_steps_c),
+        tolerance=st.tolerance,
+        entropy=stats_c["entropy"],
+        dups=stats_kill["dups"] + after(stats_c, "dups_per_step", resumed_from),
+    )
+
+
+def seed_sweep(st: Setup, rep: Report, ra: RunResult) -> None:
+    """d) a 3-seed sweep sharing one warehouse."""
+    wd = copy_of_base(st, "d")
+    seed_rows = []
+    for seed in (0, 1, 2):
+        r = train(st, make_cfg(st, wd, seed=seed))
+        seed_rows.append(single_row(f"d) seed {seed}", r, st.latency, st.tolerance))
+    total = Row(
+        "d) sweep total (3 seeds)",
+        sum(r.ours for r in seed_rows),
+        sum(r.upstream for r in seed_rows),
+        sum(r.hits for r in seed_rows),
+        sum(r.short_circuits for r in seed_rows),
+        sum(r.samples for r in seed_rows),
+        mean([r.step_ours for r in seed_rows]),
+        mean([r.step_upstream for r in seed_rows]),
+        mean([r.wait_ours for r in seed_rows]),
+        mean([r.wait_upstream for r in seed_rows]),
+        tolerance=st.tolerance,
+        entropy=mean([r.entropy for r in seed_rows]),
+        dups=sum(r.dups for r in seed_rows),
+    )
+    rep.rows.extend(seed_rows)
+    rep.rows.append(total)
+    rep.notes.append(
+        f"d) sweep paid {total.ours} calls vs 3 x fresh = {3 * ra.server_calls}; "
+        f"per seed {[r.ours for r in seed_rows]} (seed 0 == run a): "
+        f"{seed_rows[0].ours == ra.server_calls}); hits per seed "
+        f"{[r.hits for r in seed_rows]}"
+    )
+
+
+def soft_policy(st: Setup, rep: Report) -> None:
+    """e) a policy at MiniLM-like per-word entropy (masks repeat far less)."""
+    soft = soften_head(st.model, st.tmp / "models" / "soft-bert-base-multilingual-cased", 0.02)
+    for tol, label in ((30, "upstream tolerance"), (st.tolerance, "bench tolerance")):
+        cfg_e = make_cfg(st, copy_of_base(st, f"soft{tol}"), seed=0, tolerance=tol, model=soft)
+        r = train(st, cfg_e)
+        rep.rows.append(single_row(f"e) MiniLM-like entropy, {label}", r, st.latency, tol))
+        if tol == st.tolerance:
+            r2 = train(st, cfg_e)
+            rep.rows.append(single_row("e) repeat, warm warehouse", r2, st.latency, tol))
+
+
+def tight_tolerance(st: Setup, rep: Report) -> None:
+    """Sensitivity: the tolerance drives the short-circuits."""
+    tight = max(1, round(0.05 * st.median_len))
+    if tight != st.tolerance:
+        we = copy_of_base(st, f"tol{tight}")
+        r = train(st, make_cfg(st, we, seed=0, tolerance=tight))
+        rep.sens.append(single_row("a') tight tolerance, ~5%", r, st.latency, tight))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+COLUMNS = (
+    ("scenario", 44),
+    ("tol.", 4),
+    ("entropy", 7),
+    ("ours", 6),
+    ("upstream", 8),
+    ("ratio", 7),
+    ("replays", 7),
+    ("dups", 6),
+    ("short-circuits", 12),
+    ("step ours", 11),
+    ("step upstr.", 11),
+    ("speedup", 8),
+)
+
+
+def cells(r: Row) -> list[str]:
     share = r.short_circuits / r.samples if r.samples else 0.0
-    return (
-        f"{r.name:<44} {r.tolerance:>4} {r.entropy:>7.2f} {r.ours:>6} {r.upstream:>8} "
-        f"{r.ratio:>7.2f} {r.replays:>7} {r.dups:>6} "
-        f"{r.short_circuits:>5} ({share:>4.0%}) {r.step_ours:>9.3f} s {r.step_upstream:>9.3f} s "
-        f"{r.speedup:>7.1f}x"
-    )
+    return [
+        r.name,
+        f"{r.tolerance}",
+        f"{r.entropy:.2f}",
+        f"{r.ours}",
+        f"{r.upstream}",
+        f"{r.ratio:.2f}",
+        f"{r.replays}",
+        f"{r.dups}",
+        f"{r.short_circuits:>5} ({share:>4.0%})",
+        f"{r.step_ours:.3f} s",
+        f"{r.step_upstream:.3f} s",
+        f"{r.speedup:.1f}x",
+    ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="24 prompts, no tight-tolerance row")
-    ap.add_argument("--latency", type=float, default=0.3, help="loopback latency per request, s")
-    ap.add_argument("--prompts", type=int, default=None, help="default 64 (32 with --quick)")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--rate", type=float, default=0.5, help="compressor.rate (also the reward's c)")
-    ap.add_argument(
-        "--tolerance",
-        type=int,
-        default=None,
-        help="train.tolerance_tokens (default: 15%% of the median prompt length in policy tokens)",
-    )
-    ap.add_argument("--lr", type=float, default=1e-5, help="upstream default 1e-5")
-    ap.add_argument("--tmpdir", default=None, help="where the temp warehouses go")
-    args = ap.parse_args(argv)
-    n_prompts = args.prompts or (24 if args.quick else 64)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
-    from tacorl_offline import metrics
-
-    metrics.score_pairs("rougeL", ["warm up"], ["warm up"])  # the 1.7 s nltk import, off the clock
-
-    cmd = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    print(f"command: {cmd}")
-    print(
-        f"env: cpus {os.cpu_count()} (torch threads {torch.get_num_threads()}), "
-        f"torch {torch.__version__}, python {sys.version.split()[0]}, duckdb {duckdb.__version__}, "
-        f"load average {load_average()} (other processes share "
-        "the cores)"
-    )
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tacorl-api-", dir=args.tmpdir) as td:
-        tmp = Path(td)
-        with quiet_fd(1), quiet_fd(2):  # the tokenizers trainer writes progress to the fds
-            model = build_bert(tmp / "models" / "tiny-bert-base-multilingual-cased")
-        data = write_data(tmp / "data.json", n_prompts)
-        with LoopbackServer(latency_s=args.latency) as server:
-            latency = serial_latency(server, 5 if args.quick else 10)
-            st = Setup(tmp, server, model, data, args.epochs, args.batch, args.rate, 0, args.lr, 1)
-            # Token lengths in the policy tokenizer (the trainer's default token counter).
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(model))
-            texts = [v["original_prompt"] for v in json.loads(data.read_text()).values()]
-            lens = sorted(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
-            med = statistics.median(lens)
-            st.tolerance = (
-                args.tolerance if args.tolerance is not None else max(1, round(0.15 * med))
-            )
-            steps_per_epoch = -(-n_prompts // args.batch)
-            total_steps = args.epochs * steps_per_epoch
-            st.checkpoint_every = max(1, total_steps // 4)
-            kill_after = total_steps // 2 + 2  # past a checkpoint, so steps get replayed
-            print(
-                f"setup: {n_prompts} prompts ({min(lens)}-{max(lens)} policy tokens, median "
-                f"{med:g}), {args.epochs} epochs x batch {args.batch} = {total_steps} steps, G=1, "
-                f"taco reward (rougeL), baseline none, rate {args.rate}, tolerance "
-                f"{st.tolerance} tokens (~{st.tolerance / med:.0%} of median), lr {args.lr}"
-            )
-            print(
-                f"teacher: openai backend, gpt-4o-mini prices, loopback server at "
-                f"{args.latency * 1000:.0f} ms; measured serial latency per call "
-                f"{latency * 1000:.1f} ms (used for upstream's serial time)"
-            )
-            print(
-                "policy: tiny random BERT (2 layers, hidden 32); its size changes only the "
-                "non-teacher step time, never which calls are paid. Its WordPiece tokenizer is "
-                "trained on the fly and not deterministic across processes, so absolute counts "
-                "vary by about 10% between invocations; all scenarios here share one model"
-            )
-            print()
-
-            # ---- base warehouse: ingest + teacher-fill (not counted in train numbers)
-            base = tmp / "base" / "wh.duckdb"
-            fill = ingest_and_fill(st, base)
-            print(
-                f"teacher-fill (once per warehouse, not in the train numbers): "
-                f"{fill['calls']} calls for {fill['prompts']} prompts in {fill['seconds']:.1f} s, "
-                f"${fill['cost']:.6f}; upstream needs the same answers precomputed (gpt_output)"
-            )
-            print()
-            rows: list[Row] = []
-            notes: list[str] = []
-            checks: list[tuple[str, bool, str]] = []
-
-            # ---- the upstream default tolerance first: the like-for-like comparison
-            w0 = tmp / "tol30" / "wh.duckdb"
-            clone_warehouse(base, w0)
-            r0 = train(st, make_cfg(st, w0, seed=0, tolerance=30))
-            row_up = single_row("a0) fresh run, upstream tolerance", r0, latency, 30)
-            rows.append(row_up)
-
-            # ---- a) fresh run
-            wa = tmp / "a" / "wh.duckdb"
-            clone_warehouse(base, wa)
-            cfg_a = make_cfg(st, wa, seed=0)
-            ra = train(st, cfg_a)
-            row_a = single_row("a) fresh run", ra, latency, st.tolerance)
-            rows.append(row_a)
-            sa = ra.summary
-            assert sa is not None and sa.final_model is not None
-            stats_a = run_stats(wa, ra.run_id)
-            checks.append(
-                (
-                    "server calls == trainer summary calls (fresh run)",
-                    ra.server_calls == sa.spend.calls,
-                    f"{ra.server_calls} vs {sa.spend.calls}",
-                )
-            )
-            notes.append(
-                f"a) {row_a.samples} samples: {stats_a['sc_over']} over-compressed (-0.4), "
-                f"{stats_a['sc_outside']} outside tolerance (-0.1), {stats_a['needed']} needed "
-                f"the teacher, {stats_a['distinct_needed']} distinct masks among them; "
-                f"paid {ra.server_calls}, replayed {row_a.hits} "
-                f"(cross-epoch/in-step repeats of a mask); cost ${sa.spend.cost_usd:.6f}, "
-                f"saved ${sa.spend.saved_usd:.6f}"
-            )
-
-            notes.append(
-                f"a) where upstream's {row_a.upstream} calls go: {stats_a['sc_outside']} are decided "
-                f"by the tolerance gate before any call (upstream pays, then discards), "
-                f"{row_a.dups} are in-step duplicates (paid once per step), {row_a.replays} are "
-                f"replays of a request answered in an earlier step/epoch, {ra.server_calls} are "
-                f"paid (needed {stats_a['needed']} = dups + replays + paid: "
-                f"{stats_a['needed'] == row_a.dups + row_a.replays + ra.server_calls}). Policy "
-                f"entropy {row_a.entropy:.2f} nats/word"
-            )
-            wall_a = mean(ra.step_wall)
-            logged_a = mean(list(stats_a["logged_s"].values()))
-            wait_a = mean(list(stats_a["teacher_s"].values()))
-            notes.append(
-                f"a) mean step {wall_a:.3f} s = teacher wait {wait_a:.3f} s + sampling/loss/"
-                f"backward and the step's one warehouse connection (the previous step's rows, "
-                f"the journal, the lookups) {logged_a - wait_a:.3f} s + checkpoints/logging "
-                f"{wall_a - logged_a:.3f} s (StepLog.seconds = {logged_a:.3f} s); the "
-                "non-teacher part is what upstream's serial time is added to"
-            )
-
-            # ---- b) the same run again on the warm warehouse
-            rb = train(st, make_cfg(st, wa, seed=0))
-            row_b = single_row("b) repeat, warm warehouse", rb, latency, st.tolerance)
-            rows.append(row_b)
-            same_rewards = q(
-                wa,
-                "SELECT count(*) FROM steps a JOIN steps b USING (step) WHERE a.run_id = ? "
-                "AND b.run_id = ? AND a.reward_mean IS NOT DISTINCT FROM b.reward_mean "
-                "AND a.loss = b.loss",
-                [ra.run_id, rb.run_id],
-            )[0][0]
-            notes.append(
-                f"b) identical per-step reward and loss as a): {same_rewards}/{total_steps} steps"
-            )
-
-            # ---- c) killed mid-way and resumed, on a fresh copy of the post-fill warehouse
-            wc = tmp / "c" / "wh.duckdb"
-            clone_warehouse(base, wc)
-            cfg_c = make_cfg(st, wc, seed=0)
-            rk = train(st, cfg_c, kill_after=kill_after)
-            status = q(wc, "SELECT status FROM runs WHERE run_id = ?", [rk.run_id])[0][0]
-            # Snapshot the kill-run's rows now: the resumed run replaces the replayed steps' rows.
-            stats_kill = run_stats(wc, rk.run_id)
-            rr = train(st, cfg_c, resume=rk.run_id)
-            assert rr.summary is not None and rr.summary.final_model is not None
-            resumed_from = rr.summary.resumed_from or 0
-            stats_c = run_stats(wc, rk.run_id)  # final rows (replayed steps replaced)
-            ours_k, up_k = step_times(rk, stats_kill, latency)
-            ours_r, up_r = step_times(rr, stats_c, latency, first_step=resumed_from + 1)
-            calls_c = rk.server_calls + rr.server_calls
-            hits_c = q(
-                wc,
-                "SELECT count(*) FROM api_calls WHERE run_id = ? AND status = 'hit'",
-                [rk.run_id],
-            )[0][0]
-            # Upstream has no resume: the killed steps are lost and it starts over from step 1.
-            # Its steps 1..resumed_from of the rerun are the kill-run's steps (same samples).
-            up_c = stats_kill["upstream"] + stats_c["upstream"]
-            up_steps_c = up_k + up_k[:resumed_from] + up_r
-            wait_c = [stats_kill["teacher_s"][k] for k in sorted(stats_kill["teacher_s"])] + [
-                stats_c["teacher_s"][k] for k in sorted(stats_c["teacher_s"]) if k > resumed_from
-            ]
-            rows.append(
-                Row(
-                    "c) killed + resumed",
-                    calls_c,
-                    up_c,
-                    hits_c,
-                    stats_kill["sc"] + after(stats_c, "sc_per_step", resumed_from),
-                    stats_kill["samples"] + after(stats_c, "n_per_step", resumed_from),
-                    mean(ours_k + ours_r),
-                    mean(up_steps_c),
-                    mean(wait_c),
-                    up_c * latency / len(up_steps_c),
-                    tolerance=st.tolerance,
-                    entropy=stats_c["entropy"],
-                    dups=stats_kill["dups"] + after(stats_c, "dups_per_step", resumed_from),
-                )
-            )
-            steps_calls, ledger_ok = q(
-                wc,
-                "SELECT (SELECT sum(calls) FROM steps WHERE run_id = $1), (SELECT count(*) FROM "
-                "api_calls WHERE run_id = $1 AND phase = 'train' AND status = 'ok')",
-                [rk.run_id],
-            )[0]
-            agree = steps_calls == ledger_ok == calls_c
-            notes.append(
-                f"c) after the resume, sum(steps.calls) for the run = {steps_calls}, api_calls ok "
-                f"rows = {ledger_ok}, server saw {calls_c}: "
-                + (
-                    "steps, ledger and server agree (a replayed step keeps the calls it first paid)"
-                    if agree
-                    else "MISMATCH: the steps table does not account for what the run paid"
-                )
-            )
-            close, equal, diff, moved = weights_compare(
-                sa.final_model, rr.summary.final_model, model
-            )
-            notes.append(
-                f"c) killed after step {kill_after} (status '{status}'), checkpoints every "
-                f"{st.checkpoint_every} steps, resumed from step {resumed_from}: "
-                f"{rk.server_calls} + {rr.server_calls} = {calls_c} calls vs {ra.server_calls} "
-                f"fresh; steps {resumed_from + 1}-{kill_after} replayed from the warehouse. "
-                f"upstream has no resume, so its row counts the killed steps plus a full rerun."
-            )
-            notes.append(
-                f"c) final weights vs a): allclose(atol 1e-7) {close}, bitwise equal {equal}, "
-                f"max |diff| {diff:.3g}; training moved weights by up to {moved:.3g} from init"
-            )
-            checks.append(
-                (
-                    "killed+resumed pays what a fresh run pays",
-                    calls_c == ra.server_calls,
-                    f"{calls_c} vs {ra.server_calls}",
-                )
-            )
-            checks.append(
-                ("killed+resumed ends with run a)'s weights", close, f"max |diff| {diff:.3g}")
-            )
-
-            # ---- d) 3-seed sweep sharing one warehouse
-            wd = tmp / "d" / "wh.duckdb"
-            clone_warehouse(base, wd)
-            seed_rows = []
-            for seed in (0, 1, 2):
-                r = train(st, make_cfg(st, wd, seed=seed))
-                seed_rows.append(single_row(f"d) seed {seed}", r, latency, st.tolerance))
-            total = Row(
-                "d) sweep total (3 seeds)",
-                sum(r.ours for r in seed_rows),
-                sum(r.upstream for r in seed_rows),
-                sum(r.hits for r in seed_rows),
-                sum(r.short_circuits for r in seed_rows),
-                sum(r.samples for r in seed_rows),
-                mean([r.step_ours for r in seed_rows]),
-                mean([r.step_upstream for r in seed_rows]),
-                mean([r.wait_ours for r in seed_rows]),
-                mean([r.wait_upstream for r in seed_rows]),
-                tolerance=st.tolerance,
-                entropy=mean([r.entropy for r in seed_rows]),
-                dups=sum(r.dups for r in seed_rows),
-            )
-            rows.extend(seed_rows)
-            rows.append(total)
-            notes.append(
-                f"d) sweep paid {total.ours} calls vs 3 x fresh = {3 * ra.server_calls}; "
-                f"per seed {[r.ours for r in seed_rows]} (seed 0 == run a): "
-                f"{seed_rows[0].ours == ra.server_calls}); hits per seed "
-                f"{[r.hits for r in seed_rows]}"
-            )
-
-            # ---- e) a policy at MiniLM-like per-word entropy (masks repeat far less)
-            soft = soften_head(model, tmp / "models" / "soft-bert-base-multilingual-cased", 0.02)
-            for tol, label in ((30, "upstream tolerance"), (st.tolerance, "bench tolerance")):
-                we = tmp / f"soft{tol}" / "wh.duckdb"
-                clone_warehouse(base, we)
-                cfg_e = make_cfg(st, we, seed=0, tolerance=tol, model=soft)
-                r = train(st, cfg_e)
-                rows.append(single_row(f"e) MiniLM-like entropy, {label}", r, latency, tol))
-                if tol == st.tolerance:
-                    r2 = train(st, cfg_e)
-                    rows.append(single_row("e) repeat, warm warehouse", r2, latency, tol))
-
-            # ---- sensitivity: the tolerance drives the short-circuits
-            sens: list[Row] = []
-            if not args.quick:
-                tight = max(1, round(0.05 * med))
-                if tight != st.tolerance:
-                    we = tmp / f"tol{tight}" / "wh.duckdb"
-                    clone_warehouse(base, we)
-                    r = train(st, make_cfg(st, we, seed=0, tolerance=tight))
-                    sens.append(single_row("a') tight tolerance, ~5%", r, latency, tight))
-
-    hdr = (
-        f"{'scenario':<44} {'tol.':>4} {'entropy':>7} {'ours':>6} {'upstream':>8} {'ratio':>7} "
-        f"{'replays':>7} {'dups':>6} "
-        f"{'short-circuits':>12} {'step ours':>11} {'step upstr.':>11} {'speedup':>8}"
-    )
+def print_tables(rep: Report, latency: float) -> None:
     print("paid teacher calls during train (server-counted) and mean step wall time")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        print(fmt_row(r))
-    if sens:
-        print("-" * len(hdr))
+    lines = text_table(COLUMNS, (cells(r) for r in rep.rows))
+    print("\n".join(lines))
+    if rep.sens:
+        print("-" * len(lines[0]))
         print("sensitivity (fresh run, same seed, only train.tolerance_tokens changed):")
-        for r in sens:
-            print(fmt_row(r))
+        print("\n".join(text_table(COLUMNS, (cells(r) for r in rep.sens))[2:]))
     print()
     print(
         "  tol.: train.tolerance_tokens; entropy: mean per-word entropy of the sampled masks "
@@ -711,16 +655,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print("teacher wait per step only (no CPU work; insensitive to machine load)")
-    print(f"{'scenario':<44} {'ours':>9} {'upstream':>10} {'speedup':>8}")
-    for r in rows + sens:
+    wait_rows = []
+    for r in rep.rows + rep.sens:
         sp = r.wait_upstream / r.wait_ours if r.wait_ours > 0 else 0.0
-        sp_txt = f"{sp:>7.1f}x" if r.wait_ours >= 0.001 else f"{'no wait':>8}"
-        print(f"{r.name:<44} {r.wait_ours:>7.3f} s {r.wait_upstream:>8.3f} s {sp_txt}")
+        sp_txt = f"{sp:.1f}x" if r.wait_ours >= 0.001 else "no wait"
+        wait_rows.append([r.name, f"{r.wait_ours:.3f} s", f"{r.wait_upstream:.3f} s", sp_txt])
+    cols = (("scenario", 44), ("ours", 9), ("upstream", 10), ("speedup", 8))
+    print("\n".join(text_table(cols, wait_rows)))
     print()
-    for n in notes:
+    for n in rep.notes:
         print("  " + n)
     print()
 
+
+def print_verdicts(rep: Report, row_up: Row, row_a: Row, row_b: Row, batch: int) -> None:
     targets = [
         (
             "fresh run pays <= 0.5x upstream's calls",
@@ -730,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("repeat run pays 0 calls", row_b.ours == 0, f"{row_b.ours} calls"),
         (
-            f"step time at batch {args.batch} >= 5x faster than serial (fresh run)",
+            f"step time at batch {batch} >= 5x faster than serial (fresh run)",
             row_a.speedup >= 5.0,
             f"{row_a.speedup:.1f}x at tolerance {row_a.tolerance}; {row_up.speedup:.1f}x at "
             f"upstream's 30",
@@ -740,8 +688,104 @@ def main(argv: list[str] | None = None) -> int:
     for name, ok, detail in targets:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
     print("checks")
-    for name, ok, detail in checks:
+    for name, ok, detail in rep.checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def prepare(args: argparse.Namespace, tmp: Path, server: LoopbackServer) -> Setup:
+    """The policy, the prompts, the tolerance and the post-fill warehouse; prints the set-up."""
+    n_prompts = args.prompts or (24 if args.quick else 64)
+    with quiet_fd(1), quiet_fd(2):  # the tokenizers trainer writes progress to the fds
+        model = build_bert(tmp / "models" / "tiny-bert-base-multilingual-cased")
+    data = write_data(tmp / "data.json", n_prompts)
+    st = Setup(tmp, server, model, data, args.epochs, args.batch, args.rate, 0, args.lr, 1)
+    st.latency = serial_latency(server, 5 if args.quick else 10)
+    # Token lengths in the policy tokenizer (the trainer's default token counter).
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    texts = [v["original_prompt"] for v in json.loads(data.read_text()).values()]
+    lens = sorted(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    med = st.median_len = statistics.median(lens)
+    st.tolerance = args.tolerance if args.tolerance is not None else max(1, round(0.15 * med))
+    steps_per_epoch = -(-n_prompts // args.batch)
+    st.total_steps = args.epochs * steps_per_epoch
+    st.checkpoint_every = max(1, st.total_steps // 4)
+    st.kill_after = st.total_steps // 2 + 2  # past a checkpoint, so steps get replayed
+    print(
+        f"setup: {n_prompts} prompts ({min(lens)}-{max(lens)} policy tokens, median "
+        f"{med:g}), {args.epochs} epochs x batch {args.batch} = {st.total_steps} steps, G=1, "
+        f"taco reward (rougeL), baseline none, rate {args.rate}, tolerance "
+        f"{st.tolerance} tokens (~{st.tolerance / med:.0%} of median), lr {args.lr}"
+    )
+    print(
+        f"teacher: openai backend, gpt-4o-mini prices, loopback server at "
+        f"{args.latency * 1000:.0f} ms; measured serial latency per call "
+        f"{st.latency * 1000:.1f} ms (used for upstream's serial time)"
+    )
+    print(
+        "policy: tiny random BERT (2 layers, hidden 32); its size changes only the "
+        "non-teacher step time, never which calls are paid. Its WordPiece tokenizer is "
+        "trained on the fly and not deterministic across processes, so absolute counts "
+        "vary by about 10% between invocations; all scenarios here share one model"
+    )
+    print()
+    # The base warehouse: ingest + teacher-fill (not counted in the train numbers).
+    st.base = tmp / "base" / "wh.duckdb"
+    fill = ingest_and_fill(st, st.base)
+    print(
+        f"teacher-fill (once per warehouse, not in the train numbers): "
+        f"{fill['calls']} calls for {fill['prompts']} prompts in {fill['seconds']:.1f} s, "
+        f"${fill['cost']:.6f}; upstream needs the same answers precomputed (gpt_output)"
+    )
+    print()
+    return st
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="24 prompts, no tight-tolerance row")
+    ap.add_argument("--latency", type=float, default=0.3, help="loopback latency per request, s")
+    ap.add_argument("--prompts", type=int, default=None, help="default 64 (32 with --quick)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=0.5, help="compressor.rate (also the reward's c)")
+    ap.add_argument(
+        "--tolerance",
+        type=int,
+        default=None,
+        help="train.tolerance_tokens (default: 15%% of the median prompt length in policy tokens)",
+    )
+    ap.add_argument("--lr", type=float, default=1e-5, help="upstream default 1e-5")
+    ap.add_argument("--tmpdir", default=None, help="where the temp warehouses go")
+    args = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" at every checkpoint
+    from tacorl_offline import metrics
+
+    metrics.score_pairs("rougeL", ["warm up"], ["warm up"])  # the 1.7 s nltk import, off the clock
+
+    print_run_header()
+    t_start = time.perf_counter()
+    rep = Report()
+    with (
+        tempfile.TemporaryDirectory(prefix="tacorl-api-", dir=args.tmpdir) as td,
+        LoopbackServer(latency_s=args.latency) as server,
+    ):
+        st = prepare(args, Path(td), server)
+        ra, row_a, row_up = fresh_runs(st, rep)
+        row_b = repeat_run(st, rep, ra)
+        killed_and_resumed(st, rep, ra)
+        seed_sweep(st, rep, ra)
+        soft_policy(st, rep)
+        if not args.quick:
+            tight_tolerance(st, rep)
+    print_tables(rep, st.latency)
+    print_verdicts(rep, row_up, row_a, row_b, args.batch)
     print()
     print(f"load average at the end: {load_average()}")
     print(f"total {time.perf_counter() - t_start:.1f} s")

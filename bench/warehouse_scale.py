@@ -35,7 +35,6 @@ import argparse
 import json
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -44,13 +43,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, load_average
+from common import (
+    ROOT,
+    load_average,
+    loopback_config,
+    markdown_table,
+    median_ms,
+    print_run_header,
+    text_records,
+    warehouse_with_prompts,
+)
 
 from tacorl_offline.calls import Caller, Job, hit_ledger_rows
-from tacorl_offline.config import Config, resolve
+from tacorl_offline.config import Config
 from tacorl_offline.hashing import mask_hash, prompt_id, request_hash, teacher_key
-from tacorl_offline.ingest import Record
-from tacorl_offline.ingest_store import store_records
 from tacorl_offline.replay import MaskMap, Wanted, lookup_in_memory
 from tacorl_offline.teachers import render_messages
 from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
@@ -74,16 +80,8 @@ class NamedTeacher:
 
 
 def bench_config() -> Config:
-    return resolve(
-        None,
-        environ={},
-        overrides={
-            "data.dataset": "scale",
-            "teacher.backend": "openai",
-            "teacher.model": "gpt-4o-mini",
-            "teacher.base_url": "http://127.0.0.1:9/v1",
-        },
-    )
+    """The teacher the rows are rendered and keyed for (a closed port: never called)."""
+    return loopback_config("http://127.0.0.1:9/v1", {"data.dataset": "scale"})
 
 
 CFG = bench_config()
@@ -201,22 +199,11 @@ def make_caller(w: Warehouse, run_id: str) -> Caller:
 
 
 def build(path: Path, lo: int, hi: int) -> None:
-    w = Warehouse(path)
-    caller = make_caller(w, "scale-build")
     n_prompts = -(-hi // MASKS_PER_PROMPT)
     first = lo // MASKS_PER_PROMPT
-    records = [
-        Record(
-            prompt_id=prompt_id(prompt_text(p), {}),
-            text=prompt_text(p),
-            fields={},
-            reference=None,
-            imported_answer=None,
-            row=p,
-        )
-        for p in range(first, n_prompts)
-    ]
-    store_records(w, records, dataset="scale", split="train", source_path="synthetic")
+    texts = [prompt_text(p) for p in range(first, n_prompts)]
+    w = warehouse_with_prompts(path, text_records(texts, first_row=first), dataset="scale")
+    caller = make_caller(w, "scale-build")
     t0 = time.perf_counter()
     for a in range(lo, hi, BATCH):
         b = min(hi, a + BATCH)
@@ -653,6 +640,25 @@ class MiniLMStep:
 
 # ----------------------------------------------------------------------------- main
 
+COLUMNS = (
+    "answers",
+    "open (write)",
+    "lookup64 join (before)",
+    "lookup64 IN-list",
+    "lookup64 mask map + IN",
+    "lookup64 in memory (trainer)",
+    "step write",
+    "open + replay 64-answer journal",
+    "all per-step work (one open)",
+    "share of MiniLM step",
+    "report cost",
+    "file size",
+    "map warm-up",
+    "map memory",
+    "peak RSS (train's process)",
+    "RSS per answer",
+)
+
 
 def torch_threads() -> int:
     import torch
@@ -660,8 +666,151 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def median_ms(xs: Sequence[float]) -> float:
-    return statistics.median(xs) * 1000
+Times = dict[str, dict[str, list[float]]]
+
+
+@dataclass
+class Measured:
+    """What one invocation measured, per size name."""
+
+    names: list[str]
+    rounds: int
+    times: Times  # size -> operation -> seconds per round
+    step_times: dict[str, list[float]] | None  # the MiniLM step's parts (None: skipped)
+    rss_base: int  # KiB: the process that only opens the file
+    rss: dict[str, int]  # KiB: the process holding the warmed map
+    sizes: dict[str, int]  # file bytes
+    warm_s: dict[str, float]
+    map_bytes: dict[str, float]
+
+
+def timed_rounds(
+    scratch: dict[str, Scratch], rounds: int, minilm: MiniLMStep | None
+) -> tuple[Times, dict[str, list[float]]]:
+    """Every operation on every size, interleaved, ``rounds`` times (after a warm-up); and
+    the MiniLM step's parts once per round."""
+    times: Times = {n: {op: [] for op in OPS} for n in scratch}
+    step_times: dict[str, list[float]] = {
+        "step": [],
+        "opt_fused": [],
+        "opt_default": [],
+        "opt_fused_1thread": [],
+    }
+    if minilm is not None:
+        minilm.run()  # warm-up
+    for sc in scratch.values():  # warm-up: first touch of each file
+        for op in OPS:
+            getattr(sc, f"op_{op}")()()
+    for _ in range(rounds):
+        for op in OPS:
+            for n, sc in scratch.items():
+                fn = getattr(sc, f"op_{op}")()
+                sc.timed = None
+                t0 = time.perf_counter()
+                fn()
+                wall = time.perf_counter() - t0
+                # Lookups and the step write report the work inside their connection.
+                times[n][op].append(sc.timed if sc.timed is not None else wall)
+        if minilm is not None:
+            for k, v in minilm.run().items():
+                step_times[k].append(v)
+    return times, step_times
+
+
+def measure(names: list[str], rounds: int, with_minilm: bool) -> Measured:
+    for n in names:
+        cached(n)
+    with tempfile.TemporaryDirectory(prefix="wh-scale-") as tmp:
+        scratch = {n: Scratch(n, Path(tmp)) for n in names}
+        minilm = MiniLMStep() if with_minilm else None
+        times, step_times = timed_rounds(scratch, rounds, minilm)
+        # Peak RSS of a process that holds what train holds, with and without the warmed map
+        # (after the timed rounds, one size at a time, each in a fresh process).
+        return Measured(
+            names,
+            rounds,
+            times,
+            step_times if minilm is not None else None,
+            peak_rss_kib(scratch[names[0]].path, warm=False, built=SIZES[names[0]]),
+            {n: peak_rss_kib(scratch[n].path, warm=True, built=SIZES[n]) for n in names},
+            {n: scratch[n].path.stat().st_size for n in names},
+            {n: scratch[n].warm_s for n in names},
+            {n: scratch[n].map_bytes for n in names},
+        )
+
+
+def print_table(m: Measured, step_ms: float) -> dict[str, tuple[float, float, float]]:
+    """The Markdown table; returns (in-memory lookup ms, share of the MiniLM step %, bytes
+    per answer) per size."""
+    out = {}
+    rows = []
+    for n in m.names:
+        t = {op: median_ms(v) for op, v in m.times[n].items()}
+        per_answer = (m.rss[n] - m.rss_base) * 1024 / SIZES[n]
+        out[n] = (t["lookup_mem"], 100 * t["step"] / step_ms, per_answer)
+        rows.append(
+            [
+                n,
+                f"{t['open']:.1f} ms",
+                f"{t['lookup_join']:.1f} ms",
+                f"{t['lookup']:.1f} ms",
+                f"{t['lookup_map']:.1f} ms",
+                f"{t['lookup_mem']:.2f} ms",
+                f"{t['step_write']:.1f} ms",
+                f"{t['replay']:.1f} ms",
+                f"{t['step']:.1f} ms",
+                f"{out[n][1]:.1f}%",
+                f"{t['report']:.1f} ms",
+                f"{m.sizes[n] / 1e6:.0f} MB",
+                f"{m.warm_s[n]:.2f} s",
+                f"{m.map_bytes[n] / 1e6:.0f} MB",
+                f"{m.rss[n] / 1024:.0f} MiB",
+                f"{per_answer:.0f} B",
+            ]
+        )
+    print("\n".join(markdown_table(COLUMNS, rows)))
+    return out
+
+
+def print_notes(
+    m: Measured, step_ms: float, per_size: dict[str, tuple[float, float, float]]
+) -> None:
+    print(
+        "\nlookup64 (join, IN-list, mask map + IN): on an open connection, as the lookups"
+        " were and as the trainer still does them once another process has written the file."
+        " in memory: what the trainer does while its map is exact (no open)."
+        " all per-step work: the in-memory lookup + one write open (flush of a 64-answer"
+        " journal, the step's rows), timed whole."
+    )
+    if m.step_times is not None:
+        f, d = median_ms(m.step_times["opt_fused"]), median_ms(m.step_times["opt_default"])
+        f1 = median_ms(m.step_times["opt_fused_1thread"])
+        print(
+            f"\nMiniLM step (batch 8, sample + backward + fused AdamW): {step_ms:.0f} ms;"
+            f" AdamW fused {f:.1f} ms ({100 * f / step_ms:.1f}% of the step) vs default"
+            f" {d:.1f} ms ({100 * d / step_ms:.1f}%), {d / f:.1f}x; fused on 1 intra-op thread"
+            f" {f1:.1f} ms ({100 * f1 / step_ms:.1f}%; the run used {torch_threads()})"
+        )
+    lo, hi = m.names[0], m.names[-1]
+    if len(m.names) > 1:
+        print(
+            f"lookup64 in memory {hi} / {lo}: {per_size[hi][0] / per_size[lo][0]:.2f}x;"
+            f" all per-step work {hi} / {lo}:"
+            f" {median_ms(m.times[hi]['step']) / median_ms(m.times[lo]['step']):.2f}x"
+        )
+    print(
+        f"\npeak RSS: a fresh process that imports the trainer and loads MiniLM, warms the run's"
+        f" map (every prompt) and decides one 64-key lookup; {m.rss_base / 1024:.0f} MiB for the"
+        " same process that only opens the file. RSS per answer = (peak - that) / answers."
+    )
+    if len(m.names) > 1:
+        slope = (m.rss[hi] - m.rss[lo]) * 1024 / (SIZES[hi] - SIZES[lo])
+        print(f"RSS per answer between {lo} and {hi}: {slope:.0f} B")
+    lookup_ms, overhead, per_answer = per_size[hi]
+    print(
+        f"{hi}: lookup64 {lookup_ms:.2f} ms, step overhead {overhead:.1f}%,"
+        f" {per_answer:.0f} B per answer (peak RSS)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -674,106 +823,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         if n not in SIZES:
             ap.error(f"unknown size {n!r}; choose from {', '.join(SIZES)}")
-    print(f"load average before: {load_average()}", flush=True)
-    for n in names:
-        cached(n)
-    times: dict[str, dict[str, list[float]]] = {n: {op: [] for op in OPS} for n in names}
-    step_times: dict[str, list[float]] = {
-        "step": [],
-        "opt_fused": [],
-        "opt_default": [],
-        "opt_fused_1thread": [],
-    }
-    with tempfile.TemporaryDirectory(prefix="wh-scale-") as tmp:
-        scratch = {n: Scratch(n, Path(tmp)) for n in names}
-        minilm = None if args.no_minilm else MiniLMStep()
-        if minilm is not None:
-            minilm.run()  # warm-up
-        for n in names:  # warm-up: first touch of each file
-            for op in OPS:
-                getattr(scratch[n], f"op_{op}")()()
-        for _ in range(args.rounds):
-            for op in OPS:
-                for n in names:
-                    sc = scratch[n]
-                    fn = getattr(sc, f"op_{op}")()
-                    sc.timed = None
-                    t0 = time.perf_counter()
-                    fn()
-                    wall = time.perf_counter() - t0
-                    # Lookups and the step write report the work inside their connection.
-                    times[n][op].append(sc.timed if sc.timed is not None else wall)
-            if minilm is not None:
-                for k, v in minilm.run().items():
-                    step_times[k].append(v)
-        # Peak RSS of a process that holds what train holds, with and without the warmed map
-        # (after the timed rounds, one size at a time, each in a fresh process).
-        rss_base = peak_rss_kib(scratch[names[0]].path, warm=False, built=SIZES[names[0]])
-        rss = {n: peak_rss_kib(scratch[n].path, warm=True, built=SIZES[n]) for n in names}
-        sizes = {n: scratch[n].path.stat().st_size for n in names}
-        scratch_warm = {n: scratch[n].warm_s for n in names}
-        scratch_bytes = {n: scratch[n].map_bytes for n in names}
+    print_run_header()
+    sys.stdout.flush()
+    m = measure(names, args.rounds, not args.no_minilm)
     la = load_average()
-    step_ms = median_ms(step_times["step"]) if minilm is not None else float("nan")
+    step_ms = median_ms(m.step_times["step"]) if m.step_times is not None else float("nan")
     print(f"\nmedian of {args.rounds} interleaved rounds; load average after: {la}\n")
-    print(
-        "| answers | open (write) | lookup64 join (before) | lookup64 IN-list"
-        " | lookup64 mask map + IN | lookup64 in memory (trainer) | step write"
-        " | open + replay 64-answer journal | all per-step work (one open)"
-        " | share of MiniLM step | report cost | file size | map warm-up | map memory"
-        " | peak RSS (train's process) | RSS per answer |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    per_answer = {n: (rss[n] - rss_base) * 1024 / SIZES[n] for n in names}
-    overhead = {}
-    for n in names:
-        t = {op: median_ms(v) for op, v in times[n].items()}
-        overhead[n] = (t["lookup_mem"], 100 * t["step"] / step_ms)
-        print(
-            f"| {n} | {t['open']:.1f} ms | {t['lookup_join']:.1f} ms | {t['lookup']:.1f} ms"
-            f" | {t['lookup_map']:.1f} ms | {t['lookup_mem']:.2f} ms"
-            f" | {t['step_write']:.1f} ms | {t['replay']:.1f} ms | {t['step']:.1f} ms"
-            f" | {overhead[n][1]:.1f}% | {t['report']:.1f} ms | {sizes[n] / 1e6:.0f} MB"
-            f" | {scratch_warm[n]:.2f} s | {scratch_bytes[n] / 1e6:.0f} MB"
-            f" | {rss[n] / 1024:.0f} MiB | {per_answer[n]:.0f} B |"
-        )
-    print(
-        "\nlookup64 (join, IN-list, mask map + IN): on an open connection, as the lookups"
-        " were and as the trainer still does them once another process has written the file."
-        " in memory: what the trainer does while its map is exact (no open)."
-        " all per-step work: the in-memory lookup + one write open (flush of a 64-answer"
-        " journal, the step's rows), timed whole."
-    )
-    if minilm is not None:
-        f, d = median_ms(step_times["opt_fused"]), median_ms(step_times["opt_default"])
-        f1 = median_ms(step_times["opt_fused_1thread"])
-        print(
-            f"\nMiniLM step (batch 8, sample + backward + fused AdamW): {step_ms:.0f} ms;"
-            f" AdamW fused {f:.1f} ms ({100 * f / step_ms:.1f}% of the step) vs default"
-            f" {d:.1f} ms ({100 * d / step_ms:.1f}%), {d / f:.1f}x; fused on 1 intra-op thread"
-            f" {f1:.1f} ms ({100 * f1 / step_ms:.1f}%; the run used {torch_threads()})"
-        )
-    if len(names) > 1:
-        lo, hi = names[0], names[-1]
-        print(
-            f"lookup64 in memory {hi} / {lo}: {overhead[hi][0] / overhead[lo][0]:.2f}x;"
-            f" all per-step work {hi} / {lo}:"
-            f" {median_ms(times[hi]['step']) / median_ms(times[lo]['step']):.2f}x"
-        )
-    print(
-        f"\npeak RSS: a fresh process that imports the trainer and loads MiniLM, warms the run's"
-        f" map (every prompt) and decides one 64-key lookup; {rss_base / 1024:.0f} MiB for the"
-        " same process that only opens the file. RSS per answer = (peak - that) / answers."
-    )
-    if len(names) > 1:
-        lo, hi = names[0], names[-1]
-        slope = (rss[hi] - rss[lo]) * 1024 / (SIZES[hi] - SIZES[lo])
-        print(f"RSS per answer between {lo} and {hi}: {slope:.0f} B")
-    last = names[-1]
-    print(
-        f"{last}: lookup64 {overhead[last][0]:.2f} ms, step overhead {overhead[last][1]:.1f}%,"
-        f" {per_answer[last]:.0f} B per answer (peak RSS)"
-    )
+    per_size = print_table(m, step_ms)
+    print_notes(m, step_ms, per_size)
     return 0
 
 

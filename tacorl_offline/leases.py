@@ -13,7 +13,7 @@ checked (same host), a dead holder's lease is taken over at once; where it canno
 host on a shared disk), the lease stands until it expires. This module holds that decision
 and nothing else, so a warehouse on another store (the team warehouse's claim rows, one per
 request, taken with the same owner and expiry) reuses it; the DuckDB reads and writes are in
-:mod:`tacorl_offline.warehouse`.
+:mod:`tacorl_offline.lease_store`.
 """
 
 from __future__ import annotations

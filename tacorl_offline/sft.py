@@ -342,6 +342,51 @@ def _batch_loss(
     return total / n
 
 
+def warmup_linear(total: int, warmup: float = 0.06) -> Callable[[int], float]:
+    """The learning-rate factor at update ``u``: a linear warm-up over the first ``warmup``
+    share of ``total`` updates, then a linear decay to 0."""
+
+    def factor(u: int) -> float:
+        if u >= total * warmup:
+            return max(0.0, 1.0 - u / max(1, total))
+        return (u + 1) / max(1, total * warmup)
+
+    return factor
+
+
+def _epoch_losses(
+    comp: Any,
+    rows: Sequence[SftRows],
+    batches: Sequence[Sequence[int]],
+    opt: torch.optim.Optimizer,
+    step: Callable[[], None],
+    *,
+    w0: float,
+    w1: float,
+) -> list[float]:
+    """One epoch: for each batch, the gradient of its mean token loss (``opt``'s gradients
+    zeroed first), then ``step()`` (clip, optimizer, schedule). Returns the batches' losses;
+    a batch with no counted token is skipped."""
+    from tacorl_offline.compressor.rows import pad_id
+
+    pad = pad_id(comp.tokenizer)
+    group = max(1, int(comp.options.batch_size))
+    losses = []
+    for batch in batches:
+        flat = [
+            (r.ids[j], r.types[j] if r.types is not None else None, r.y[j], r.counted[j])
+            for r in (rows[i] for i in batch)
+            for j in range(len(r.ids))
+        ]
+        opt.zero_grad(set_to_none=True)
+        loss = _batch_loss(comp.model, flat, device=comp.device, pad=pad, group=group, w0=w0, w1=w1)
+        if math.isnan(loss):
+            continue
+        step()
+        losses.append(loss)
+    return losses
+
+
 def train_sft(
     comp: Any,
     train: Sequence[SftExample],
@@ -364,7 +409,6 @@ def train_sft(
     the fused one the trainer uses. The caller picks the dropout
     (:func:`~tacorl_offline.compressor.dropout.set_dropout`) and the threads.
     """
-    from tacorl_offline.compressor.rows import pad_id
     from tacorl_offline.trainer import build_optimizer
 
     if not train:
@@ -374,46 +418,29 @@ def train_sft(
     w0, w1 = class_weights(train, lambda ex: weights[id(ex)])
     rows = example_rows(comp, train, lays)
     lengths = [max(r.lengths, default=0) for r in rows]
-    model = comp.model
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in comp.model.parameters() if p.requires_grad]
     opt = build_optimizer(params, lr=lr, weight_decay=weight_decay)
-    per_epoch = math.ceil(len(train) / batch_size)
-    total = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda u: (
-            max(0.0, 1.0 - u / max(1, total))
-            if u >= total * 0.06
-            else (u + 1) / max(1, total * 0.06)
-        ),
-    )
+    total = epochs * math.ceil(len(train) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total))
     res = SftResult(n_train=len(train), n_eval=len(evals))
     res.keep_share = float(np.mean([ex.labels.mean() for ex in train if len(ex.labels)]))
-    pad = pad_id(comp.tokenizer)
-    group = max(1, int(comp.options.batch_size))
     done = 0
+
+    def step() -> None:
+        nonlocal done
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        done += 1
+        if on_batch:
+            on_batch(done, total)
+
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        losses = []
-        for batch in bucketed_batches(lengths, batch_size, seed, epoch):
-            flat = [
-                (r.ids[j], r.types[j] if r.types is not None else None, r.y[j], r.counted[j])
-                for r in (rows[i] for i in batch)
-                for j in range(len(r.ids))
-            ]
-            opt.zero_grad(set_to_none=True)
-            loss = _batch_loss(model, flat, device=comp.device, pad=pad, group=group, w0=w0, w1=w1)
-            if math.isnan(loss):
-                continue
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss)
-            done += 1
-            if on_batch:
-                on_batch(done, total)
+        comp.model.train()
+        batches = bucketed_batches(lengths, batch_size, seed, epoch)
+        losses = _epoch_losses(comp, rows, batches, opt, step, w0=w0, w1=w1)
         scores = (
             evaluate_labels(comp, evals) if evals else LabelScores(math.nan, math.nan, math.nan)
         )
@@ -428,7 +455,7 @@ def train_sft(
         res.epochs.append(log)
         if on_epoch:
             on_epoch(log)
-    model.eval()
+    comp.model.eval()
     return res
 
 
@@ -542,6 +569,84 @@ def sft_phase(
     )
 
 
+def _load_compressor(cfg: Any, warehouse: Any) -> Any:
+    """The compressor SFT starts from (``compressor.model``, a run reference resolved)."""
+    from tacorl_offline.compressor import CompressOptions, Compressor
+    from tacorl_offline.model_ref import resolve_model_ref
+
+    return Compressor.from_pretrained(
+        resolve_model_ref(
+            cfg.compressor.model, warehouse, hub_download=cfg.compressor.hub_download
+        ),
+        device=cfg.compressor.device,
+        options=CompressOptions.from_config(cfg.compressor),
+        condition_on=cfg.compressor.condition_on,
+    )
+
+
+def label_rows(
+    comp: Any, examples: Sequence[SftExample], *, run_id: str, source: str, heldout: set[str]
+) -> list[dict[str, Any]]:
+    """The ``sft_labels`` rows of a run: each prompt's labels and the text they keep."""
+    from tacorl_offline.compressor.text import rebuild
+
+    lays = comp.layouts([ex.text for ex in examples], comp.options)
+    return [
+        {
+            "run_id": run_id,
+            "prompt_id": ex.prompt_id,
+            "source": source,
+            "heldout": ex.prompt_id in heldout,
+            "n_words": len(ex.labels),
+            "n_kept": int(ex.labels.sum()),
+            "keep": [bool(x) for x in ex.labels],
+            "kept_text": rebuild(ex.text, lay.spans, ex.labels),
+        }
+        for ex, lay in zip(examples, lays, strict=True)
+    ]
+
+
+def _train_and_save(
+    cfg: Any,
+    comp: Any,
+    train: Sequence[SftExample],
+    evals: Sequence[SftExample],
+    out_dir: Path,
+    on_epoch: Callable[[EpochLog], None] | None,
+    on_batch: Callable[[int, int], None] | None,
+) -> tuple[Path, SftResult]:
+    """Train (the last epoch's checkpoint kept under ``checkpoints/``), then save ``final``."""
+    from tacorl_offline.compressor.dropout import set_dropout
+    from tacorl_offline.threads import intra_op_threads
+
+    sc = cfg.sft
+
+    def epoch_done(log: EpochLog) -> None:
+        comp.save_pretrained(out_dir / "checkpoints" / f"epoch-{log.epoch}")
+        old = out_dir / "checkpoints" / f"epoch-{log.epoch - 1}"
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old)
+        if on_epoch:
+            on_epoch(log)
+
+    set_dropout(comp.model, sc.dropout)
+    with intra_op_threads(sc.threads):
+        result = train_sft(
+            comp,
+            train,
+            evals,
+            epochs=sc.epochs,
+            lr=sc.lr,
+            batch_size=sc.batch_size,
+            seed=sc.seed,
+            on_epoch=epoch_done,
+            on_batch=on_batch,
+        )
+    return comp.save_pretrained(out_dir / "final"), result
+
+
 def run_sft(
     cfg: Any,
     *,
@@ -552,25 +657,12 @@ def run_sft(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> SftSummary:
     """Label, store the labels, train, save. ``items`` come from the warehouse (see items.py)."""
-    from tacorl_offline.compressor import CompressOptions, Compressor
-    from tacorl_offline.compressor.dropout import set_dropout
-    from tacorl_offline.compressor.text import rebuild
-    from tacorl_offline.threads import intra_op_threads
     from tacorl_offline.warehouse import Warehouse, insert_rows
 
     sc = cfg.sft
     t0 = time.perf_counter()
     torch.manual_seed(sc.seed)
-    from tacorl_offline.model_ref import resolve_model_ref
-
-    comp = Compressor.from_pretrained(
-        resolve_model_ref(
-            cfg.compressor.model, warehouse, hub_download=cfg.compressor.hub_download
-        ),
-        device=cfg.compressor.device,
-        options=CompressOptions.from_config(cfg.compressor),
-        condition_on=cfg.compressor.condition_on,
-    )
+    comp = _load_compressor(cfg, warehouse)
     examples = build_examples(comp, items, sc.source, cfg.compressor.rate, sc.labels_path)
     freeze_lower_layers(comp.model, sc.freeze_layers)
     if not examples:
@@ -580,23 +672,8 @@ def run_sft(
     run_id = new_run_id()
     evals = [ex for ex in examples if held_out(ex.prompt_id, sc.eval_share)]
     train = [ex for ex in examples if not held_out(ex.prompt_id, sc.eval_share)]
-    heldout_ids = {ex.prompt_id for ex in evals}
-    rows = []
-    lays = comp.layouts([ex.text for ex in examples], comp.options)
-    for ex, lay in zip(examples, lays, strict=True):
-        rows.append(
-            {
-                "run_id": run_id,
-                "prompt_id": ex.prompt_id,
-                "source": sc.source,
-                "heldout": ex.prompt_id in heldout_ids,
-                "n_words": len(ex.labels),
-                "n_kept": int(ex.labels.sum()),
-                "keep": [bool(x) for x in ex.labels],
-                "kept_text": rebuild(ex.text, lay.spans, ex.labels),
-            }
-        )
-    out_dir = Path(sc.output_dir) / run_id
+    heldout = {ex.prompt_id for ex in evals}
+    rows = label_rows(comp, examples, run_id=run_id, source=sc.source, heldout=heldout)
     with warehouse.transaction() as con:
         Warehouse.start_run(
             con,
@@ -612,31 +689,8 @@ def run_sft(
         insert_rows(con, "sft_labels", rows)
     status, message = "failed", None
     try:
-
-        def epoch_done(log: EpochLog) -> None:
-            comp.save_pretrained(out_dir / "checkpoints" / f"epoch-{log.epoch}")
-            old = out_dir / "checkpoints" / f"epoch-{log.epoch - 1}"
-            if old.exists():
-                import shutil
-
-                shutil.rmtree(old)
-            if on_epoch:
-                on_epoch(log)
-
-        set_dropout(comp.model, sc.dropout)
-        with intra_op_threads(sc.threads):
-            result = train_sft(
-                comp,
-                train,
-                evals,
-                epochs=sc.epochs,
-                lr=sc.lr,
-                batch_size=sc.batch_size,
-                seed=sc.seed,
-                on_epoch=epoch_done,
-                on_batch=on_batch,
-            )
-        final = comp.save_pretrained(out_dir / "final")
+        out_dir = Path(sc.output_dir) / run_id
+        final, result = _train_and_save(cfg, comp, train, evals, out_dir, on_epoch, on_batch)
         last = result.epochs[-1] if result.epochs else None
         status = "finished"
         message = f"label F1 {last.label_f1:.3f}" if last else None

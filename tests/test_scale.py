@@ -476,17 +476,17 @@ def test_journal_replay_inserts_plainly_and_a_replay_after_a_crash_stays_idempot
 ) -> None:
     """The flush uses a plain INSERT (INSERT OR IGNORE costs 6-20x more at 1M answers) and
     redoes the batch with INSERT OR IGNORE when rows are already there."""
-    import tacorl_offline.warehouse as wh_mod
+    import tacorl_offline.journal as journal_mod
 
     calls = []
-    real = wh_mod.insert_rows
+    real = journal_mod.insert_rows
 
     def spy(con, table, rows, *, on_conflict="error"):
         if rows:
             calls.append((table, on_conflict))
         return real(con, table, rows, on_conflict=on_conflict)
 
-    monkeypatch.setattr(wh_mod, "insert_rows", spy)
+    monkeypatch.setattr(journal_mod, "insert_rows", spy)
     w = Warehouse(wh_path)
     first = [("responses", _response(f"v1:r{i}", f"a{i}")) for i in range(3)]
     w.journal(first)

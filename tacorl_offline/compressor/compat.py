@@ -109,6 +109,102 @@ def align(
     return out
 
 
+@dataclass(frozen=True)
+class WordRules:
+    """llmlingua's rules for reading words back from a chunk's tokens."""
+
+    scheme: Scheme
+    force: set[str]
+    mapped: set[str]  # the [NEWi] tokens standing for multi-piece force tokens
+    special: set[str]  # token strings skipped
+    token_map: dict[str, str]
+    force_reserve_digit: bool
+
+    def read(
+        self, ch: CompatChunk, raw: list[str], tok_spans: list[tuple[int, int] | None]
+    ) -> list[tuple[int, int]]:
+        """Fill ``ch``'s words, starts, lengths and forced positions from its raw tokens;
+        returns each word's character span in the context ((-1, -1): none seen)."""
+        scheme = self.scheme
+        # active tokens: where the attention mask is 1 (upstream masks by the "[PAD]" string)
+        pos = 0
+        cur_spans: list[tuple[int, int]] = []
+        for k, tok in enumerate(raw):
+            if not ch.attn[k]:
+                continue
+            a_pos = pos
+            pos += 1
+            if tok in self.special:
+                continue
+            if not ch.words or ll_begins(tok, scheme, self.force, self.mapped):
+                # upstream crashes (IndexError) on a continuation with no word before it;
+                # we open a word instead
+                word = tok
+                for old, new in self.token_map.items():
+                    word = word.replace(new, old)
+                ch.words.append(word)
+                ch.starts.append(a_pos)
+                ch.lengths.append(1)
+                cur_spans.append((-1, -1))
+                if (
+                    ll_pure(tok, scheme) in self.force
+                    or ll_pure(tok, scheme) in self.mapped
+                    or (self.force_reserve_digit and _DIGIT.search(word))
+                ):
+                    ch.forced_pos.append(a_pos)
+            else:
+                ch.words[-1] += ll_pure(tok, scheme)
+                ch.lengths[-1] += 1
+                if self.force_reserve_digit and _DIGIT.search(tok):
+                    ch.forced_pos.append(a_pos)
+            sp = tok_spans[k]
+            if sp is not None and sp[1] > sp[0]:
+                s0, e0 = cur_spans[-1]
+                cur_spans[-1] = (sp[0] if s0 < 0 else min(s0, sp[0]), max(e0, sp[1]))
+        return cur_spans
+
+
+def _trimmed(ctx: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Word spans without surrounding whitespace; (0, 0) for a word with no characters."""
+    out = []
+    for s, e in spans:
+        while 0 <= s < e and ctx[s].isspace():
+            s += 1
+        while e > s >= 0 and ctx[e - 1].isspace():
+            e -= 1
+        out.append((s, e) if 0 <= s < e else (0, 0))
+    return out
+
+
+def _chunk_slices(
+    tokenizer: Any,
+    contexts: Sequence[str],
+    token_map: dict[str, str],
+    ends: set[str],
+    max_len: int,
+) -> tuple[list[tuple[int, list[str], list[tuple[int, int]]]], list[str]]:
+    """Every context's chunks as llmlingua cuts them: (context index, tokens, their spans in
+    the original context) and the decoded chunk strings."""
+    maps = [ReplaceMap(c, list(token_map.items())) for c in contexts]
+    encs = tokenizer(
+        [m.text for m in maps],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        verbose=False,
+    ).encodings
+    pending: list[tuple[int, list[str], list[tuple[int, int]]]] = []
+    chunk_texts: list[str] = []
+    for ci, (m, enc) in enumerate(zip(maps, encs, strict=False)):
+        toks = enc.tokens
+        offsets = enc.offsets  # a property that rebuilds the whole list: read it once
+        is_end = np.fromiter((t in ends for t in toks), dtype=bool, count=len(toks))
+        for a, b in llmlingua_chunks(is_end, max_len):
+            sl = toks[a:b]
+            chunk_texts.append(tokenizer.convert_tokens_to_string(sl))
+            pending.append((ci, sl, [m.span(*offsets[k]) for k in range(a, b)]))
+    return pending, chunk_texts
+
+
 class CompatPlan:
     """Tokenizer-side plan of llmlingua's pipeline for one call (a list of contexts)."""
 
@@ -126,36 +222,28 @@ class CompatPlan:
     ) -> None:
         self.scheme = scheme
         self.contexts = list(contexts)
-        force = set(force_tokens)
-        mapped = set(token_map.values())
+        self.token_map = token_map
+        rules = WordRules(
+            scheme,
+            set(force_tokens),
+            set(token_map.values()),
+            special,
+            token_map,
+            force_reserve_digit,
+        )
         ends = set(chunk_end_tokens) | {token_map[c] for c in chunk_end_tokens if c in token_map}
         cls_id = tokenizer.convert_tokens_to_ids("[CLS]")
         sep_id = tokenizer.convert_tokens_to_ids("[SEP]")
         cls_rt, sep_rt = tokenizer.convert_ids_to_tokens([cls_id, sep_id])
-        maps = [ReplaceMap(c, list(token_map.items())) for c in self.contexts]
-        encs = tokenizer(
-            [m.text for m in maps],
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            verbose=False,
-        ).encodings
-        self.chunks: list[list[CompatChunk]] = []
-        pending: list[tuple[int, list[str], list[tuple[int, int]]]] = []
-        chunk_texts: list[str] = []
-        for ci, (m, enc) in enumerate(zip(maps, encs, strict=False)):
-            toks = enc.tokens
-            offsets = enc.offsets  # a property that rebuilds the whole list: read it once
-            is_end = np.fromiter((t in ends for t in toks), dtype=bool, count=len(toks))
-            self.chunks.append([])
-            for a, b in llmlingua_chunks(is_end, max_seq_len - 2):
-                sl = toks[a:b]
-                chunk_texts.append(tokenizer.convert_tokens_to_string(sl))
-                pending.append((ci, sl, [m.span(*offsets[k]) for k in range(a, b)]))
+        pending, chunk_texts = _chunk_slices(
+            tokenizer, self.contexts, token_map, ends, max_seq_len - 2
+        )
         re_encs = (
             tokenizer(chunk_texts, add_special_tokens=False, verbose=False).encodings
             if chunk_texts
             else []
         )
+        self.chunks: list[list[CompatChunk]] = [[] for _ in self.contexts]
         for (ci, sl, sl_spans), ctext, renc in zip(pending, chunk_texts, re_encs, strict=False):
             rtoks = list(renc.tokens)
             spans = align(sl, sl_spans, rtoks, scheme)
@@ -165,50 +253,8 @@ class CompatPlan:
             tok_spans: list[tuple[int, int] | None] = [None, *spans, None][:max_seq_len]
             attn = [0 if t == "[PAD]" else 1 for t in literal]
             ch = CompatChunk(ids=ids, attn=attn, text=ctext)
-            # active tokens: where the attention mask is 1 (upstream masks by the "[PAD]" string)
-            pos = 0
-            cur_spans: list[tuple[int, int]] = []
-            for k, tok in enumerate(raw):
-                if not attn[k]:
-                    continue
-                a_pos = pos
-                pos += 1
-                if tok in special:
-                    continue
-                if not ch.words or ll_begins(tok, scheme, force, mapped):
-                    # upstream crashes (IndexError) on a continuation with no word before it;
-                    # we open a word instead
-                    word = tok
-                    for old, new in token_map.items():
-                        word = word.replace(new, old)
-                    ch.words.append(word)
-                    ch.starts.append(a_pos)
-                    ch.lengths.append(1)
-                    cur_spans.append((-1, -1))
-                    if (
-                        ll_pure(tok, scheme) in force
-                        or ll_pure(tok, scheme) in mapped
-                        or (force_reserve_digit and _DIGIT.search(word))
-                    ):
-                        ch.forced_pos.append(a_pos)
-                else:
-                    ch.words[-1] += ll_pure(tok, scheme)
-                    ch.lengths[-1] += 1
-                    if force_reserve_digit and _DIGIT.search(tok):
-                        ch.forced_pos.append(a_pos)
-                sp = tok_spans[k]
-                if sp is not None and sp[1] > sp[0]:
-                    s0, e0 = cur_spans[-1]
-                    cur_spans[-1] = (sp[0] if s0 < 0 else min(s0, sp[0]), max(e0, sp[1]))
-            ctx = self.contexts[ci]
-            for s, e in cur_spans:
-                while 0 <= s < e and ctx[s].isspace():
-                    s += 1
-                while e > s >= 0 and ctx[e - 1].isspace():
-                    e -= 1
-                ch.spans.append((s, e) if 0 <= s < e else (0, 0))
+            ch.spans = _trimmed(self.contexts[ci], rules.read(ch, raw, tok_spans))
             self.chunks[ci].append(ch)
-        self.token_map = token_map
 
     def regex_words(self, ci: int) -> tuple[list[str], list[tuple[int, int]]]:
         """llmlingua's words when it skips the model (rate >= 1), located in the original."""
@@ -344,19 +390,17 @@ def compress_compat(
     return [_compat_one(comp.scheme, pl, opts, wcount, counter, active) for pl in plans]
 
 
-def _compat_one(
-    scheme: Scheme,
+def _context_filter(
     pl: CompatPlan,
     opts: CompressOptions,
-    wcount: CachedCounter,
     counter: TokenCounter,
     active: dict[int, np.ndarray],
-) -> CompressResult:
-    ctxs = pl.contexts
-    n_orig = sum(counter(c) for c in ctxs)
+    n_orig: int,
+) -> tuple[np.ndarray, float]:
+    """Which contexts llmlingua keeps, and the word-level rate that follows."""
     rate = opts.rate
-    ctx_keep = np.ones(len(ctxs), dtype=bool)
-    if opts.use_context_level_filter and len(ctxs) > 1:
+    ctx_keep = np.ones(len(pl.contexts), dtype=bool)
+    if opts.use_context_level_filter and len(pl.contexts) > 1:
         c_rate, c_tt = opts.context_level_rate, -1
         if c_rate >= 1.0:
             if opts.target_token < 0 and rate < 1.0:
@@ -383,6 +427,54 @@ def _compat_one(
             rate = min(opts.target_token / n_res, 1.0)
     elif opts.target_token > 0:
         rate = min(opts.target_token / n_orig, 1.0)
+    return ctx_keep, rate
+
+
+def _chunk_words(
+    scheme: Scheme,
+    cl: list[CompatChunk],
+    kept: bool,
+    reduce_rate: float,
+    opts: CompressOptions,
+    wcount: CachedCounter,
+    active: dict[int, np.ndarray],
+) -> tuple[list[str], list[tuple[int, int]], list[bool], list[float]]:
+    """(words, spans, keep, probabilities) of one context's chunks; a context the filter
+    dropped keeps no word."""
+    ws, ss, kk, pp = [], [], [], []
+    for ch in cl:
+        p = chunk_word_probs(ch, active[id(ch)], opts.token_to_word)
+        if kept:
+            n_tok = np.fromiter((wcount(w) for w in ch.words), dtype=np.int64, count=len(ch.words))
+            lab = selection.llmlingua_chunk_keep(
+                ch.words,
+                p,
+                n_tok,
+                reduce_rate,
+                opts.force_tokens,
+                opts.drop_consecutive,
+                py_float_words(ch, opts.token_to_word),
+            )
+        else:
+            lab = np.zeros(len(ch.words), dtype=bool)
+        ws.extend(w.lstrip("▁") if scheme == "sentencepiece" else w for w in ch.words)
+        ss.extend(ch.spans)
+        kk.extend(bool(x) for x in lab)
+        pp.extend(float(x) for x in p)
+    return ws, ss, kk, pp
+
+
+def _compat_one(
+    scheme: Scheme,
+    pl: CompatPlan,
+    opts: CompressOptions,
+    wcount: CachedCounter,
+    counter: TokenCounter,
+    active: dict[int, np.ndarray],
+) -> CompressResult:
+    ctxs = pl.contexts
+    n_orig = sum(counter(c) for c in ctxs)
+    ctx_keep, rate = _context_filter(pl, opts, counter, active, n_orig)
     reduce_rate = max(0.0, 1.0 - rate)
     words, keep, spans, wps, texts = [], [], [], [], []
     off = 0
@@ -393,28 +485,9 @@ def _compat_one(
             pp = [1.0] * len(ws)
             texts.append(c)
         else:
-            ws, ss, kk, pp = [], [], [], []
-            for ch in cl:
-                p = chunk_word_probs(ch, active[id(ch)], opts.token_to_word)
-                if ctx_keep[ci]:
-                    n_tok = np.fromiter(
-                        (wcount(w) for w in ch.words), dtype=np.int64, count=len(ch.words)
-                    )
-                    lab = selection.llmlingua_chunk_keep(
-                        ch.words,
-                        p,
-                        n_tok,
-                        reduce_rate,
-                        opts.force_tokens,
-                        opts.drop_consecutive,
-                        py_float_words(ch, opts.token_to_word),
-                    )
-                else:
-                    lab = np.zeros(len(ch.words), dtype=bool)
-                ws.extend(w.lstrip("▁") if scheme == "sentencepiece" else w for w in ch.words)
-                ss.extend(ch.spans)
-                kk.extend(bool(x) for x in lab)
-                pp.extend(float(x) for x in p)
+            ws, ss, kk, pp = _chunk_words(
+                scheme, cl, bool(ctx_keep[ci]), reduce_rate, opts, wcount, active
+            )
             if ctx_keep[ci]:
                 texts.append(rebuild(c, ss, kk))
         words.extend(ws)
