@@ -23,7 +23,7 @@ import hashlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 from tacorl_offline.calls import Caller, Job
 from tacorl_offline.hashing import SCHEME, request_hash
 from tacorl_offline.runs import Spend
-from tacorl_offline.teachers.base import TeacherRequest
+from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
 from tacorl_offline.warehouse import Warehouse
 
 
@@ -102,6 +102,15 @@ class _Sorted:
             return np.zeros(len(rows), dtype=bool)
         idx = np.searchsorted(self.first, rows[:, 0], "left").clip(0, len(self.keys) - 1)
         return (self.keys[idx] == rows).all(axis=1)
+
+
+def _streamed(con: Any, sql: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of a query, ``_WARM_BATCH`` at a time, streamed: DuckDB hands over one batch
+    at a time instead of materializing the whole result (``execute`` would, in native
+    memory, a few hundred bytes a row, which was most of the warm-up's peak)."""
+    reader = con.sql(sql, params=list(params)).to_arrow_reader(_WARM_BATCH)
+    for rb in reader:
+        yield list(zip(*(c.to_pylist() for c in rb.columns), strict=True))
 
 
 def _words(chunks: list[bytes], width: int) -> np.ndarray:
@@ -369,7 +378,8 @@ class MaskMap:
         return n
 
     def _warm_masks(self, con: Any) -> int:
-        cur = con.execute(
+        batches = _streamed(
+            con,
             "SELECT m.prompt_id, m.mask_hash, m.request_hash"
             " FROM masks m SEMI JOIN _mask_map_prompts p USING (prompt_id)"
             " WHERE m.teacher_key = ?",
@@ -378,7 +388,7 @@ class MaskMap:
         keys: list[bytes] = []
         hashes: list[bytes] = []
         n = 0
-        while batch := cur.fetchmany(_WARM_BATCH):
+        for batch in batches:
             kb, hb = [], []
             for pid, mh, rh in batch:
                 raw = _raw_hash(rh)
@@ -403,7 +413,8 @@ class MaskMap:
         import pyarrow as pa
 
         self._texts = self._texts or _TextStore()
-        cur = con.execute(
+        batches = _streamed(
+            con,
             "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, p.prompt_id IS NOT NULL"
             " FROM responses r LEFT JOIN _mask_map_prompts p USING (prompt_id)"
             " WHERE r.teacher_key = ?",
@@ -412,7 +423,7 @@ class MaskMap:
         parts: list[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         elsewhere: list[int] = []
         theirs: list[bytes] = []  # raw hashes of other prompts' answers, to match the masks
-        while batch := cur.fetchmany(_WARM_BATCH):
+        for batch in batches:
             mine = [row for row in batch if row[4]]
             for rh, _, _, _, ours in batch:
                 if not ours:
@@ -483,7 +494,8 @@ class MaskMap:
         those its masks lead to), by a digest of (request hash, reference hash)."""
         if not names or not (len(self._resp) or self._answers or len(self._mask_rh)):
             return
-        cur = con.execute(
+        batches = _streamed(
+            con,
             "SELECT v.request_hash, v.reference_hash, v.metric, v.value FROM metric_values v"
             f" WHERE v.metric IN ({', '.join(['?'] * len(names))}) AND v.request_hash IN ("
             " SELECT r.request_hash FROM responses r SEMI JOIN _mask_map_prompts USING (prompt_id)"
@@ -497,7 +509,7 @@ class MaskMap:
         keys: list[bytes] = []
         name_ix: list[np.ndarray] = []
         values: list[np.ndarray] = []
-        while batch := cur.fetchmany(_WARM_BATCH):
+        for batch in batches:
             keys.append(b"".join(self._metric_key(a, b) for a, b, _, _ in batch))
             name_ix.append(np.array([index[c] for _, _, c, _ in batch], dtype=np.uint16))
             values.append(np.array([float(d) for _, _, _, d in batch], dtype=np.float64))
@@ -536,6 +548,30 @@ class Lookup:
     stored: dict[str, dict[str, Any]]  # request hash -> stored response row
     messages: dict[int, list[dict[str, str]]]  # rendered requests, by position in ``wanted``
     fresh: set[int]  # positions resolved by request hash, not by the mask index
+
+    @staticmethod
+    def concat(parts: Sequence[Lookup], teacher_key: str) -> Lookup:
+        """One lookup of every part's wanted, in order (parts decided one after another)."""
+        wanted: list[Wanted] = []
+        stored: dict[str, dict[str, Any]] = {}
+        messages: dict[int, list[dict[str, str]]] = {}
+        fresh: set[int] = set()
+        for p in parts:
+            base = len(wanted)
+            wanted += p.wanted
+            stored.update(p.stored)
+            messages.update({base + i: m for i, m in p.messages.items()})
+            fresh.update(base + i for i in p.fresh)
+        return Lookup(wanted, teacher_key, stored, messages, fresh)
+
+    def forget(self, request_hashes: set[str]) -> list[int]:
+        """Treat ``request_hashes`` as not stored (requests this step already sent: their
+        answers reach the warehouse during the step, and are paid, not replayed); the
+        positions of the wanted that change."""
+        gone = [rh for rh in self.stored if rh in request_hashes]
+        for rh in gone:
+            del self.stored[rh]
+        return [i for i, w in enumerate(self.wanted) if w.request_hash in request_hashes]
 
 
 def lookup(
@@ -663,43 +699,71 @@ async def resolve(
     return await pay(found, caller=caller, concurrency=concurrency, mask_map=mask_map)
 
 
+def plan_jobs(found: Lookup, skip: Iterable[str] = ()) -> dict[str, Job]:
+    """The requests to pay for: each miss once (those in ``skip`` not at all: already sent)."""
+    jobs: dict[str, Job] = {}
+    skip = set(skip)
+    for i, w in enumerate(found.wanted):
+        rh = w.request_hash
+        assert rh is not None
+        if rh not in found.stored and rh not in jobs and rh not in skip:
+            jobs[rh] = Job(
+                TeacherRequest(rh, found.messages[i], text=w.text, fields=w.fields),
+                "compressed",
+                w.prompt_id,
+                w.mask_hash,
+            )
+    return jobs
+
+
 async def pay(
     found: Lookup, *, caller: Caller, concurrency: int, mask_map: MaskMap | None = None
 ) -> ReplayStats:
     """Phase two, with no connection held: replay the stored answers, pay once per miss."""
-    st = ReplayStats()
-    wanted, teacher_key, stored = found.wanted, found.teacher_key, found.stored
-    messages, fresh = found.messages, found.fresh
-    jobs: dict[str, Job] = {}
+    jobs = plan_jobs(found)
+    cost_before = caller.stats.cost_usd
+    t0 = time.perf_counter()
+    results = await caller.run(list(jobs.values()), concurrency=concurrency) if jobs else {}
+    return settle(
+        found,
+        results,
+        caller=caller,
+        mask_map=mask_map,
+        cost_before=cost_before,
+        teacher_seconds=time.perf_counter() - t0,
+    )
+
+
+def settle(
+    found: Lookup,
+    results: Mapping[str, TeacherResult],
+    *,
+    caller: Caller,
+    mask_map: MaskMap | None,
+    cost_before: float,
+    teacher_seconds: float,
+) -> ReplayStats:
+    """Each :class:`Wanted`'s answer, from what is stored or what was paid for (``results``
+    of the caller); the step's hits, in-step duplicates and spend."""
+    st = ReplayStats(teacher_seconds=teacher_seconds)
+    wanted, stored = found.wanted, found.stored
     counted: set[str] = set()
     for i, w in enumerate(wanted):
         rh = w.request_hash
-        assert rh is not None
         if rh in stored:
             w.cache_hit = True
             if rh not in counted:
                 counted.add(rh)
                 st.hits_ledger.append((rh, stored[rh]["cost_usd"] or 0.0))
-            if i in fresh:
+            if i in found.fresh:
                 st.new_masks.append(
                     {
                         "prompt_id": w.prompt_id,
                         "mask_hash": w.mask_hash,
-                        "teacher_key": teacher_key,
+                        "teacher_key": found.teacher_key,
                         "request_hash": rh,
                     }
                 )
-        elif rh not in jobs:
-            jobs[rh] = Job(
-                TeacherRequest(rh, messages[i], text=w.text, fields=w.fields),
-                "compressed",
-                w.prompt_id,
-                w.mask_hash,
-            )
-    cost_before = caller.stats.cost_usd
-    t0 = time.perf_counter()
-    results = await caller.run(list(jobs.values()), concurrency=concurrency) if jobs else {}
-    st.teacher_seconds = time.perf_counter() - t0
     paid_once: set[str] = set()
     for w in wanted:
         rh = w.request_hash
