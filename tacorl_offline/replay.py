@@ -23,7 +23,7 @@ import hashlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,15 +102,6 @@ class _Sorted:
             return np.zeros(len(rows), dtype=bool)
         idx = np.searchsorted(self.first, rows[:, 0], "left").clip(0, len(self.keys) - 1)
         return (self.keys[idx] == rows).all(axis=1)
-
-
-def _streamed(con: Any, sql: str, params: Sequence[Any]) -> Iterator[list[tuple[Any, ...]]]:
-    """The rows of a query, ``_WARM_BATCH`` at a time, streamed: DuckDB hands over one batch
-    at a time instead of materializing the whole result (``execute`` would, in native
-    memory, a few hundred bytes a row, which was most of the warm-up's peak)."""
-    reader = con.sql(sql, params=list(params)).to_arrow_reader(_WARM_BATCH)
-    for rb in reader:
-        yield list(zip(*(c.to_pylist() for c in rb.columns), strict=True))
 
 
 def _words(chunks: list[bytes], width: int) -> np.ndarray:
@@ -378,8 +369,7 @@ class MaskMap:
         return n
 
     def _warm_masks(self, con: Any) -> int:
-        batches = _streamed(
-            con,
+        cur = con.execute(
             "SELECT m.prompt_id, m.mask_hash, m.request_hash"
             " FROM masks m SEMI JOIN _mask_map_prompts p USING (prompt_id)"
             " WHERE m.teacher_key = ?",
@@ -388,7 +378,7 @@ class MaskMap:
         keys: list[bytes] = []
         hashes: list[bytes] = []
         n = 0
-        for batch in batches:
+        while batch := cur.fetchmany(_WARM_BATCH):
             kb, hb = [], []
             for pid, mh, rh in batch:
                 raw = _raw_hash(rh)
@@ -413,8 +403,7 @@ class MaskMap:
         import pyarrow as pa
 
         self._texts = self._texts or _TextStore()
-        batches = _streamed(
-            con,
+        cur = con.execute(
             "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, p.prompt_id IS NOT NULL"
             " FROM responses r LEFT JOIN _mask_map_prompts p USING (prompt_id)"
             " WHERE r.teacher_key = ?",
@@ -423,7 +412,7 @@ class MaskMap:
         parts: list[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         elsewhere: list[int] = []
         theirs: list[bytes] = []  # raw hashes of other prompts' answers, to match the masks
-        for batch in batches:
+        while batch := cur.fetchmany(_WARM_BATCH):
             mine = [row for row in batch if row[4]]
             for rh, _, _, _, ours in batch:
                 if not ours:
@@ -494,8 +483,7 @@ class MaskMap:
         those its masks lead to), by a digest of (request hash, reference hash)."""
         if not names or not (len(self._resp) or self._answers or len(self._mask_rh)):
             return
-        batches = _streamed(
-            con,
+        cur = con.execute(
             "SELECT v.request_hash, v.reference_hash, v.metric, v.value FROM metric_values v"
             f" WHERE v.metric IN ({', '.join(['?'] * len(names))}) AND v.request_hash IN ("
             " SELECT r.request_hash FROM responses r SEMI JOIN _mask_map_prompts USING (prompt_id)"
@@ -509,7 +497,7 @@ class MaskMap:
         keys: list[bytes] = []
         name_ix: list[np.ndarray] = []
         values: list[np.ndarray] = []
-        for batch in batches:
+        while batch := cur.fetchmany(_WARM_BATCH):
             keys.append(b"".join(self._metric_key(a, b) for a, b, _, _ in batch))
             name_ix.append(np.array([index[c] for _, _, c, _ in batch], dtype=np.uint16))
             values.append(np.array([float(d) for _, _, _, d in batch], dtype=np.float64))
