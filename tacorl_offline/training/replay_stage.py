@@ -109,7 +109,7 @@ class Overlap:
         self.parts: list[tuple[list[Rollout], Lookup]] = []
         self.later: list[Rollout] = []  # decided at the end, in DuckDB
         self.cost_before = run.caller.stats.cost_usd
-        self.t0: float | None = None
+        self.sent = False  # whether any call was made
 
     def add(self, rollouts: list[Rollout]) -> None:
         """One prompt's rollouts, just drawn: gate them, look them up, send the misses."""
@@ -131,7 +131,7 @@ class Overlap:
     def _send(self, asking: list[Rollout], found: Lookup) -> None:
         jobs = plan_jobs(found, skip=self.stream.seen)
         if jobs:
-            self.t0 = self.t0 or time.perf_counter()
+            self.sent = True
             self.stream.submit(jobs.values())
         self.parts.append((asking, found))
 
@@ -145,8 +145,11 @@ class Overlap:
             self._send(self.later, found)
         if not self.parts:
             return ReplayStats()
+        # The step's teacher time is the wait it still has once sampling is done: the calls'
+        # time before it overlapped the sampling (so the step's wall minus it is local work).
+        t0 = time.perf_counter()
         results = await self.stream.finish()
-        waited = time.perf_counter() - self.t0 if self.t0 is not None else 0.0
+        waited = time.perf_counter() - t0 if self.sent else 0.0
         found = Lookup.concat([f for _, f in self.parts], self.run.teacher_key)
         stats = settle(
             found,
