@@ -53,12 +53,14 @@ def test_overlapped_steps_draw_the_same_masks_and_pay_the_same_calls(
     a = q(seq, SAMPLES, [s_seq.run_id])
     b = q(ovl, SAMPLES, [s_ovl.run_id])
     assert [r[:5] + r[6:] for r in a] == [r[:5] + r[6:] for r in b]  # masks, hashes, hits
-    assert [r[5] for r in a] == pytest.approx([r[5] for r in b], rel=1e-6, nan_ok=True)
+    assert [r[5] for r in a] == pytest.approx([r[5] for r in b], rel=1e-4, nan_ok=True)
     assert s_ovl.spend.hits == s_seq.spend.hits and s_ovl.short_circuits == s_seq.short_circuits
     steps = "SELECT step, loss, reward_mean, calls, hits FROM steps WHERE run_id = ? ORDER BY step"
     for x, y in zip(q(seq, steps, [s_seq.run_id]), q(ovl, steps, [s_ovl.run_id]), strict=True):
         assert x[0] == y[0] and x[3:] == y[3:]
-        assert x[1:3] == pytest.approx(y[1:3], rel=1e-5)
+        # One forward per prompt instead of one padded batch: the same numbers up to float
+        # rounding (the golden trajectory's tolerance).
+        assert x[1:3] == pytest.approx(y[1:3], rel=1e-4, abs=1e-6)
     ledger = (
         "SELECT status, count(*), count(DISTINCT request_hash) FROM api_calls"
         " WHERE run_id = ? GROUP BY status ORDER BY status"
@@ -100,13 +102,16 @@ def test_an_error_while_sampling_stops_the_step_and_its_calls(
 ) -> None:
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=1)
     loopback_server.reset()
+    asked = threading.Event()
+    loopback_server.responder = lambda messages: (asked.set(), "an answer")[1]
     trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
     decisions = trainer.comp.decisions
     n = [0]
 
     def failing(texts, **kw):
         n[0] += 1
-        if n[0] == 3:
+        if n[0] == 3:  # once the first prompts' calls are out (up to 30 s), the policy fails
+            asked.wait(30)
             raise RuntimeError("the policy broke mid-step")
         return decisions(texts, **kw)
 
