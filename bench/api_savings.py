@@ -352,6 +352,97 @@ def weights_compare(a: Path, b: Path, init: Path) -> tuple[bool, bool, float, fl
     return close, equal, diff, moved
 
 
+# ----------------------------------------------------------------------------- overlap
+
+
+def _timed_train(st: Setup, cfg: Config, *, overlap: bool) -> tuple[list[float], Path, str]:
+    """(step walls, warehouse, run id) of one run; ``overlap`` False runs the stages of a
+    step one after another (the step before issue 19)."""
+    st.server.reset()
+    trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
+    trainer.overlap = overlap
+    walls: list[float] = []
+    last = [time.perf_counter()]
+
+    def on_step(_log: StepLog, _s: TrainSummary) -> None:
+        now = time.perf_counter()
+        walls.append(now - last[0])
+        last[0] = now
+
+    trainer.on_step = on_step
+    last[0] = time.perf_counter()
+    asyncio.run(trainer.run())
+    return walls, Path(cfg.warehouse), trainer.run_id
+
+
+def overlap_section(st: Setup, rounds: int = 2) -> list[tuple[str, bool, str]]:
+    """Issue 19, item 2, measured side by side: the same fresh run (upstream tolerance, so
+    every sample needs the teacher) with the step overlapped (calls start while later prompts
+    are sampled), with its stages one after another, and one call at a time; local compute is
+    the same run replayed from a warm warehouse (no call), the teacher wait the sequential
+    run's concurrent wait. Each kind runs ``rounds`` times, interleaved, each on its own clone
+    of ``st.base``; the means are over every step after the first of each run."""
+    kinds = ("overlapped", "sequential", "one call at a time", "local compute")
+    walls: dict[str, list[float]] = {k: [] for k in kinds}
+    waits: list[float] = []
+    for r in range(rounds):
+        for k in kinds[:3]:
+            wh = st.tmp / "overlap" / f"{k.replace(' ', '_')}{r}" / "wh.duckdb"
+            clone_warehouse(st.base, wh)
+            cfg = make_cfg(st, wh, seed=0, tolerance=30)
+            if k == "one call at a time":
+                cfg = cfg.model_copy(
+                    update={"teacher": cfg.teacher.model_copy(update={"concurrency": 1})}
+                )
+            w, path, run_id = _timed_train(st, cfg, overlap=k == "overlapped")
+            walls[k] += w[1:]
+            if k == "sequential":
+                waits += [
+                    t
+                    for _, t in q(
+                        path,
+                        "SELECT step, teacher_seconds FROM steps WHERE run_id = ? AND step > 1",
+                        [run_id],
+                    )
+                ]
+            if k == "overlapped":  # the same run again: every answer replayed, no wait
+                w, _, _ = _timed_train(st, cfg, overlap=True)
+                walls["local compute"] += w[1:]
+    m = {k: mean(v) for k, v in walls.items()}
+    wait = mean(waits)
+    print(
+        f"step overlap (issue 19): batch {st.batch}, G=1, every sample asks the teacher, "
+        f"{rounds} interleaved runs of each kind, mean step wall after step 1"
+    )
+    print(f"{'kind':<24} {'step':>9} {'one at a time / this':>21}")
+    for k in kinds:
+        print(f"{k:<24} {m[k]:>7.3f} s {m['one call at a time'] / m[k]:>20.2f}x")
+    print(f"{'teacher wait (seq.)':<24} {wait:>7.3f} s")
+    bound = max(m["local compute"], wait)
+    print(
+        f"overlapped / max(local compute, teacher wait) = {m['overlapped'] / bound:.2f}; "
+        f"sequential / overlapped = {m['sequential'] / m['overlapped']:.2f}x"
+    )
+    print(
+        f"overlap: {m['one call at a time'] / m['overlapped']:.2f} x one call at a time, "
+        f"{m['overlapped'] / bound:.2f} x max(local, wait)"
+    )
+    print()
+    return [
+        (
+            f"overlapped step >= 3x one call at a time (batch {st.batch}, 300 ms teacher)",
+            m["one call at a time"] >= 3.0 * m["overlapped"],
+            f"{m['one call at a time'] / m['overlapped']:.2f}x",
+        ),
+        (
+            "overlapped step <= 1.2x max(local compute, teacher wait)",
+            m["overlapped"] <= 1.2 * bound,
+            f"{m['overlapped'] / bound:.2f}x ({m['overlapped']:.3f} s vs local "
+            f"{m['local compute']:.3f} s, wait {wait:.3f} s)",
+        ),
+    ]
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -361,6 +452,7 @@ class Report:
     sens: list[Row] = field(default_factory=list)  # the tolerance sensitivity rows
     notes: list[str] = field(default_factory=list)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    overlap: list[tuple[str, bool, str]] = field(default_factory=list)  # issue 19's targets
 
 
 def copy_of_base(st: Setup, name: str) -> Path:
@@ -670,6 +762,7 @@ def print_tables(rep: Report, latency: float) -> None:
 
 def print_verdicts(rep: Report, row_up: Row, row_a: Row, row_b: Row, batch: int) -> None:
     targets = [
+        *rep.overlap,
         (
             "fresh run pays <= 0.5x upstream's calls",
             row_a.ratio <= 0.5,
@@ -761,6 +854,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--lr", type=float, default=1e-5, help="upstream default 1e-5")
     ap.add_argument("--tmpdir", default=None, help="where the temp warehouses go")
+    ap.add_argument(
+        "--overlap", action="store_true", help="only the step-overlap section (issue 19)"
+    )
     args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -777,6 +873,12 @@ def main(argv: list[str] | None = None) -> int:
         LoopbackServer(latency_s=args.latency) as server,
     ):
         st = prepare(args, Path(td), server)
+        rep.overlap = overlap_section(st, rounds=2 if args.overlap else 1)
+        if args.overlap:
+            for name, ok, detail in rep.overlap:
+                print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
+            print(f"load average at the end: {load_average()}")
+            return 0
         ra, row_a, row_up = fresh_runs(st, rep)
         row_b = repeat_run(st, rep, ra)
         killed_and_resumed(st, rep, ra)

@@ -34,7 +34,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,39 +228,24 @@ class Caller:
             f"({res.output_tokens} output tokens against max_tokens {max_tokens})"
         )
 
-    # Group commit: entries waiting for the next fsync, each with the future its caller awaits.
-    _waiting: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[None]]] = field(
-        default_factory=list, init=False, repr=False
-    )
-    _flusher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
-    fsyncs: int = field(default=0, init=False)  # journal fsyncs made (group commit counter)
+    # Group commit: one writer per kind of append (fsync'd answers; write-ahead rows).
+    _synced: _GroupJournal | None = field(default=None, init=False, repr=False)
+    _ahead: _GroupJournal | None = field(default=None, init=False, repr=False)
 
-    async def _journal(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        """Return once ``entries`` are on disk; concurrent callers share one fsync."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((entries, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_waiting())
-        await fut
+    @property
+    def fsyncs(self) -> int:
+        """Journal fsyncs made (the group commit counter)."""
+        return self._synced.writes if self._synced is not None else 0
 
-    async def _flush_waiting(self) -> None:
-        while self._waiting:
-            group, self._waiting = self._waiting, []
-            try:
-                await asyncio.to_thread(
-                    self.warehouse.journal, [e for entries, _ in group for e in entries]
-                )
-            except BaseException as e:  # e.g. disk full: every answer of the group fails loudly
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(e)
-                if not isinstance(e, Exception):
-                    raise
-                continue
-            self.fsyncs += 1
-            for _, fut in group:
-                if not fut.done():
-                    fut.set_result(None)
+    async def _journal(self, entries: list[tuple[str, dict[str, Any]]], sync: bool = True) -> None:
+        """Return once ``entries`` are on disk (``sync=False``: handed to the operating system);
+        concurrent callers share one append (and one fsync)."""
+        if sync:
+            self._synced = self._synced or _GroupJournal(self.warehouse, sync=True)
+            await self._synced.write(entries)
+        else:
+            self._ahead = self._ahead or _GroupJournal(self.warehouse, sync=False)
+            await self._ahead.write(entries)
 
     @property
     def source(self) -> str:
@@ -385,24 +370,7 @@ class Caller:
             kind = res.error_kind or "error"
             st.failures[kind] = st.failures.get(kind, 0) + 1
         if res.ok or res.permanent:
-            entries: list[tuple[str, dict[str, Any]]] = [
-                ("responses", self._response_row(job, res, cost))
-            ]
-            if job.mask_hash is not None:
-                entries.append(
-                    (
-                        "masks",
-                        {
-                            "prompt_id": job.prompt_id,
-                            "mask_hash": job.mask_hash,
-                            "teacher_key": self.teacher_key,
-                            "request_hash": res.request_hash,
-                        },
-                    )
-                )
-            entries += [("api_calls", r) for r in ledger]
-            if call_id is not None:
-                entries.append(("calls_done", {"call_id": call_id}))
+            entries = self._answer_entries(job, res, cost, ledger, call_id)
             saved = True
             try:
                 await self._journal(entries)
@@ -423,6 +391,36 @@ class Caller:
             self.pending_done.append(call_id)
         st.transient_failures += 1
         return True
+
+    def _answer_entries(
+        self,
+        job: Job,
+        res: TeacherResult,
+        cost: float,
+        ledger: list[dict[str, Any]],
+        call_id: str | None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """What an answer journals: its response row, its mask row, its ledger rows and the
+        marker that removes its write-ahead row."""
+        entries: list[tuple[str, dict[str, Any]]] = [
+            ("responses", self._response_row(job, res, cost))
+        ]
+        if job.mask_hash is not None:
+            entries.append(
+                (
+                    "masks",
+                    {
+                        "prompt_id": job.prompt_id,
+                        "mask_hash": job.mask_hash,
+                        "teacher_key": self.teacher_key,
+                        "request_hash": res.request_hash,
+                    },
+                )
+            )
+        entries += [("api_calls", r) for r in ledger]
+        if call_id is not None:
+            entries.append(("calls_done", {"call_id": call_id}))
+        return entries
 
     def save_unsaved(self) -> None:
         """Save answers the journal refused, then report the journal error in one line.
@@ -469,6 +467,16 @@ class Caller:
             "written to the warehouse directly; free disk space and rerun to resume"
         )
 
+    def stream(
+        self,
+        *,
+        concurrency: int,
+        on_result: Callable[[Job, TeacherResult], None] | None = None,
+    ) -> CallStream:
+        """A :class:`CallStream`: jobs submitted as they are known, at most ``concurrency``
+        in flight, collected by :meth:`CallStream.finish`."""
+        return CallStream(self, concurrency, on_result)
+
     async def run(
         self,
         jobs: Sequence[Job],
@@ -482,135 +490,9 @@ class Caller:
         Stops launching at the first auth error (401/403: every other request would fail the
         same way) and raises it; a teacher that refuses every connection is one error, too.
         """
-        pending: collections.deque[Job] = collections.deque()
-        seen: set[str] = set()
-        for j in jobs:
-            if j.request.request_hash not in seen:  # never pay twice within one batch either
-                seen.add(j.request.request_hash)
-                pending.append(j)
-        results: dict[str, TeacherResult] = {}
-        connection_failures = 0
-        stop: list[str] = []  # why launching stopped (not the budget)
-        settled = asyncio.Condition()  # notified whenever a call's reservation is released
-        fatal: list[UserError] = []
-
-        async def worker() -> None:
-            nonlocal connection_failures
-            while True:
-                if stop or not pending:
-                    return
-                job = pending[0]
-                reserved = self.worst_case_cost(job)
-                verdict = self.budget.admit(reserved)
-                if verdict == "stop":
-                    return
-                if verdict == "wait":  # near the cap: wait for a call in flight to settle
-                    async with settled:
-                        await settled.wait()
-                    continue
-                pending.popleft()
-                if shared is not None:  # team warehouse: claim it, or take another's answer
-                    verdict, row = await asyncio.to_thread(shared.acquire, job.request.request_hash)
-                    if verdict in ("answer", "busy"):
-                        self.budget.settle(reserved, 0.0)
-                        async with settled:
-                            settled.notify_all()
-                        if verdict == "busy":
-                            deferred.append(job)
-                        else:
-                            results[job.request.request_hash] = await self._replicate(job, row)
-                        continue
-                self.budget.calls += 1  # counted at admission: a worker admitted next sees it
-                # The write-ahead row, on disk before the request leaves (a local teacher
-                # bills nothing: none).
-                call_id = None if self.teacher.backend in FREE_BACKENDS else uuid.uuid4().hex
-                try:
-                    if call_id is not None:
-                        await asyncio.to_thread(
-                            self.warehouse.journal,
-                            [
-                                (
-                                    "calls_in_flight",
-                                    self._in_flight_row(job, call_id, self.cost_bound(job)),
-                                )
-                            ],
-                            sync=False,
-                        )
-                except BaseException as e:
-                    self.budget.calls -= 1  # never sent
-                    self.budget.settle(reserved, 0.0)
-                    async with settled:
-                        settled.notify_all()
-                    if not isinstance(e, JournalWriteError):
-                        raise
-                    self.journal_error = self.journal_error or str(e)
-                    stop.append("journal")
-                    continue
-                self.stats.requests += 1
-                t0 = time.perf_counter()
-                try:
-                    res = await self.teacher.answer(job.request)
-                except BaseException:
-                    self.budget.settle(reserved, 0.0)
-                    async with settled:
-                        settled.notify_all()
-                    raise
-                if not res.latency_s:
-                    res.latency_s = time.perf_counter() - t0
-                try:
-                    saved = await self.commit(job, res, reserved, call_id)
-                finally:
-                    async with settled:
-                        settled.notify_all()
-                if shared is not None and not (res.ok or res.permanent):
-                    await asyncio.to_thread(shared.release, job.request.request_hash)
-                if not saved:
-                    stop.append("journal")
-                    continue
-                results[job.request.request_hash] = res
-                if self.overrun is not None and "overrun" not in stop:
-                    stop.append("overrun")
-                    fatal.append(UserError(self.overrun))
-                if res.error_kind == "auth":
-                    stop.append("auth")
-                    fatal.append(UserError(res.error or "teacher rejected the API key"))
-                if (
-                    res.error_kind == "connection"
-                    and self.stats.ok + self.stats.permanent_failures == 0
-                ):
-                    connection_failures += 1
-                    if connection_failures >= min(self.unreachable_after, len(seen)):
-                        stop.append("unreachable")
-                        fatal.append(
-                            UserError(
-                                f"teacher unreachable ({res.error or 'connection refused'}); "
-                                "check teacher.base_url and that the server is running"
-                            )
-                        )
-                if on_result is not None:
-                    on_result(job, res)
-
-        shared = self.warehouse.shared
-        deferred: list[Job] = []  # claimed by another machine: its answer is awaited
-        if shared is not None:  # machines walk the work in different orders: fewer collisions
-            order = list(pending)
-            random.Random(shared.machine).shuffle(order)
-            pending = collections.deque(order)
-        while True:
-            n = max(1, min(concurrency, len(pending)))
-            await asyncio.gather(*(worker() for _ in range(n)))
-            if not deferred or stop or fatal or self.budget.reached():
-                pending.extend(deferred)  # left unanswered: counted as a budget stop below
-                break
-            await asyncio.sleep(SHARED_POLL_S)
-            pending.extend(deferred)
-            deferred.clear()
-        self.save_unsaved()
-        if fatal:
-            raise fatal[0]
-        if pending:
-            self.stats.budget_stopped = True
-        return results
+        stream = self.stream(concurrency=concurrency, on_result=on_result)
+        stream.submit(jobs)
+        return await stream.finish()
 
     async def _replicate(self, job: Job, row: dict[str, Any]) -> TeacherResult:
         """Another machine's answer (team warehouse): journaled here with a 'hit' ledger row,
@@ -668,6 +550,228 @@ class Caller:
 
             delete_done(con, [{"call_id": c} for c in self.pending_done])
             self.pending_done.clear()
+
+
+class _GroupJournal:
+    """Journal appends that callers arriving while one is being written share: they wait and
+    go to disk together in the next one (group commit), each caller returning once its own
+    entries are written (and fsync'd, with ``sync``)."""
+
+    def __init__(self, warehouse: Warehouse, *, sync: bool) -> None:
+        self.warehouse, self.sync = warehouse, sync
+        self._waiting: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0  # appends made
+
+    async def write(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entries, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        await fut
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await asyncio.to_thread(
+                    self.warehouse.journal,
+                    [e for entries, _ in group for e in entries],
+                    sync=self.sync,
+                )
+            except BaseException as e:  # e.g. disk full: every entry of the group fails loudly
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+                if not isinstance(e, Exception):
+                    raise
+                continue
+            self.writes += 1
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_result(None)
+
+
+class CallStream:
+    """Jobs run as they are submitted, at most ``concurrency`` in flight (:meth:`Caller.stream`).
+
+    A step submits each prompt's misses as soon as they are known and collects every result
+    at the end (:meth:`finish`); ``teacher-fill`` submits all at once (:meth:`Caller.run`). A
+    request submitted twice is sent once. Launching stops at the first auth error (401/403:
+    every other request would fail the same way), at a journal failure, at an overrun under a
+    dollar cap, and when the teacher refuses every connection; :meth:`finish` raises it.
+    """
+
+    def __init__(
+        self,
+        caller: Caller,
+        concurrency: int,
+        on_result: Callable[[Job, TeacherResult], None] | None = None,
+    ) -> None:
+        self.caller = caller
+        self.concurrency = max(1, concurrency)
+        self.on_result = on_result
+        self.pending: collections.deque[Job] = collections.deque()
+        self.seen: set[str] = set()  # request hashes submitted
+        self.results: dict[str, TeacherResult] = {}
+        self.stop: list[str] = []  # why launching stopped (not the budget)
+        self.fatal: list[UserError] = []
+        self.settled = asyncio.Condition()  # notified whenever a call's reservation is released
+        self.connection_failures = 0
+        self.shared = caller.warehouse.shared
+        self.deferred: list[Job] = []  # claimed by another machine: its answer is awaited
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def submit(self, jobs: Iterable[Job]) -> None:
+        """Queue ``jobs`` (those not submitted before) and start workers for them."""
+        new = []
+        for j in jobs:
+            if j.request.request_hash not in self.seen:  # never pay twice within one stream
+                self.seen.add(j.request.request_hash)
+                new.append(j)
+        if self.shared is not None:  # machines walk the work in different orders: fewer collisions
+            random.Random(self.shared.machine).shuffle(new)
+        self.pending.extend(new)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        live = sum(1 for t in self._tasks if not t.done())
+        for _ in range(min(self.concurrency - live, len(self.pending))):
+            self._tasks.append(asyncio.create_task(self._worker()))
+
+    def cancel(self) -> None:
+        """Stop the workers (the step failed): their write-ahead rows stay in the journal."""
+        for t in self._tasks:
+            t.cancel()
+
+    async def finish(self) -> dict[str, TeacherResult]:
+        """Wait for every submitted job; request_hash -> result of each that was started (a
+        budget stop leaves the rest unstarted and sets ``stats.budget_stopped``)."""
+        c = self.caller
+        while True:
+            await asyncio.gather(*self._tasks)
+            if not self.deferred or self.stop or self.fatal or c.budget.reached():
+                self.pending.extend(self.deferred)  # left unanswered: counted as a budget stop
+                break
+            await asyncio.sleep(SHARED_POLL_S)
+            self.pending.extend(self.deferred)
+            self.deferred.clear()
+            self._spawn()
+        c.save_unsaved()
+        if self.fatal:
+            raise self.fatal[0]
+        if self.pending:
+            c.stats.budget_stopped = True
+        return self.results
+
+    async def _notify(self) -> None:
+        async with self.settled:
+            self.settled.notify_all()
+
+    async def _release(self, reserved: float) -> None:
+        """A call admitted but not made: its reservation goes back."""
+        self.caller.budget.settle(reserved, 0.0)
+        await self._notify()
+
+    async def _worker(self) -> None:
+        budget = self.caller.budget
+        while not self.stop and self.pending:
+            job = self.pending[0]
+            reserved = self.caller.worst_case_cost(job)
+            verdict = budget.admit(reserved)
+            if verdict == "stop":
+                return
+            if verdict == "wait":  # near the cap: wait for a call in flight to settle
+                async with self.settled:
+                    await self.settled.wait()
+                continue
+            self.pending.popleft()
+            if self.shared is not None and await self._taken_by_team(job, reserved):
+                continue
+            await self._call(job, reserved)
+
+    async def _taken_by_team(self, job: Job, reserved: float) -> bool:
+        """Team warehouse: claim the request, or take another machine's answer (or wait for
+        it); True when this machine is not to pay for it."""
+        assert self.shared is not None
+        rh = job.request.request_hash
+        verdict, row = await asyncio.to_thread(self.shared.acquire, rh)
+        if verdict not in ("answer", "busy"):
+            return False
+        await self._release(reserved)
+        if verdict == "busy":
+            self.deferred.append(job)
+        else:
+            self.results[rh] = await self.caller._replicate(job, row)
+        return True
+
+    async def _call(self, job: Job, reserved: float) -> None:
+        c = self.caller
+        c.budget.calls += 1  # counted at admission: a worker admitted next sees it
+        # The write-ahead row, written before the request leaves (a local teacher bills
+        # nothing: none).
+        call_id = None if c.teacher.backend in FREE_BACKENDS else uuid.uuid4().hex
+        if call_id is not None and not await self._write_ahead(job, call_id, reserved):
+            return
+        c.stats.requests += 1
+        t0 = time.perf_counter()
+        try:
+            res = await c.teacher.answer(job.request)
+        except BaseException:
+            await self._release(reserved)
+            raise
+        if not res.latency_s:
+            res.latency_s = time.perf_counter() - t0
+        try:
+            saved = await c.commit(job, res, reserved, call_id)
+        finally:
+            await self._notify()
+        if self.shared is not None and not (res.ok or res.permanent):
+            await asyncio.to_thread(self.shared.release, job.request.request_hash)
+        if not saved:
+            self.stop.append("journal")
+            return
+        self.results[job.request.request_hash] = res
+        self._check(res)
+        if self.on_result is not None:
+            self.on_result(job, res)
+
+    async def _write_ahead(self, job: Job, call_id: str, reserved: float) -> bool:
+        """The ``calls_in_flight`` row, handed to the operating system before the request
+        leaves; False (launching stops) when the journal refuses it."""
+        c = self.caller
+        try:
+            row = c._in_flight_row(job, call_id, c.cost_bound(job))
+            await c._journal([("calls_in_flight", row)], sync=False)
+        except BaseException as e:
+            c.budget.calls -= 1  # never sent
+            await self._release(reserved)
+            if not isinstance(e, JournalWriteError):
+                raise
+            c.journal_error = c.journal_error or str(e)
+            self.stop.append("journal")
+            return False
+        return True
+
+    def _check(self, res: TeacherResult) -> None:
+        """Stop launching after an overrun, an auth error, or a teacher that is unreachable."""
+        c = self.caller
+        if c.overrun is not None and "overrun" not in self.stop:
+            self.stop.append("overrun")
+            self.fatal.append(UserError(c.overrun))
+        if res.error_kind == "auth":
+            self.stop.append("auth")
+            self.fatal.append(UserError(res.error or "teacher rejected the API key"))
+        if res.error_kind == "connection" and c.stats.ok + c.stats.permanent_failures == 0:
+            self.connection_failures += 1
+            if self.connection_failures >= min(c.unreachable_after, len(self.seen)):
+                self.stop.append("unreachable")
+                self.fatal.append(
+                    UserError(
+                        f"teacher unreachable ({res.error or 'connection refused'}); "
+                        "check teacher.base_url and that the server is running"
+                    )
+                )
 
 
 def hit_ledger_rows(

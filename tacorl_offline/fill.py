@@ -3,8 +3,9 @@
 Idempotent and resumable by construction: the work list is "prompts of the split with no
 stored answer under this teacher key" (or an imported one, when ``teacher.use_imported``),
 computed from the warehouse at start. Answers are journaled as they arrive
-(:mod:`tacorl_offline.calls`), and a flusher moves them into DuckDB about once a second, so
-readers get the lock between flushes. A rerun pays 0; a budget stop resumes where it ended.
+(:mod:`tacorl_offline.calls`), and a flusher moves them into DuckDB about once a second (less
+often while a flush is slow, so flushing never costs the fill more than a twentieth of its
+time), so readers get the lock between flushes. A rerun pays 0; a budget stop resumes where it ended.
 """
 
 from __future__ import annotations
@@ -90,17 +91,27 @@ def _plan(
     return todo, hits, len(rows)
 
 
+# A flush (a DuckDB open, the journal's replay, the checkpoint on close) costs the fill CPU
+# whatever it carries: the next one waits at least this many times as long as the last took.
+FLUSH_SPACING = 20
+
+
 async def _flusher(warehouse: Warehouse, every_s: float, stop: asyncio.Event) -> None:
-    """Move journaled answers into DuckDB about once a second. A failed flush (say, a reader
-    holding the lock for long) is retried on the next tick: the answers stay in the journal."""
+    """Move journaled answers into DuckDB about once a second, less often while flushes are
+    slow (a loaded machine): flushing stays under about 1/FLUSH_SPACING of the fill's time.
+    A failed flush (say, a reader holding the lock for long) is retried on the next tick:
+    the answers stay in the journal."""
+    wait = every_s
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await asyncio.wait_for(stop.wait(), timeout=wait)
         except asyncio.TimeoutError:
+            t0 = time.perf_counter()
             try:
                 await asyncio.to_thread(warehouse.flush)
             except UserError:
                 continue
+            wait = max(every_s, FLUSH_SPACING * (time.perf_counter() - t0))
 
 
 async def run_fill(

@@ -32,7 +32,7 @@ import numpy as np
 from tacorl_offline.calls import Caller, Job
 from tacorl_offline.hashing import SCHEME, request_hash
 from tacorl_offline.runs import Spend
-from tacorl_offline.teachers.base import TeacherRequest
+from tacorl_offline.teachers.base import TeacherRequest, TeacherResult
 from tacorl_offline.warehouse import Warehouse
 
 
@@ -537,6 +537,30 @@ class Lookup:
     messages: dict[int, list[dict[str, str]]]  # rendered requests, by position in ``wanted``
     fresh: set[int]  # positions resolved by request hash, not by the mask index
 
+    @staticmethod
+    def concat(parts: Sequence[Lookup], teacher_key: str) -> Lookup:
+        """One lookup of every part's wanted, in order (parts decided one after another)."""
+        wanted: list[Wanted] = []
+        stored: dict[str, dict[str, Any]] = {}
+        messages: dict[int, list[dict[str, str]]] = {}
+        fresh: set[int] = set()
+        for p in parts:
+            base = len(wanted)
+            wanted += p.wanted
+            stored.update(p.stored)
+            messages.update({base + i: m for i, m in p.messages.items()})
+            fresh.update(base + i for i in p.fresh)
+        return Lookup(wanted, teacher_key, stored, messages, fresh)
+
+    def forget(self, request_hashes: set[str]) -> list[int]:
+        """Treat ``request_hashes`` as not stored (requests this step already sent: their
+        answers reach the warehouse during the step, and are paid, not replayed); the
+        positions of the wanted that change."""
+        gone = [rh for rh in self.stored if rh in request_hashes]
+        for rh in gone:
+            del self.stored[rh]
+        return [i for i, w in enumerate(self.wanted) if w.request_hash in request_hashes]
+
 
 def lookup(
     con: Any,
@@ -663,43 +687,71 @@ async def resolve(
     return await pay(found, caller=caller, concurrency=concurrency, mask_map=mask_map)
 
 
+def plan_jobs(found: Lookup, skip: Iterable[str] = ()) -> dict[str, Job]:
+    """The requests to pay for: each miss once (those in ``skip`` not at all: already sent)."""
+    jobs: dict[str, Job] = {}
+    skip = set(skip)
+    for i, w in enumerate(found.wanted):
+        rh = w.request_hash
+        assert rh is not None
+        if rh not in found.stored and rh not in jobs and rh not in skip:
+            jobs[rh] = Job(
+                TeacherRequest(rh, found.messages[i], text=w.text, fields=w.fields),
+                "compressed",
+                w.prompt_id,
+                w.mask_hash,
+            )
+    return jobs
+
+
 async def pay(
     found: Lookup, *, caller: Caller, concurrency: int, mask_map: MaskMap | None = None
 ) -> ReplayStats:
     """Phase two, with no connection held: replay the stored answers, pay once per miss."""
-    st = ReplayStats()
-    wanted, teacher_key, stored = found.wanted, found.teacher_key, found.stored
-    messages, fresh = found.messages, found.fresh
-    jobs: dict[str, Job] = {}
+    jobs = plan_jobs(found)
+    cost_before = caller.stats.cost_usd
+    t0 = time.perf_counter()
+    results = await caller.run(list(jobs.values()), concurrency=concurrency) if jobs else {}
+    return settle(
+        found,
+        results,
+        caller=caller,
+        mask_map=mask_map,
+        cost_before=cost_before,
+        teacher_seconds=time.perf_counter() - t0,
+    )
+
+
+def settle(
+    found: Lookup,
+    results: Mapping[str, TeacherResult],
+    *,
+    caller: Caller,
+    mask_map: MaskMap | None,
+    cost_before: float,
+    teacher_seconds: float,
+) -> ReplayStats:
+    """Each :class:`Wanted`'s answer, from what is stored or what was paid for (``results``
+    of the caller); the step's hits, in-step duplicates and spend."""
+    st = ReplayStats(teacher_seconds=teacher_seconds)
+    wanted, stored = found.wanted, found.stored
     counted: set[str] = set()
     for i, w in enumerate(wanted):
         rh = w.request_hash
-        assert rh is not None
         if rh in stored:
             w.cache_hit = True
             if rh not in counted:
                 counted.add(rh)
                 st.hits_ledger.append((rh, stored[rh]["cost_usd"] or 0.0))
-            if i in fresh:
+            if i in found.fresh:
                 st.new_masks.append(
                     {
                         "prompt_id": w.prompt_id,
                         "mask_hash": w.mask_hash,
-                        "teacher_key": teacher_key,
+                        "teacher_key": found.teacher_key,
                         "request_hash": rh,
                     }
                 )
-        elif rh not in jobs:
-            jobs[rh] = Job(
-                TeacherRequest(rh, messages[i], text=w.text, fields=w.fields),
-                "compressed",
-                w.prompt_id,
-                w.mask_hash,
-            )
-    cost_before = caller.stats.cost_usd
-    t0 = time.perf_counter()
-    results = await caller.run(list(jobs.values()), concurrency=concurrency) if jobs else {}
-    st.teacher_seconds = time.perf_counter() - t0
     paid_once: set[str] = set()
     for w in wanted:
         rh = w.request_hash

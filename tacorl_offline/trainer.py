@@ -67,7 +67,7 @@ from tacorl_offline.training.optim import build_optimizer, lr_schedule
 from tacorl_offline.training.policy import build_policy
 from tacorl_offline.training.record import record, step_log
 from tacorl_offline.training.records import Position, StageContext, StepData, StepLog, TrainSummary
-from tacorl_offline.training.replay_stage import length_gate, replay
+from tacorl_offline.training.replay_stage import length_gate, replay, sample_and_replay
 from tacorl_offline.training.rollout import rollout
 from tacorl_offline.training.scoring import score_rollouts
 from tacorl_offline.training.update import LossTerm, kl_anchor, update
@@ -111,6 +111,9 @@ class Trainer:
         self.dist = dist or Dist()
         self.warehouse = warehouse
         self.on_step = on_step
+        # One process: sample the next prompts while the first ones' calls run (stages 1-3
+        # overlapped, same masks and result); False runs them one after another (benches).
+        self.overlap = True
         self.loss_terms: list[LossTerm] = []  # extra terms of the update's loss
         self.after_step: list[AfterStep] = []  # callbacks once a step is recorded
         ckpt = checkpoints.find(Path(cfg.train.output_dir), resume, warehouse) if resume else None
@@ -204,10 +207,20 @@ class Trainer:
         before = (replace(self.pos), self.gen.get_state(), torch.get_rng_state())
         data = StepData(*self._next_batch(), started=t_start)
         mine = data.batch[self.dist.rank :: self.dist.world_size]  # this rank's shard
-        rollout(self.ctx, data, mine, gen=self.gen, step=self.pos.step + 1)
-        data.everyone = [r for part in self.dist.gather(data.rollouts) for r in part]
         unsent = False
-        if self.dist.is_main:
+        overlapped = self.overlap and run is not None and not self.dist.enabled
+        if overlapped:  # one process: the policy samples while the first calls run
+            assert run is not None
+            run.caller.step = self.pos.step + 1  # the ledger rows of this step say so
+            data.replay = await sample_and_replay(
+                self.ctx, data, mine, run, gen=self.gen, step=self.pos.step + 1
+            )
+            data.everyone = list(data.rollouts)
+            unsent = run.caller.stats.budget_stopped
+        else:
+            rollout(self.ctx, data, mine, gen=self.gen, step=self.pos.step + 1)
+            data.everyone = [r for part in self.dist.gather(data.rollouts) for r in part]
+        if self.dist.is_main and not overlapped:
             length_gate(self.ctx, data.fresh)
             if run is not None:
                 run.caller.step = self.pos.step + 1  # the ledger rows of this step say so

@@ -5,7 +5,8 @@ runs them in order and owns the loop, the run's state and resume.
   step's data, filled stage by stage; :class:`~.records.Rollout`, one mask) and the read-only
   :class:`~.records.StageContext` every stage reads;
 - :mod:`.rollout`: 1. sample masks (and the SCST greedy one), fill groups with stored samples;
-- :mod:`.replay_stage`: 2. the length gate, 3. replay cached answers, pay for the misses;
+- :mod:`.replay_stage`: 2. the length gate, 3. replay cached answers, pay for the misses (in
+  one process overlapped with 1: a prompt's calls start as soon as its masks are drawn);
 - :mod:`.scoring`: 4. rewards and new metric-cache rows;
 - :mod:`.advantage_stage`: 5. advantages over the global batch;
 - :mod:`.update`: 6. the on-policy REINFORCE update (the reusing one is

@@ -8,6 +8,7 @@ one whose policy drifted past ``max_log_ratio`` is dropped and counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,11 +18,23 @@ from tacorl_offline.training.records import GREEDY, Rollout, StageContext, StepD
 
 
 def rollout(
-    ctx: StageContext, data: StepData, mine: list[int], *, gen: torch.Generator, step: int
+    ctx: StageContext,
+    data: StepData,
+    mine: list[int],
+    *,
+    gen: torch.Generator,
+    step: int,
+    chunk: int | None = None,
+    on_prompt: Callable[[list[Rollout]], None] | None = None,
 ) -> None:
     """Sampled masks (with gradient) of this rank's prompts ``mine`` and, for SCST, the greedy
     mask of each; fills ``data.rollouts`` and the ``Sample`` objects they came from, aligned,
-    and ``data.dropped``. ``step`` is the step being taken (1-based)."""
+    and ``data.dropped``. ``step`` is the step being taken (1-based).
+
+    ``chunk``: prompts per forward pass (None: all in one). ``on_prompt`` gets each prompt's
+    rollouts as soon as they are drawn, so their teacher calls can start while the next
+    chunk is sampled (:class:`~.replay_stage.Overlap`). Neither changes the masks: the
+    sampler's generator is drawn from in the same order, prompt by prompt."""
     tc = ctx.cfg.train
     if not mine:
         return
@@ -29,30 +42,42 @@ def rollout(
     # compression uses, the SCST greedy mask is deterministic, and the log-prob that is
     # differentiated (the same forward, grad on) is exactly the behaviour policy's.
     ctx.policy.eval()
-    texts = [ctx.items[i].text for i in mine]
-    fields = [ctx.items[i].fields for i in mine]
     # train.sampler 'rate': masks keep, in expectation, the budget greedy keeps at evaluation
     rate = ctx.cfg.compressor.rate if tc.sampler == "rate" else None
-    decisions = ctx.comp.decisions(texts, model=ctx.policy, fields=fields, rate=rate)
-    data.kl = kl_term(ctx, data, mine, texts, fields, rate, [d.probs for d in decisions])
-    data.probs = {i: d.probs for i, d in zip(mine, decisions, strict=True)}
-    # SCST: the greedy mask of the same prompts, at the same budget, is the baseline.
-    greedy = (
-        ctx.comp.greedy(texts, model=ctx.policy, fields=fields, rate=rate)
-        if tc.baseline == "scst"
-        else []
-    )
-    for k, i in enumerate(mine):
-        group, chosen = _group(ctx, data, i, decisions[k], gen=gen, step=step)
-        if greedy:
-            group.append((GREEDY, greedy[k], None))
-        n_orig = ctx.count(ctx.items[i].text)
-        for j, s, origin in group:
-            r = _record_of(ctx, i, j, s, origin, n_orig)
-            if chosen and 0 <= j < len(chosen):
-                r.sentence = chosen[j]
-            data.rollouts.append(r)
-            data.samples.append(s)
+    size = chunk or len(mine)
+    probs: list[torch.Tensor] = []
+    data.probs = {}
+    for lo in range(0, len(mine), size):
+        part = mine[lo : lo + size]
+        texts = [ctx.items[i].text for i in part]
+        fields = [ctx.items[i].fields for i in part]
+        decisions = ctx.comp.decisions(texts, model=ctx.policy, fields=fields, rate=rate)
+        probs += [d.probs for d in decisions]
+        data.probs.update({i: d.probs for i, d in zip(part, decisions, strict=True)})
+        # SCST: the greedy mask of the same prompts, at the same budget, is the baseline.
+        greedy = (
+            ctx.comp.greedy(texts, model=ctx.policy, fields=fields, rate=rate)
+            if tc.baseline == "scst"
+            else []
+        )
+        for k, i in enumerate(part):
+            group, chosen = _group(ctx, data, i, decisions[k], gen=gen, step=step)
+            if greedy:
+                group.append((GREEDY, greedy[k], None))
+            n_orig = ctx.count(ctx.items[i].text)
+            mine_now = []
+            for j, s, origin in group:
+                r = _record_of(ctx, i, j, s, origin, n_orig)
+                if chosen and 0 <= j < len(chosen):
+                    r.sentence = chosen[j]
+                data.rollouts.append(r)
+                data.samples.append(s)
+                mine_now.append(r)
+            if on_prompt is not None:
+                on_prompt(mine_now)
+    texts = [ctx.items[i].text for i in mine]
+    fields = [ctx.items[i].fields for i in mine]
+    data.kl = kl_term(ctx, data, mine, texts, fields, rate, probs)
 
 
 Origin = tuple[reuse.StoredSample, float]  # a stored sample and its drift
