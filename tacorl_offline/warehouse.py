@@ -365,6 +365,8 @@ class Warehouse:
                 if self.shared is not None:
                     self.shared.sync(self, con, insert_rows)
             yield con
+            if self.shared is not None and not read_only:  # this connection's writes leave now
+                self.shared.push(con)
             failed = False
         except duckdb.Error as e:
             disk = _disk_error(self.path, e)
