@@ -465,7 +465,7 @@ def test_two_processes_on_one_local_file_one_pays_the_other_is_refused_in_one_li
     assert sorted(codes[:2]) == [0, 2], outs  # one of the two on the same file was refused
     refused = outs[codes.index(2)]
     lines = [ln for ln in refused.splitlines() if ln.strip() and not ln.startswith("using dataset")]
-    assert len(lines) == 1 and "in use by teacher-fill run" in lines[0], refused
+    assert len(lines) == 1 and "is in use by fill run" in lines[0], refused
     assert not any(PASSWORD in o for o in outs)
     assert loopback_server.calls == 40  # the payer on a's file and c shared the work
     a.sync(), c.sync(), a.sync()
