@@ -426,26 +426,6 @@ class SharedStore:
                         p.done = True
         return me.result
 
-    def _local_rows_since(
-        self, con: Any, since: str | None
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        pks = self.primary_keys(con)
-        out = []
-        for table, cols in pks.items():
-            if table == "runs" or since is None:
-                cur = con.execute(f'SELECT * FROM "{table}"')
-            else:
-                stamp = "started_at" if table == "runs" else "created_at"
-                cur = con.execute(
-                    f'SELECT * FROM "{table}" WHERE {stamp} >= ?::TIMESTAMP - INTERVAL {PUSH_OVERLAP_S:.0f} SECOND',
-                    [since],
-                )
-            names = [d[0] for d in cur.description]
-            for rec in cur.fetchall():
-                r = {k: _jsonable(v) for k, v in zip(names, rec, strict=True)}
-                out.append((table, _pk_text(r, cols), r))
-        return out
-
     # ------------------------------------------------------------------ sync (push + pull)
 
     def sync(self, warehouse: Any, con: Any, insert_rows: Callable[..., int]) -> tuple[int, int]:
@@ -470,7 +450,7 @@ class SharedStore:
         foreign: dict[str, str] = st.get("foreign_runs", {})
         rows = [
             r
-            for r in self._local_rows_since(con, st["pushed_until"])
+            for r in _local_rows(con, self.primary_keys(con), st["pushed_until"])
             if r[:2] not in self._known
             and not (r[0] == "runs" and foreign.get(r[1]) == _digest(r[2]))
         ]
@@ -520,33 +500,10 @@ class SharedStore:
                 by_table.setdefault(t, []).append(r)
                 if t in IGNORE_TABLES:
                     fresh.append(key)
-        entries: list[tuple[str, dict[str, Any]]] = []
-        con.execute("BEGIN TRANSACTION")
         try:
-            for t in SHARED_TABLES:
-                # One batch per set of columns: a journaled row has no created_at (the
-                # default fills it), a row read from DuckDB has one.
-                shapes: dict[frozenset[str], list[dict[str, Any]]] = {}
-                for r in by_table.get(t, []):
-                    shapes.setdefault(frozenset(r), []).append(r)
-                for rs in shapes.values():
-                    rule = "ignore" if t in IGNORE_TABLES else "replace"
-                    insert_rows(con, t, rs, on_conflict=rule)
-                    entries += [(t, r) for r in rs]
-            ids = [str(r.get("run_id")) for t, r in entries if t == "runs"]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                cur = con.execute(
-                    f"SELECT * FROM runs WHERE run_id IN ({', '.join('?' * len(chunk))})", chunk
-                )
-                names = [d[0] for d in cur.description]
-                for rec in cur.fetchall():
-                    r = {k: _jsonable(v) for k, v in zip(names, rec, strict=True)}
-                    foreign[str(r["run_id"])] = _digest(r)
-            con.execute("COMMIT")
+            entries = _store_pulled(con, by_table, insert_rows, foreign)
             self._known.update(fresh)
         except Exception as e:  # never fatal: the rows stay in PostgreSQL for the next open
-            con.execute("ROLLBACK")
             log.warning(
                 "warning: rows pulled from the shared warehouse could not be stored "
                 "locally (%s); the next open tries again",
@@ -633,6 +590,68 @@ class SharedStore:
             return {pk: r for pk, r in rows}
 
         return self._guard(go, {})
+
+
+def _local_rows(
+    con: Any, pks: Mapping[str, Sequence[str]], since: str | None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(table, pk, row) of the local rows written since ``since`` (less an overlap), and every
+    ``runs`` row."""
+    out = []
+    for table, cols in pks.items():
+        if table == "runs" or since is None:
+            cur = con.execute(f'SELECT * FROM "{table}"')
+        else:
+            cur = con.execute(
+                f'SELECT * FROM "{table}" WHERE created_at >= ?::TIMESTAMP'
+                f" - INTERVAL {PUSH_OVERLAP_S:.0f} SECOND",
+                [since],
+            )
+        names = [d[0] for d in cur.description]
+        for rec in cur.fetchall():
+            r = {k: _jsonable(v) for k, v in zip(names, rec, strict=True)}
+            out.append((table, _pk_text(r, cols), r))
+    return out
+
+
+def _store_pulled(
+    con: Any,
+    by_table: Mapping[str, list[dict[str, Any]]],
+    insert_rows: Callable[..., int],
+    foreign: dict[str, str],
+) -> list[tuple[str, dict[str, Any]]]:
+    """Insert pulled rows in one local transaction (all or nothing) and note the digest of
+    each pulled run row as stored (``foreign``); the (table, row) entries stored."""
+    entries: list[tuple[str, dict[str, Any]]] = []
+    digests: dict[str, str] = {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for t in SHARED_TABLES:
+            # One batch per set of columns: a journaled row has no created_at (the default
+            # fills it), a row read from DuckDB has one.
+            shapes: dict[frozenset[str], list[dict[str, Any]]] = {}
+            for r in by_table.get(t, []):
+                shapes.setdefault(frozenset(r), []).append(r)
+            for rs in shapes.values():
+                rule = "ignore" if t in IGNORE_TABLES else "replace"
+                insert_rows(con, t, rs, on_conflict=rule)
+                entries += [(t, r) for r in rs]
+        ids = [str(r.get("run_id")) for t, r in entries if t == "runs"]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            cur = con.execute(
+                f"SELECT * FROM runs WHERE run_id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            names = [d[0] for d in cur.description]
+            for rec in cur.fetchall():
+                r = {k: _jsonable(v) for k, v in zip(names, rec, strict=True)}
+                digests[str(r["run_id"])] = _digest(r)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    foreign.update(digests)
+    return entries
 
 
 class _Pending:
