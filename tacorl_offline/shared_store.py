@@ -82,8 +82,8 @@ SETTLE_S = 5.0
 # Re-push rows this much older than the watermark (clock steps, same-second writes).
 PUSH_OVERLAP_S = 2.0
 OFFLINE_RETRY_S = 5.0
-# A run row has an owner: the machine name that pushed it first (the first part of the
-# ``machine`` column; a later push by its owner keeps it). Its owner may change it at will;
+# A run row has an owner: the machine and local file that pushed it first (the first part
+# of the ``machine`` column, '<machine>@<file>'; a later push by its owner keeps it). Its owner may change it at will;
 # another machine may only close a run that is still 'running' (its process is gone: a write
 # open on the same host marks it 'interrupted') or take up a run again ('running': a resume;
 # an unchanged pulled copy is never pushed back, see ``foreign_runs``). So a replica's stale
@@ -211,9 +211,14 @@ class SharedStore:
             ) from None
         self.local_path = Path(local)
         self.display = redact_url_credentials(setting.split("?", 1)[0]) or ""
-        # '<machine>:<pid>:<nonce>': the machine is TACORL_MACHINE, else the host name.
-        name = (os.environ.get("TACORL_MACHINE") or socket.gethostname()).replace(":", "_")
-        self.machine = f"{name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # '<machine>@<file>:<pid>:<nonce>': the machine is TACORL_MACHINE, else the host name.
+        # The owner of a run row is this local file on this machine ('<machine>@<file>'):
+        # two processes of one host on separate local files are two owners.
+        name = (os.environ.get("TACORL_MACHINE") or socket.gethostname()).translate(
+            {ord(":"): "_", ord("@"): "_"}
+        )
+        where = hashlib.sha256(str(self.local_path.resolve()).encode()).hexdigest()[:8]
+        self.machine = f"{name}@{where}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.RLock()
         self._con: Any = None
         self._offline_until = 0.0

@@ -171,7 +171,7 @@ def _ledger_by_machine(pg: PgServer) -> dict[str, float]:
 
     with psycopg.connect(pg.url) as c:
         rows = c.execute(
-            "SELECT split_part(machine, ':', 1), sum((row->>'cost_usd')::float8)"
+            "SELECT split_part(split_part(machine, ':', 1), '@', 1), sum((row->>'cost_usd')::float8)"
             " FROM tacorl_rows WHERE tbl = 'api_calls' GROUP BY 1"
         ).fetchall()
     return {m: float(v) for m, v in rows}
