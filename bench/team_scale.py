@@ -69,6 +69,38 @@ def _data(path: Path, n: int) -> Path:
     return path
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) this process has used."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _pg_cpu_s(pg: PgServer) -> float:
+    """CPU seconds used so far by the PostgreSQL server's processes (its postmaster, its
+    children, and the children that ended, from /proc)."""
+    try:
+        root = int((pg.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(d.name), int(f[1])
+        if pid == root or ppid == root:
+            total += (int(f[11]) + int(f[12])) / tick
+        if pid == root:  # its children that ended (the workers' connections), reaped
+            total += (int(f[13]) + int(f[14])) / tick
+    return total
+
+
 def worker(cfg_path: str, go: str) -> None:
     """One machine: wait for the go file, fill, print its timings as JSON."""
     from tacorl_offline.fill import run_fill
@@ -80,17 +112,44 @@ def worker(cfg_path: str, go: str) -> None:
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.005)
-    t0 = time.time()
+    prof = None
+    if os.environ.get("TEAM_SCALE_PROFILE"):
+        import cProfile
+
+        prof = cProfile.Profile()
+    t0, c0 = time.time(), _cpu_s()
+    if prof is not None:
+        prof.enable()
     s = asyncio.run(run_fill(cfg, warehouse=w))
-    t1 = time.time()
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(os.environ["TEAM_SCALE_PROFILE"])
+    t1, c1 = time.time(), _cpu_s()
     assert w.shared is not None
     print(
-        json.dumps({"t0": t0, "t1": t1, "paid": s.spend.calls, "claims": w.shared.claims}),
+        json.dumps(
+            {
+                "t0": t0,
+                "t1": t1,
+                "cpu_s": c1 - c0,
+                "paid": s.spend.calls,
+                "claims": w.shared.claims,
+                "pg_trips": getattr(w.shared, "round_trips", 0),
+            }
+        ),
         flush=True,
     )
 
 
-def run_n(n: int, pg: PgServer, server: LoopbackServer, prompts: int, conc: int, tmp: Path) -> dict:
+def run_n(
+    n: int,
+    pg: PgServer,
+    server: LoopbackServer,
+    prompts: int,
+    conc: int,
+    tmp: Path,
+    profile: bool = False,
+) -> dict:
     import psycopg
 
     from tacorl_offline.ingest import read_records
@@ -120,6 +179,8 @@ def run_n(n: int, pg: PgServer, server: LoopbackServer, prompts: int, conc: int,
             source_path=data,
         )
         env = {**os.environ, "TACORL_BENCH_KEY": "sk-bench", "TACORL_MACHINE": f"m{i}"}
+        if profile:
+            env["TEAM_SCALE_PROFILE"] = str(root / f"m{i}.prof")
         procs.append(
             subprocess.Popen(
                 [sys.executable, __file__, "--worker", str(cfg_path), str(go)],
@@ -139,6 +200,7 @@ def run_n(n: int, pg: PgServer, server: LoopbackServer, prompts: int, conc: int,
             )
     server.reset()
     server.set(latency_s=0.2)
+    pg0, me0 = _pg_cpu_s(pg), _cpu_s()
     go.touch()
     results = []
     for p in procs:
@@ -146,6 +208,13 @@ def run_n(n: int, pg: PgServer, server: LoopbackServer, prompts: int, conc: int,
         if p.returncode != 0:
             raise SystemExit(f"worker failed: {err[-2000:]}")
         results.append(json.loads(out.strip().splitlines()[-1]))
+    pg_cpu, teacher_cpu = _pg_cpu_s(pg) - pg0, _cpu_s() - me0
+    if profile:
+        import pstats
+
+        st = pstats.Stats(*(str(root / f"m{i}.prof") for i in range(n)))
+        print(f"--- workers {n}: where the workers' CPU went (all workers, by own time)")
+        st.sort_stats("tottime").print_stats(15)
     t0 = min(r["t0"] for r in results)
     t1 = max(r["t1"] for r in results)
     distinct = len(server.calls_by_hash)
@@ -157,6 +226,11 @@ def run_n(n: int, pg: PgServer, server: LoopbackServer, prompts: int, conc: int,
         "seconds": t1 - t0,
         "answers_per_s": distinct / (t1 - t0),
         "busy_waits": sum(r["claims"]["busy"] for r in results),
+        # CPU seconds per distinct answer: the workers, PostgreSQL, the loopback teacher
+        "worker_cpu_ms": 1000 * sum(r["cpu_s"] for r in results) / max(distinct, 1),
+        "pg_cpu_ms": 1000 * pg_cpu / max(distinct, 1),
+        "teacher_cpu_ms": 1000 * teacher_cpu / max(distinct, 1),
+        "pg_trips": sum(r["pg_trips"] for r in results) / max(distinct, 1),
     }
 
 
@@ -210,6 +284,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per worker")
     ap.add_argument("--answers", type=int, default=1_000_000, help="answers for the lookup")
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument(
+        "--profile", action="store_true", help="run the workers under cProfile and print the top"
+    )
     a = ap.parse_args()
     if a.worker:
         worker(*a.worker)
@@ -221,12 +298,15 @@ def main() -> None:
     try:
         with LoopbackServer(latency_s=0.2) as server:
             for n in [int(x) for x in a.workers.split(",")]:
-                r = run_n(n, pg, server, a.prompts, a.concurrency, tmp)
+                r = run_n(n, pg, server, a.prompts, a.concurrency, tmp, a.profile)
                 rows.append(r)
                 print(
                     f"workers {n}: {r['calls']} calls for {r['distinct']} distinct requests "
                     f"({r['dup_pct']:.2f}% duplicates), {r['seconds']:.1f}s, "
-                    f"{r['answers_per_s']:.1f} answers/s, {r['busy_waits']} waits on a claim",
+                    f"{r['answers_per_s']:.1f} answers/s, {r['busy_waits']} waits on a claim; "
+                    f"CPU per answer: workers {r['worker_cpu_ms']:.1f} ms, PostgreSQL "
+                    f"{r['pg_cpu_ms']:.1f} ms, teacher {r['teacher_cpu_ms']:.1f} ms; "
+                    f"{r['pg_trips']:.2f} PostgreSQL round trips per answer",
                     flush=True,
                 )
         lookup_ms = lookup_bench(pg, a.answers)
@@ -234,12 +314,21 @@ def main() -> None:
         pg.stop("immediate")
     base = rows[0]["answers_per_s"]
     print()
-    print("| workers | paid calls | distinct | duplicates | seconds | answers/s | vs 1 worker |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| workers | paid calls | distinct | duplicates | seconds | answers/s | vs 1 worker "
+        "| CPU ms/answer: workers | PostgreSQL | teacher | CPU busy (of "
+        f"{os.cpu_count()} cores) | PG trips/answer |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cores = os.cpu_count() or 1
     for r in rows:
+        cpu = r["worker_cpu_ms"] + r["pg_cpu_ms"] + r["teacher_cpu_ms"]
+        use = cpu * r["answers_per_s"] / 1000 / cores
         print(
             f"| {r['workers']} | {r['calls']} | {r['distinct']} | {r['dup_pct']:.2f}% | "
-            f"{r['seconds']:.1f} | {r['answers_per_s']:.1f} | {r['answers_per_s'] / base:.2f}x |"
+            f"{r['seconds']:.1f} | {r['answers_per_s']:.1f} | {r['answers_per_s'] / base:.2f}x "
+            f"| {r['worker_cpu_ms']:.1f} | {r['pg_cpu_ms']:.1f} | {r['teacher_cpu_ms']:.1f} "
+            f"| {100 * use:.0f}% | {r['pg_trips']:.2f} |"
         )
     print(
         f"64-key lookup at {a.answers} answers (shared, median of 50): {lookup_ms:.2f} ms "

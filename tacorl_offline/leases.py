@@ -11,9 +11,13 @@ ends. Phases in one process share the process's right (they are one writer).
 A lease held by another process stands while that process lives. Where liveness can be
 checked (same host), a dead holder's lease is taken over at once; where it cannot (another
 host on a shared disk), the lease stands until it expires. This module holds that decision
-and nothing else, so a warehouse on another store (the team warehouse's claim rows, one per
-request, taken with the same owner and expiry) reuses it; the DuckDB reads and writes are in
-:mod:`tacorl_offline.lease_store`.
+and nothing else; the DuckDB reads and writes are in :mod:`tacorl_offline.lease_store`.
+
+In a team warehouse (:mod:`tacorl_offline.shared_store`) the two rules stack: this lease
+lives in each machine's local file (it is never replicated), so two processes on one local
+file are still one payer and the second is refused in one line; processes on separate local
+files are separate machines to the team warehouse and cooperate request by request through
+its claim rows, whose expiry PostgreSQL's clock decides (``tacorl_claims``).
 """
 
 from __future__ import annotations

@@ -226,6 +226,8 @@ class Warehouse:
             if not read_only:
                 self._clean_up(con, replay_journal=replay_journal)
             yield con
+            if self.shared is not None and not read_only:  # this connection's writes leave now
+                self.shared.push(con)
             failed = False
         except duckdb.Error as e:
             disk = disk_error(self.path, e)

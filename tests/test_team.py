@@ -44,13 +44,18 @@ class Machine:
         server: LoopbackServer,
         n: int,
         concurrency: int = 4,
+        *,
+        extra: str = "",
+        data: Path | None = None,
+        local: Path | None = None,
+        machine: str | None = None,
     ) -> None:
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
-        self.local = self.dir / "wh.duckdb"
+        self.local = local or self.dir / "wh.duckdb"
         self.url = f"{pg.url}?local={self.local}"
-        self.data = write_upstream_json(self.dir / "d.json", n)
+        self.data = data or write_upstream_json(self.dir / "d.json", n)
         self.cfg = self.dir / "c.yaml"
         self.cfg.write_text(
             f"""
@@ -63,21 +68,23 @@ teacher:
   concurrency: {concurrency}
   timeout_s: 10
   max_retries: 1
+{extra}
 """,
             encoding="utf-8",
         )
+        self.machine = machine or name
         self.env = {
             **os.environ,
             "TACORL_TEST_KEY": SECRET,
             "PYTHONPATH": str(ROOT),
-            "TACORL_MACHINE": name,
+            "TACORL_MACHINE": self.machine,
         }
 
     @contextlib.contextmanager
     def here(self) -> Iterator[None]:
         """Act as this machine in the test process (its name and working directory)."""
         old_cwd, old_env = os.getcwd(), dict(os.environ)
-        os.environ.update({"TACORL_MACHINE": self.name, "TACORL_TEST_KEY": SECRET})
+        os.environ.update({"TACORL_MACHINE": self.machine, "TACORL_TEST_KEY": SECRET})
         os.chdir(self.dir)
         try:
             yield
@@ -104,12 +111,16 @@ teacher:
 
     def fill(self) -> subprocess.Popen[str]:
         """teacher-fill in its own process."""
+        return self.spawn("teacher-fill")
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """A command (with this machine's config) in its own process."""
         return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "tacorl_offline.cli",
-                "teacher-fill",
+                *args,
                 "-c",
                 str(self.cfg),
                 "--no-progress",
@@ -144,13 +155,23 @@ def _pg_rows(pg: PgServer, table: str) -> int:
         )
 
 
+def _pg_run_status(pg: PgServer) -> dict[str, str]:
+    import psycopg
+
+    with psycopg.connect(pg.url) as c:
+        rows = c.execute(
+            "SELECT row->>'run_id', row->>'status' FROM tacorl_rows WHERE tbl = 'runs'"
+        ).fetchall()
+    return dict(rows)
+
+
 def _ledger_by_machine(pg: PgServer) -> dict[str, float]:
     """Dollars in each machine's own pushed ledger rows."""
     import psycopg
 
     with psycopg.connect(pg.url) as c:
         rows = c.execute(
-            "SELECT split_part(machine, ':', 1), sum((row->>'cost_usd')::float8)"
+            "SELECT split_part(split_part(machine, ':', 1), '@', 1), sum((row->>'cost_usd')::float8)"
             " FROM tacorl_rows WHERE tbl = 'api_calls' GROUP BY 1"
         ).fetchall()
     return {m: float(v) for m, v in rows}
@@ -179,6 +200,11 @@ def test_two_machines_at_once_pay_each_request_once(tmp_path, pg, loopback_serve
     # Both replicas hold the same ledger: every machine's rows, each once.
     ledger = "SELECT call_id, cost_usd FROM api_calls ORDER BY call_id"
     assert a.q(ledger) == b.q(ledger)
+    # Every run row as its own machine last wrote it: both fills finished, on both replicas
+    # and in PostgreSQL (no replica pushes back a stale copy of another machine's run).
+    runs = "SELECT run_id, status FROM runs ORDER BY run_id"
+    assert a.q(runs) == b.q(runs) and [s for _, s in a.q(runs)] == ["finished"] * 2
+    assert _pg_run_status(pg) == dict(a.q(runs))
     total = sum(c for _, c in a.q(ledger))
     per_machine = _ledger_by_machine(pg)
     assert set(per_machine) == {"a", "b"} and total > 0
@@ -303,3 +329,194 @@ def test_the_catalog_password_is_never_stored_or_printed(tmp_path, pg, loopback_
     p = a.fill()
     out, _ = p.communicate(timeout=300)
     assert PASSWORD not in out
+
+
+def _train_extra(model: Path, out: Path) -> str:
+    """Config lines for a short training run of the tiny model (as tests/helpers.make_cfg)."""
+    return f"""compressor:
+  model: {model}
+train:
+  batch_size: 4
+  samples_per_prompt: 2
+  baseline: rloo
+  lr: 0.001
+  max_steps: 2
+  checkpoint_every: 2
+  output_dir: {out}
+  tolerance_tokens: 8
+  seed: 3
+  reward:
+    metric: rougeL
+"""
+
+
+def test_train_replays_answers_another_machine_paid_for_and_pays_nothing_again(
+    tmp_path, pg, loopback_server, tiny_bert
+) -> None:
+    """Machine a fills and trains; machine b (its own directory and local file, nothing
+    filled there) trains the same seed: every answer comes from a's purchases, b pays nothing,
+    scores the same rewards, and one ledger holds both."""
+    from tests.helpers import write_data
+
+    data = write_data(tmp_path / "d.json")
+    a = Machine(tmp_path, "a", pg, loopback_server, 0,
+                extra=_train_extra(tiny_bert, tmp_path / "a" / "runs"), data=data)  # fmt: skip
+    b = Machine(tmp_path, "b", pg, loopback_server, 0,
+                extra=_train_extra(tiny_bert, tmp_path / "b" / "runs"), data=data)  # fmt: skip
+    a.ingest()
+    b.ingest()
+    _wait(a.fill())
+    _wait(a.spawn("train"))  # a process of its own
+    paid_by_a = loopback_server.calls
+    ((a_ok,),) = a.q("SELECT count(*) FROM api_calls WHERE status = 'ok'")
+    assert paid_by_a == a_ok > 12  # 12 originals and the compressed prompts of 2 steps
+    b.cli("train", "-c", str(b.cfg), "--no-progress")
+    assert loopback_server.calls == paid_by_a  # b paid nothing
+    b.sync()
+    a.sync()
+    runs = b.q("SELECT run_id FROM runs WHERE kind = 'train' ORDER BY started_at")
+    assert len(runs) == 2, runs
+    ra, rb = runs[0][0], runs[1][0]
+    sample = (
+        "SELECT step, prompt_id, sample_idx, request_hash, reward FROM samples"
+        " WHERE run_id = '{}' ORDER BY ALL"
+    )
+    assert b.q(sample.format(ra)) == b.q(sample.format(rb)) != []  # same seed, same rewards
+    assert b.q(f"SELECT count(*) FROM api_calls WHERE run_id = '{rb}' AND status = 'ok'") == [(0,)]
+    ((hits,),) = b.q(f"SELECT count(*) FROM api_calls WHERE run_id = '{rb}' AND status = 'hit'")
+    assert hits > 0
+    # One ledger: a's replica holds b's run too, and the paid total is a's alone.
+    ledger = (
+        "SELECT run_id, status, count(*), round(sum(cost_usd), 12) FROM api_calls"
+        " GROUP BY ALL ORDER BY ALL"
+    )
+    assert a.q(ledger) == b.q(ledger)
+    ((total,),) = b.q("SELECT sum(cost_usd) FROM api_calls")
+    assert total == pytest.approx(sum(_ledger_by_machine(pg).values()))
+    assert _ledger_by_machine(pg)["b"] == 0.0
+
+
+def test_evaluate_sees_every_machines_answers_and_rows(
+    tmp_path, pg, loopback_server, tiny_bert
+) -> None:
+    """b evaluates on answers a paid for (the originals), a evaluates after it and pays
+    nothing (b's compressed answers); each replica holds both evaluations."""
+    import yaml
+
+    from tests.test_evaluate import write_config, write_qa
+
+    base = yaml.safe_load(write_config(tmp_path, loopback_server, tiny_bert).read_text())
+    teacher = base["teacher"]["template"]
+    data = write_qa(tmp_path / "qa.jsonl", n=4)
+    a, b = (Machine(tmp_path, n, pg, loopback_server, 0, data=data) for n in ("a", "b"))
+    for m in (a, b):
+        # The teacher block and the eval settings in one YAML document.
+        cfg = yaml.safe_load(m.cfg.read_text())
+        cfg.update({k: base[k] for k in ("data", "compressor", "train", "eval")})
+        cfg["teacher"]["template"] = teacher
+        m.cfg.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        m.ingest()
+    _wait(a.fill())
+    originals = loopback_server.calls
+    assert originals == 4
+    out_b = tmp_path / "b.json"
+    b.cli("evaluate", "-c", str(b.cfg), "-m", str(tiny_bert), "--format", "json",
+          "--output", str(out_b), "--no-progress")  # fmt: skip
+    paid_by_b = loopback_server.calls - originals
+    assert paid_by_b > 0
+    doc_b = json.loads(out_b.read_text(encoding="utf-8"))
+    orig = next(s for s in doc_b["systems"] if s["system"] == "original")
+    assert (orig["calls"], orig["hits"]) == (0, 4)  # a's originals, replayed on b
+    out_a = tmp_path / "a.json"
+    p = a.spawn("evaluate", "-m", str(tiny_bert), "--format", "json", "--output", str(out_a))
+    _wait(p)
+    assert loopback_server.calls == originals + paid_by_b  # a paid nothing again
+    doc_a = json.loads(out_a.read_text(encoding="utf-8"))
+    assert all(s["calls"] == 0 for s in doc_a["systems"])
+    key = ("system", "metric", "mean")
+    assert sorted(tuple(r[k] for k in key) for r in doc_a["rows"]) == sorted(
+        tuple(r[k] for k in key) for r in doc_b["rows"]
+    )
+    for m in (a, b):
+        m.sync()
+    for m in (a, b):
+        # 4 prompts: the model, lead, original, stopword and 3 random draws, for each run
+        assert m.q("SELECT count(DISTINCT run_id), count(*) FROM evaluations") == [(2, 2 * 28)]
+        assert m.q("SELECT status, count(*) FROM runs GROUP BY 1") == [("finished", 3)]
+
+
+def test_two_processes_on_one_local_file_one_pays_the_other_is_refused_in_one_line(
+    tmp_path, pg, loopback_server
+) -> None:
+    """One machine, one local file, the shared store: the local writer lease lets one
+    process pay and refuses the other in one line; a third process of the same machine on
+    its own local file cooperates through the claims."""
+    loopback_server.set(latency_s=1.0)  # long enough for all three to start while it runs
+    a = Machine(tmp_path, "a", pg, loopback_server, 40, concurrency=1, machine="m")
+    a2 = Machine(tmp_path, "a2", pg, loopback_server, 40, concurrency=1, machine="m",
+                 local=a.local, data=a.data)  # fmt: skip
+    c = Machine(tmp_path, "c", pg, loopback_server, 40, concurrency=1, machine="m")
+    a.ingest()
+    c.ingest()
+    procs = [m.fill() for m in (a, a2, c)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes[2] == 0, outs[2]
+    assert sorted(codes[:2]) == [0, 2], outs  # one of the two on the same file was refused
+    refused = outs[codes.index(2)]
+    lines = [ln for ln in refused.splitlines() if ln.strip() and not ln.startswith("using dataset")]
+    assert len(lines) == 1 and "is in use by fill run" in lines[0], refused
+    assert not any(PASSWORD in o for o in outs)
+    assert loopback_server.calls == 40  # the payer on a's file and c shared the work
+    a.sync(), c.sync(), a.sync()
+    for m in (a, c):
+        assert m.q("SELECT count(*), count(DISTINCT request_hash) FROM api_calls"
+                   " WHERE status = 'ok'") == [(40, 40)]  # fmt: skip
+    assert a.q("SELECT count(*) FROM runs WHERE status = 'finished'") == [(2,)]
+
+
+def test_torchrun_over_two_nodes_keeps_rank_0_the_only_teacher_caller(
+    tmp_path, pg, loopback_server, tiny_bert
+) -> None:
+    """The README's multi-node launch, two torchrun agents on this host as two nodes (one
+    process each, static rendezvous): global rank 0 is on node 0, opens node 0's local file
+    and the shared store, and is the only caller; node 1 has no warehouse at all; a second
+    machine then replays the run's answers from the shared store."""
+    from tests.helpers import write_data
+    from tests.pg_server import _free_port
+
+    data = write_data(tmp_path / "d.json")
+    n0 = Machine(tmp_path, "node0", pg, loopback_server, 0,
+                 extra=_train_extra(tiny_bert, tmp_path / "node0" / "runs"), data=data)  # fmt: skip
+    n1 = Machine(tmp_path, "node1", pg, loopback_server, 0,
+                 extra=_train_extra(tiny_bert, tmp_path / "node1" / "runs"), data=data)  # fmt: skip
+    n0.ingest()
+    _wait(n0.fill())
+    filled = loopback_server.calls
+    port = _free_port()
+    procs = []
+    for rank, m in enumerate((n0, n1)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+               "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1",
+               "--master_port", str(port), "-m", "tacorl_offline.cli", "train",
+               "-c", str(m.cfg), "-w", m.url, "--no-progress"]  # fmt: skip
+        env = {**m.env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        out = subprocess.PIPE
+        procs.append(subprocess.Popen(cmd, cwd=m.dir, env=env, text=True, stdout=out, stderr=out))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (o, e) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, o[-3000:] + e[-3000:]
+    assert "world size 2" in outs[0][1], outs[0][1]
+    assert not n1.local.exists()  # rank 1 never opened a warehouse
+    ((run_id, world),) = n0.q("SELECT run_id, world_size FROM runs WHERE kind = 'train'")
+    assert world == 2
+    ((paid,),) = n0.q(
+        "SELECT count(DISTINCT request_hash) FROM samples"
+        f" WHERE run_id = '{run_id}' AND NOT short_circuit"
+    )
+    assert loopback_server.calls - filled == paid > 0  # every call from rank 0, once each
+    assert not any(PASSWORD in o + e for o, e in outs)
+    assert "-w 'postgresql://tacorl@127.0.0.1" in outs[0][0], outs[0][0]  # next steps
+    # The run's rows reached the shared store: another machine replays them.
+    assert _pg_run_status(pg)[run_id] == "finished"
+    assert _pg_rows(pg, "responses") == n0.q("SELECT count(*) FROM responses")[0][0]

@@ -51,9 +51,12 @@ def next_flags(
     """The flags a printed next step needs to work when copied (-c, -w, --dataset)."""
     import shlex
 
+    from tacorl_offline.shared_store import is_shared_url, without_password
+
     out = config_flag(config)
-    if warehouse:
-        out += f" -w {shlex.quote(warehouse)}"
+    if warehouse:  # a team warehouse URL is printed without its password
+        shown = without_password(warehouse) if is_shared_url(warehouse) else warehouse
+        out += f" -w {shlex.quote(shown)}"
     if dataset:
         out += f" --dataset {shlex.quote(dataset)}"
     return out
