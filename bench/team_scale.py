@@ -10,7 +10,12 @@ a go file, so interpreter start-up is outside the timing. It reports
 - throughput: distinct answers per second from the go to the last worker's end, against
   one worker (target >= 0.8 x N);
 - a 64-key lookup in shared mode with ``--answers`` (default 1M) answers in the log
-  (target <= 20 ms; median of 50).
+  (target <= 20 ms; median of 50);
+- then ``train``: the same N machines each run ``--train-steps`` REINFORCE steps of a tiny
+  random BERT (a seed sweep: machine i trains seed i) on the filled prompts against the same
+  teacher, each paying the compressed prompts' answers no machine has bought yet: paid calls
+  against distinct requests, answers replayed from another machine, and steps per second
+  against one machine.
 
 Run: ``.venv/bin/python bench/team_scale.py`` (needs ``pip install -e '.[team-test]'``).
 The last line is ``team: workers 4, duplicate calls X%, throughput Y x``.
@@ -39,10 +44,12 @@ from tests.loopback import LoopbackServer  # noqa: E402
 from tests.pg_server import PgServer  # noqa: E402
 
 
-def _config(d: Path, url: str, base_url: str, concurrency: int) -> Path:
+def _config(
+    d: Path, url: str, base_url: str, concurrency: int, train: tuple[Path, int, int] | None = None
+) -> Path:
+    """Machine ``d``'s config; ``train`` = (policy model, steps, seed) adds a train section."""
     cfg = d / "c.yaml"
-    cfg.write_text(
-        f"""
+    text = f"""
 warehouse: {url}?local={d / "wh.duckdb"}
 teacher:
   backend: openai
@@ -52,9 +59,25 @@ teacher:
   concurrency: {concurrency}
   timeout_s: 30
   max_retries: 1
-""",
-        encoding="utf-8",
-    )
+"""
+    if train is not None:
+        model, steps, seed = train
+        text += f"""compressor:
+  model: {model}
+train:
+  batch_size: 8
+  samples_per_prompt: 2
+  baseline: rloo
+  lr: 0.001
+  max_steps: {steps}
+  checkpoint_every: {steps}
+  output_dir: {d / "runs"}
+  tolerance_tokens: 30
+  seed: {seed}
+  reward:
+    metric: rougeL
+"""
+    cfg.write_text(text, encoding="utf-8")
     return cfg
 
 
@@ -101,14 +124,17 @@ def _pg_cpu_s(pg: PgServer) -> float:
     return total
 
 
-def worker(cfg_path: str, go: str) -> None:
-    """One machine: wait for the go file, fill, print its timings as JSON."""
+def worker(cfg_path: str, go: str, mode: str = "fill") -> None:
+    """One machine: wait for the go file, fill (or train), print its timings as JSON."""
     from tacorl_offline.fill import run_fill
+    from tacorl_offline.trainer import Trainer
     from tacorl_offline.warehouse import Warehouse
 
     cfg = resolve(Path(cfg_path))
     w = Warehouse(cfg.warehouse)
     w.flush()  # first write open (schema, first sync) before the clock starts
+    # A trainer loads its policy and warms its map here, before the clock, as fill's imports.
+    trainer = Trainer(cfg, warehouse=w) if mode == "train" else None
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.005)
@@ -120,7 +146,12 @@ def worker(cfg_path: str, go: str) -> None:
     t0, c0 = time.time(), _cpu_s()
     if prof is not None:
         prof.enable()
-    s = asyncio.run(run_fill(cfg, warehouse=w))
+    steps = 0
+    if trainer is not None:
+        summary = asyncio.run(trainer.run())
+        paid, steps = summary.spend.calls, summary.steps
+    else:
+        paid = asyncio.run(run_fill(cfg, warehouse=w)).spend.calls
     if prof is not None:
         prof.disable()
         prof.dump_stats(os.environ["TEAM_SCALE_PROFILE"])
@@ -132,7 +163,8 @@ def worker(cfg_path: str, go: str) -> None:
                 "t0": t0,
                 "t1": t1,
                 "cpu_s": c1 - c0,
-                "paid": s.spend.calls,
+                "paid": paid,
+                "steps": steps,
                 "claims": w.shared.claims,
                 "pg_trips": getattr(w.shared, "round_trips", 0),
             }
@@ -141,15 +173,82 @@ def worker(cfg_path: str, go: str) -> None:
     )
 
 
+def _spawn(cfgs: list[Path], go: Path, mode: str, profile: bool) -> list[subprocess.Popen]:
+    """One worker process per machine config, started and waited for until it is ready."""
+    procs = []
+    for i, cfg_path in enumerate(cfgs):
+        env = {**os.environ, "TACORL_BENCH_KEY": "sk-bench", "TACORL_MACHINE": f"m{i}"}
+        if profile:
+            env["TEAM_SCALE_PROFILE"] = str(cfg_path.parent / f"{mode}.prof")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(cfg_path), str(go), mode],
+                cwd=cfg_path.parent,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            err = p.stderr.read() if p.stderr else ""
+            raise SystemExit(f"worker failed to start: {line} {err[-2000:]}")
+    return procs
+
+
+def _race(procs: list[subprocess.Popen], go: Path, server: LoopbackServer, pg: PgServer) -> dict:
+    """Start every ready worker at once; what they did, from the go to the last one's end."""
+    server.reset()
+    server.set(latency_s=0.2)
+    pg0, me0 = _pg_cpu_s(pg), _cpu_s()
+    go.touch()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=1200)
+        if p.returncode != 0:
+            raise SystemExit(f"worker failed: {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    pg_cpu, teacher_cpu = _pg_cpu_s(pg) - pg0, _cpu_s() - me0
+    distinct = len(server.calls_by_hash)
+    seconds = max(r["t1"] for r in results) - min(r["t0"] for r in results)
+    return {
+        "workers": len(procs),
+        "calls": server.calls,
+        "distinct": distinct,
+        "dup_pct": 100.0 * (server.calls - distinct) / max(distinct, 1),
+        "seconds": seconds,
+        "answers_per_s": distinct / seconds,
+        "steps": sum(r["steps"] for r in results),
+        "steps_per_s": sum(r["steps"] for r in results) / seconds,
+        "busy_waits": sum(r["claims"]["busy"] for r in results),
+        # CPU seconds per distinct answer: the workers, PostgreSQL, the loopback teacher
+        "worker_cpu_ms": 1000 * sum(r["cpu_s"] for r in results) / max(distinct, 1),
+        "pg_cpu_ms": 1000 * pg_cpu / max(distinct, 1),
+        "teacher_cpu_ms": 1000 * teacher_cpu / max(distinct, 1),
+        "pg_trips": sum(r["pg_trips"] for r in results) / max(distinct, 1),
+    }
+
+
+def _print_profile(n: int, files: list[Path]) -> None:
+    import pstats
+
+    st = pstats.Stats(*(str(f) for f in files))
+    print(f"--- workers {n}: where the workers' CPU went (all workers, by own time)")
+    st.sort_stats("tottime").print_stats(15)
+
+
 def run_n(
     n: int,
     pg: PgServer,
     server: LoopbackServer,
-    prompts: int,
-    conc: int,
+    a: argparse.Namespace,
     tmp: Path,
-    profile: bool = False,
-) -> dict:
+    model: Path | None,
+) -> tuple[dict, dict | None]:
+    """N machines fill the same prompts, then (with ``model``) each trains its own seed."""
     import psycopg
 
     from tacorl_offline.ingest import read_records
@@ -162,14 +261,14 @@ def run_n(
         c.execute(f"CREATE DATABASE {db}")
     url = pg.url.rsplit("/", 1)[0] + "/" + db
     root = tmp / f"n{n}"
-    data = _data(tmp / "d.json", prompts)
-    procs, go = [], root / "go"
+    data = _data(tmp / "d.json", a.prompts)
     root.mkdir()
-    for i in range(n):
-        d = root / f"m{i}"
+    dirs = [root / f"m{i}" for i in range(n)]
+    cfgs = []
+    for d in dirs:
         d.mkdir()
-        cfg_path = _config(d, url, server.base_url, conc)
-        cfg = resolve(cfg_path)
+        cfgs.append(_config(d, url, server.base_url, a.concurrency))
+        cfg = resolve(cfgs[-1])
         records, _ = read_records(data, cfg.data)
         store_records(
             Warehouse(d / "wh.duckdb"),
@@ -178,60 +277,20 @@ def run_n(
             split=cfg.data.split,
             source_path=data,
         )
-        env = {**os.environ, "TACORL_BENCH_KEY": "sk-bench", "TACORL_MACHINE": f"m{i}"}
-        if profile:
-            env["TEAM_SCALE_PROFILE"] = str(root / f"m{i}.prof")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, __file__, "--worker", str(cfg_path), str(go)],
-                cwd=d,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for p in procs:
-        assert p.stdout is not None
-        line = p.stdout.readline().strip()
-        if line != "ready":
-            raise SystemExit(
-                f"worker failed to start: {line} {p.stderr.read() if p.stderr else ''}"
-            )
-    server.reset()
-    server.set(latency_s=0.2)
-    pg0, me0 = _pg_cpu_s(pg), _cpu_s()
-    go.touch()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=1200)
-        if p.returncode != 0:
-            raise SystemExit(f"worker failed: {err[-2000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    pg_cpu, teacher_cpu = _pg_cpu_s(pg) - pg0, _cpu_s() - me0
-    if profile:
-        import pstats
-
-        st = pstats.Stats(*(str(root / f"m{i}.prof") for i in range(n)))
-        print(f"--- workers {n}: where the workers' CPU went (all workers, by own time)")
-        st.sort_stats("tottime").print_stats(15)
-    t0 = min(r["t0"] for r in results)
-    t1 = max(r["t1"] for r in results)
-    distinct = len(server.calls_by_hash)
-    return {
-        "workers": n,
-        "calls": server.calls,
-        "distinct": distinct,
-        "dup_pct": 100.0 * (server.calls - distinct) / max(distinct, 1),
-        "seconds": t1 - t0,
-        "answers_per_s": distinct / (t1 - t0),
-        "busy_waits": sum(r["claims"]["busy"] for r in results),
-        # CPU seconds per distinct answer: the workers, PostgreSQL, the loopback teacher
-        "worker_cpu_ms": 1000 * sum(r["cpu_s"] for r in results) / max(distinct, 1),
-        "pg_cpu_ms": 1000 * pg_cpu / max(distinct, 1),
-        "teacher_cpu_ms": 1000 * teacher_cpu / max(distinct, 1),
-        "pg_trips": sum(r["pg_trips"] for r in results) / max(distinct, 1),
-    }
+    fill = _race(_spawn(cfgs, root / "go", "fill", a.profile), root / "go", server, pg)
+    if a.profile:
+        _print_profile(n, [d / "fill.prof" for d in dirs])
+    if model is None:
+        return fill, None
+    train_cfgs = [
+        _config(d, url, server.base_url, a.concurrency, (model, a.train_steps, i))
+        for i, d in enumerate(dirs)
+    ]
+    go = root / "go-train"
+    train = _race(_spawn(train_cfgs, go, "train", a.profile), go, server, pg)
+    if a.profile:
+        _print_profile(n, [d / "train.prof" for d in dirs])
+    return fill, train
 
 
 def lookup_bench(pg: PgServer, answers: int) -> float:
@@ -277,9 +336,27 @@ def lookup_bench(pg: PgServer, answers: int) -> float:
     return statistics.median(times)
 
 
+def print_train_table(trains: list[dict], steps: int) -> None:
+    """Train after the fill: machine i trains seed i for ``steps`` steps on the same prompts."""
+    base = trains[0]["steps_per_s"]
+    print()
+    print(f"train: each machine {steps} steps of its own seed (batch 8, G=2), tiny random BERT")
+    print(
+        "| workers | steps | paid calls | distinct | duplicates | waits on a claim | seconds "
+        "| steps/s | vs 1 worker |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for t in trains:
+        print(
+            f"| {t['workers']} | {t['steps']} | {t['calls']} | {t['distinct']} | "
+            f"{t['dup_pct']:.2f}% | {t['busy_waits']} | {t['seconds']:.1f} | "
+            f"{t['steps_per_s']:.2f} | {t['steps_per_s'] / base:.2f}x |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "GO"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)  # CONFIG GO [fill|train]
     ap.add_argument(
         "--prompts",
         type=int,
@@ -291,6 +368,12 @@ def main() -> None:
     ap.add_argument("--answers", type=int, default=1_000_000, help="answers for the lookup")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument(
+        "--train-steps",
+        type=int,
+        default=20,
+        help="REINFORCE steps each machine trains after the fill (batch 8, G=2); 0: fill only",
+    )
+    ap.add_argument(
         "--profile", action="store_true", help="run the workers under cProfile and print the top"
     )
     a = ap.parse_args()
@@ -300,11 +383,20 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="team-scale-"))
     pg = PgServer()
-    rows = []
+    rows, trains = [], []
+    model = None
+    if a.train_steps:
+        from tests.tiny_models import build_bert
+
+        texts = [
+            r["original_prompt"]
+            for r in json.loads(_data(tmp / "vocab.json", 200).read_text()).values()
+        ]
+        model = build_bert(tmp / "policy", texts=texts)
     try:
         with LoopbackServer(latency_s=0.2) as server:
             for n in [int(x) for x in a.workers.split(",")]:
-                r = run_n(n, pg, server, a.prompts, a.concurrency, tmp, a.profile)
+                r, t = run_n(n, pg, server, a, tmp, model)
                 rows.append(r)
                 print(
                     f"workers {n}: {r['calls']} calls for {r['distinct']} distinct requests "
@@ -315,6 +407,15 @@ def main() -> None:
                     f"{r['pg_trips']:.2f} PostgreSQL round trips per answer",
                     flush=True,
                 )
+                if t is not None:
+                    trains.append(t)
+                    print(
+                        f"workers {n} train: {t['steps']} steps, {t['calls']} calls for "
+                        f"{t['distinct']} distinct requests ({t['dup_pct']:.2f}% duplicates), "
+                        f"{t['seconds']:.1f}s, {t['steps_per_s']:.2f} steps/s, "
+                        f"{t['busy_waits']} waits on a claim",
+                        flush=True,
+                    )
         lookup_ms = lookup_bench(pg, a.answers)
     finally:
         pg.stop("immediate")
@@ -343,6 +444,8 @@ def main() -> None:
     print(
         f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
+    if trains:
+        print_train_table(trains, a.train_steps)
     last = rows[-1]
     print(
         f"team: workers {last['workers']}, duplicate calls {last['dup_pct']:.2f}%, "

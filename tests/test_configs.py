@@ -62,6 +62,7 @@ def test_task_configs_default_offline(task: str) -> None:
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(lr)
     if task == "qa":
         assert cfg.train.entropy_coeff == 0.0 and cfg.train.kl_coeff == 0.0
+        assert cfg.train.baseline == "group_std" and cfg.train.samples_per_prompt == 4
     if task == "summarization":
         assert cfg.train.samples_per_prompt == 1 and cfg.train.baseline == "none"
         assert cfg.train.reward.family == "taco"
@@ -162,7 +163,7 @@ def test_precedence_defaults_file_env_flags() -> None:
     assert cfg.teacher.model == "from-env"  # env beats file
     assert cfg.train.reward.metric == "rougeL:0.5+squad_f1:0.5"
     assert cfg.train.batch_size == 2  # YAML-parsed: an int, not "2"
-    assert cfg.train.baseline == "rloo"  # untouched fields keep the file's value
+    assert cfg.train.baseline == "group_std"  # untouched fields keep the file's value
 
     cfg = _resolve(
         path, environ=env, overrides={"teacher.model": "from-flag", "train.batch_size": None}
