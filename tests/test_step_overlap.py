@@ -59,8 +59,11 @@ def test_overlapped_steps_draw_the_same_masks_and_pay_the_same_calls(
     for x, y in zip(q(seq, steps, [s_seq.run_id]), q(ovl, steps, [s_ovl.run_id]), strict=True):
         assert x[0] == y[0] and x[3:] == y[3:]
         # One forward per prompt instead of one padded batch: the same numbers up to float
-        # rounding (the golden trajectory's tolerance).
-        assert x[1:3] == pytest.approx(y[1:3], rel=1e-4, abs=1e-6)
+        # rounding. The loss is a sum of advantage x log-prob terms of order 1 that nearly
+        # cancel (here about -0.008), so its rounding is absolute, not relative to the sum:
+        # 1.5e-6 was seen once on busy cores (thread timing changes the reduction order).
+        assert x[1] == pytest.approx(y[1], abs=2e-5)
+        assert x[2] == pytest.approx(y[2], rel=1e-4, abs=1e-6)  # reward_mean
     ledger = (
         "SELECT status, count(*), count(DISTINCT request_hash) FROM api_calls"
         " WHERE run_id = ? GROUP BY status ORDER BY status"
