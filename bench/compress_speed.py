@@ -134,11 +134,11 @@ def main() -> None:
         opts = comp.options.replace(rate=args.rate, batch_size=args.batch_size)
 
         # inputs of the two bare-forward baselines, built once, outside the timings
-        pad_id = comp.tokenizer.convert_tokens_to_ids("[PAD]")
+        ll_pad = comp.tokenizer.convert_tokens_to_ids("[PAD]")  # pad_id is our rows' helper
         ll_batches = []
         for rows in _llmlingua_rows(comp, texts, opts):
             for k in range(0, len(rows), args.batch_size):
-                ll_batches.append(_pad(rows[k : k + args.batch_size], opts.max_seq_len, pad_id))
+                ll_batches.append(_pad(rows[k : k + args.batch_size], opts.max_seq_len, ll_pad))
         lays = comp.layouts(texts, opts)
         our_rows = [r.tolist() for r in build_rows(lays, comp.tokenizer).ids]
         our_rows.sort(key=lambda r: -len(r))

@@ -57,6 +57,7 @@ import torch  # noqa: E402
 
 from tacorl_offline.compressor import Compressor  # noqa: E402
 from tacorl_offline.compressor.dropout import set_dropout  # noqa: E402
+from tacorl_offline.compressor.options import CompressOptions  # noqa: E402
 from tacorl_offline.config import Config, resolve  # noqa: E402
 from tacorl_offline.ingest import read_records  # noqa: E402
 from tacorl_offline.sft import (  # noqa: E402
@@ -104,7 +105,7 @@ def fresh_compressor(cfg: Config) -> Compressor:
     comp = Compressor.from_pretrained(
         cfg.compressor.model,
         device=cfg.compressor.device,
-        options=cfg.compressor.options(),
+        options=CompressOptions.from_config(cfg.compressor),
         condition_on=cfg.compressor.condition_on,
     )
     freeze_lower_layers(comp.model, cfg.sft.freeze_layers)
