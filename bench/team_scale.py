@@ -14,8 +14,8 @@ a go file, so interpreter start-up is outside the timing. It reports
 - then ``train``: the same N machines each run ``--train-steps`` REINFORCE steps of a tiny
   random BERT (a seed sweep: machine i trains seed i) on the filled prompts against the same
   teacher, each paying the compressed prompts' answers no machine has bought yet: paid calls
-  against distinct requests, answers replayed from another machine, and steps per second
-  against one machine.
+  against distinct requests, waits on another machine's claim, and steps per second against
+  one machine (``--train-steps 0``: fill only).
 
 Run: ``.venv/bin/python bench/team_scale.py`` (needs ``pip install -e '.[team-test]'``).
 The last line is ``team: workers 4, duplicate calls X%, throughput Y x``.
