@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import markdown_table  # noqa: E402  (bench/, this script's directory)
+
 from tacorl_offline.config import resolve  # noqa: E402
 from tests.loopback import LoopbackServer  # noqa: E402
 from tests.pg_server import PgServer  # noqa: E402
@@ -81,14 +83,18 @@ train:
     return cfg
 
 
-def _data(path: Path, n: int) -> Path:
+def _prompts(n: int) -> dict[str, dict[str, str]]:
+    """``n`` seeded prompts of 60 words from a 500-word vocabulary, as an ingestible mapping."""
     rng = random.Random(0)
     words = [f"w{i}" for i in range(500)]
-    data = {
+    return {
         str(i): {"original_prompt": f"Item {i}. " + " ".join(rng.choice(words) for _ in range(60))}
         for i in range(n)
     }
-    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _data(path: Path, n: int) -> Path:
+    path.write_text(json.dumps(_prompts(n)), encoding="utf-8")
     return path
 
 
@@ -341,17 +347,20 @@ def print_train_table(trains: list[dict], steps: int) -> None:
     base = trains[0]["steps_per_s"]
     print()
     print(f"train: each machine {steps} steps of its own seed (batch 8, G=2), tiny random BERT")
-    print(
-        "| workers | steps | paid calls | distinct | duplicates | waits on a claim | seconds "
-        "| steps/s | vs 1 worker |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for t in trains:
-        print(
-            f"| {t['workers']} | {t['steps']} | {t['calls']} | {t['distinct']} | "
-            f"{t['dup_pct']:.2f}% | {t['busy_waits']} | {t['seconds']:.1f} | "
-            f"{t['steps_per_s']:.2f} | {t['steps_per_s'] / base:.2f}x |"
-        )
+    titles = ["workers", "steps", "paid calls", "distinct", "duplicates", "waits on a claim"]
+    titles += ["seconds", "steps/s", "vs 1 worker"]
+    rows = [
+        [
+            *(str(t[k]) for k in ("workers", "steps", "calls", "distinct")),
+            f"{t['dup_pct']:.2f}%",
+            str(t["busy_waits"]),
+            f"{t['seconds']:.1f}",
+            f"{t['steps_per_s']:.2f}",
+            f"{t['steps_per_s'] / base:.2f}x",
+        ]
+        for t in trains
+    ]
+    print("\n".join(markdown_table(titles, rows)))
 
 
 def main() -> None:
@@ -388,10 +397,7 @@ def main() -> None:
     if a.train_steps:
         from tests.tiny_models import build_bert
 
-        texts = [
-            r["original_prompt"]
-            for r in json.loads(_data(tmp / "vocab.json", 200).read_text()).values()
-        ]
+        texts = [r["original_prompt"] for r in _prompts(200).values()]
         model = build_bert(tmp / "policy", texts=texts)
     try:
         with LoopbackServer(latency_s=0.2) as server:

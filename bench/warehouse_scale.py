@@ -538,7 +538,7 @@ def deep_size(mm: MaskMap) -> int:
 # ----------------------------------------------------------------------------- peak RSS
 
 
-def _peak_rss_kib_of_this_process(resource) -> int:
+def _peak_rss_kib_of_this_process() -> int:
     """This process's own peak RSS in KiB: VmHWM belongs to the process's address space, which
     exec replaces. ``ru_maxrss`` does not start over at exec: it keeps the peak of the process
     that forked this one (2.2 GiB after building the 1M cache), which hid every child's own."""
@@ -548,6 +548,8 @@ def _peak_rss_kib_of_this_process(resource) -> int:
                 return int(line.split()[1])
     except OSError:
         pass
+    import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -555,7 +557,6 @@ def rss_child(path: str, warm: bool, built: int) -> None:
     """In a fresh process: import and load what ``train`` holds before its first step (the
     trainer module, torch, the MiniLM compressor), warm the run's map as the trainer does,
     decide one 64-key lookup in memory; print the peak RSS in KiB."""
-    import resource
 
     from tacorl_offline import trainer  # noqa: F401  (what train imports)
     from tacorl_offline.compressor import Compressor
@@ -580,7 +581,7 @@ def rss_child(path: str, warm: bool, built: int) -> None:
             warehouse=w,
         )
         assert found is not None and len(found.stored) == STEP, "map not exact"
-    print(_peak_rss_kib_of_this_process(resource))
+    print(_peak_rss_kib_of_this_process())
 
 
 def peak_rss_kib(path: Path, warm: bool, built: int) -> int:
