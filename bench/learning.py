@@ -55,10 +55,12 @@ from tacorl_offline.warehouse import Warehouse  # noqa: E402
 METRICS = ("teacher.squad_f1", "gold.squad_f1")
 
 
-def train_rl(work: Path, start: str, steps: int | None) -> Any:
+def train_rl(work: Path, start: str, steps: int | None, validate: bool) -> Any:
     extra: dict[str, Any] = {"compressor.model": start}
     if steps:
         extra["train.max_steps"] = steps
+    if validate:  # score the val carve at step 0 and every 10 steps; keep the best point
+        extra["train.validation.split"] = "val"
     cfg = base_config(work, extra)
     return asyncio.run(Trainer(cfg, warehouse=Warehouse(cfg.warehouse)).run())
 
@@ -135,6 +137,12 @@ def main() -> None:
         help="use this agnostic+RL model (a val-chosen bench/rl_lab.py run) instead of training",
     )
     ap.add_argument("--agnostic-rl-calls", type=int, default=None, help="the calls it paid")
+    ap.add_argument(
+        "--validate",
+        action="store_true",
+        help="RL scores the val carve during the run (train.validation) and ends with its best "
+        "point, the start included; those calls count in the stage's calls",
+    )
     args = ap.parse_args()
     n = args.train_questions
     work = Path(args.workdir or ROOT / f"bench/.cache/learning-{n or 'all'}")
@@ -186,13 +194,19 @@ def main() -> None:
         stages.append(("rl only", "base"))
     for label, start in stages:
         t0 = time.perf_counter()
-        s = train_rl(work, models[start], steps)
+        s = train_rl(work, models[start], steps, args.validate)
         times[label] = time.perf_counter() - t0
         calls[label] = s.spend.calls
         models[label] = str(s.final_model)
         print(
             f"  {label}: {s.steps} steps, {s.spend.calls} calls, {times[label]:.0f} s", flush=True
         )
+        if s.validation:
+            print(
+                f"    val F1 by step: {', '.join(f'{p.step}: {p.score:.3f}' for p in s.validation)};"
+                f" final model = step {s.best_step}; val calls {s.spend_validation.calls}",
+                flush=True,
+            )
 
     t0 = time.perf_counter()
     name = {v: k for k, v in models.items()}
@@ -215,8 +229,10 @@ def main() -> None:
     print()
     print("teacher calls paid: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
     rl_calls = calls["sft+rl"]
+    fill = calls["teacher-fill (train)"]
     print(
-        f"sft+rl calls / train fill calls: {rl_calls / max(1, calls['teacher-fill (train)']):.2f}"
+        f"sft+rl calls / train fill calls: {rl_calls / max(1, fill):.2f}"
+        f" (/ train + val fill: {rl_calls / max(1, fill + calls['teacher-fill (val)']):.2f})"
     )
     print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()))
     print(f"load average at the end: {load_average()} (2 cores)")

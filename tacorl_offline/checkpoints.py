@@ -36,7 +36,9 @@ from typing import Any
 
 import torch
 
+from tacorl_offline.config import Config
 from tacorl_offline.errors import UserError
+from tacorl_offline.redaction import URL_FIELDS, is_redacted
 from tacorl_offline.warehouse import Warehouse
 
 STATE_FILE = "trainer_state.pt"
@@ -343,3 +345,20 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def resumed_config(cfg: Config, ckpt: Path) -> Config:
+    """The run's own resolved config from its checkpoint; only the budget and where it writes
+    (output_dir, keep_checkpoints, warehouse) and masked URL credentials come from ``cfg``."""
+    saved = read_config(ckpt)
+    saved["budget"] = cfg.budget.model_dump()
+    # URLs were stored with their credentials masked: take them from today's config.
+    for section, key in URL_FIELDS:
+        if is_redacted(saved.get(section, {}).get(key)):
+            saved[section][key] = getattr(getattr(cfg, section), key)
+    saved["warehouse"] = cfg.warehouse
+    # Resume writes where it is told: today's train.output_dir (--output-dir), where the
+    # checkpoint was found, not where the run first lived. Likewise keep_checkpoints.
+    saved.setdefault("train", {})["output_dir"] = cfg.train.output_dir
+    saved["train"]["keep_checkpoints"] = cfg.train.keep_checkpoints
+    return Config.model_validate(saved)

@@ -336,6 +336,26 @@ class ReuseConfig(_Section):
         return self.update_epochs > 1 or self.stored_per_prompt > 0
 
 
+class ValidationConfig(_Section):
+    """Validation inside ``train`` (:mod:`tacorl_offline.training.validation`). Off by default
+    (``split: null``). The start model (step 0) and the policy every ``every`` steps compress
+    the split's prompts greedily, as ``evaluate`` does; the teacher answers them (replayed, or
+    paid once and counted in the run's spend and budget) and the mean of the reward's metric
+    against the teacher's answer to the original is the score."""
+
+    split: str | None = Field(
+        None,
+        description="A split of the run's dataset, teacher-filled, never trained on (e.g. a "
+        "validation carve of the training paragraphs); null: no validation.",
+    )
+    every: int = Field(10, ge=1, description="Validate every N steps (and at step 0 and the end).")
+    keep_best: bool = Field(
+        True,
+        description="The run's final model is the best-scoring validation point, step 0 (the "
+        "start model) included; the earliest wins a tie. False: the last step's model.",
+    )
+
+
 class TrainConfig(_Section):
     epochs: int = Field(4, ge=1, description="Passes over the split.")
     batch_size: int = Field(8, ge=1, description="Prompts per step.")
@@ -418,6 +438,10 @@ class TrainConfig(_Section):
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward settings.")
     reuse: ReuseConfig = Field(
         default_factory=ReuseConfig, description="Off-policy reuse of paid answers (off)."
+    )
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig,
+        description="Score a held-apart split during the run; keep the best point (off).",
     )
 
     @model_validator(mode="after")
@@ -614,6 +638,16 @@ class Config(_Section):
         if new == tpl:
             return data
         return {**data, "teacher": {**t, "template": new}}
+
+    @model_validator(mode="after")
+    def _check_validation_split(self) -> Config:
+        v = self.train.validation.split
+        if v is not None and v == self.data.split:
+            raise ValueError(
+                f"train.validation.split '{v}' is the split the run trains on (data.split); "
+                "name a held-apart split, e.g. val"
+            )
+        return self
 
     @property
     def reward_rate(self) -> float:

@@ -225,6 +225,18 @@ def print_train_summary(s: Any, backend: str | None = None) -> None:
         ("seconds", f"{s.seconds:.1f}"),
         ("final model", str(s.final_model) if s.final_model else "(not yet: resume to finish)"),
     ]
+    if s.validation:
+        rows[-1:-1] = [
+            (
+                "validation score by step",
+                ", ".join(f"{p.step}: {p.score:.4f}" for p in s.validation),
+            ),
+            (
+                "validation calls paid / replayed",
+                f"{s.spend_validation.calls} / {s.spend_validation.hits}",
+            ),
+            ("final model is step", "-" if s.best_step is None else s.best_step),
+        ]
     for k, v in rows:
         t.add_row(k, str(v))
     out.print(t)

@@ -26,8 +26,11 @@ Stages 2-5 run on rank 0, which owns the warehouse and the teacher; the advantag
 broadcast, and every rank updates its shard (DDP averages the gradients).
 
 Two places take additions: ``Trainer.loss_terms`` (:data:`~tacorl_offline.training.update.LossTerm`;
-the KL anchor of ``train.kl_coeff`` is one) join the update's loss; ``Trainer.after_step`` callbacks (:data:`AfterStep`,
-a validation pass, say) run once a step is recorded, before the budget check and checkpoint.
+the KL anchor of ``train.kl_coeff`` is one) join the update's loss; ``Trainer.after_step``
+callbacks (:data:`AfterStep`) run once a step is recorded, before the budget check and
+checkpoint. Validation (``train.validation``, off by default) scores the start model and
+every N steps on a held-apart split, after that step's checkpoint; the final model is then
+the best point (:mod:`~tacorl_offline.training.validation`).
 
 Determinism is what makes ``--resume`` exact: the data order is a seeded permutation per
 epoch, mask sampling uses its own ``torch.Generator``, and every checkpoint
@@ -56,7 +59,6 @@ from tacorl_offline.config import Config
 from tacorl_offline.distributed import Dist
 from tacorl_offline.errors import UserError
 from tacorl_offline.offpolicy_update import update_reusing
-from tacorl_offline.redaction import URL_FIELDS, is_redacted
 from tacorl_offline.replay import MaskMap
 from tacorl_offline.rewards import RewardSettings
 from tacorl_offline.runs import PhaseRun, key_of, phase_run
@@ -71,6 +73,7 @@ from tacorl_offline.training.replay_stage import length_gate, replay, sample_and
 from tacorl_offline.training.rollout import rollout
 from tacorl_offline.training.scoring import score_rollouts
 from tacorl_offline.training.update import LossTerm, kl_anchor, update
+from tacorl_offline.training.validation import validator_for
 from tacorl_offline.warehouse import Warehouse
 
 __all__ = ["AfterStep", "StepLog", "TrainSummary", "Trainer", "build_optimizer", "epoch_order"]
@@ -78,23 +81,6 @@ __all__ = ["AfterStep", "StepLog", "TrainSummary", "Trainer", "build_optimizer",
 # Runs on every rank after step k is recorded (``log.step == k``), before the budget check
 # and the checkpoint; teacher calls it makes count against the run's budget.
 AfterStep = Callable[["Trainer", PhaseRun | None, StepLog], Awaitable[None]]
-
-
-def resumed_config(cfg: Config, ckpt: Path) -> Config:
-    """The run's own resolved config from its checkpoint; only the budget and where it writes
-    (output_dir, keep_checkpoints, warehouse) and masked URL credentials come from ``cfg``."""
-    saved = checkpoints.read_config(ckpt)
-    saved["budget"] = cfg.budget.model_dump()
-    # URLs were stored with their credentials masked: take them from today's config.
-    for section, key in URL_FIELDS:
-        if is_redacted(saved.get(section, {}).get(key)):
-            saved[section][key] = getattr(getattr(cfg, section), key)
-    saved["warehouse"] = cfg.warehouse
-    # Resume writes where it is told: today's train.output_dir (--output-dir), where the
-    # checkpoint was found, not where the run first lived. Likewise keep_checkpoints.
-    saved.setdefault("train", {})["output_dir"] = cfg.train.output_dir
-    saved["train"]["keep_checkpoints"] = cfg.train.keep_checkpoints
-    return Config.model_validate(saved)
 
 
 class Trainer:
@@ -117,7 +103,7 @@ class Trainer:
         self.loss_terms: list[LossTerm] = []  # extra terms of the update's loss
         self.after_step: list[AfterStep] = []  # callbacks once a step is recorded
         ckpt = checkpoints.find(Path(cfg.train.output_dir), resume, warehouse) if resume else None
-        self.cfg = cfg = resumed_config(cfg, ckpt) if ckpt else cfg
+        self.cfg = cfg = checkpoints.resumed_config(cfg, ckpt) if ckpt else cfg
         self.settings = RewardSettings.from_config(cfg)
         self.metric_names = metric_cache.metric_names(self.settings)
         self.mask_map = MaskMap(key_of(cfg.teacher))
@@ -153,6 +139,9 @@ class Trainer:
         if self.dist.enabled:
             self.run_id = self.dist.broadcast(self.run_id)
         self.run_dir = Path(self.cfg.train.output_dir) / self.run_id
+        self.validator = validator_for(
+            self.cfg, warehouse, self.dist, self.run_dir, self.resumed_from
+        )
         store = read_store(self.cfg, warehouse, self.dist, self.run_id, self.pos.step, self.items)
         self.ctx = StageContext(
             cfg=self.cfg,
@@ -323,6 +312,7 @@ class Trainer:
         )
         t0 = time.perf_counter()
         try:
+            await self._validate(run, s)  # the start model (or a point a kill left unscored)
             while self.pos.step < self.total_steps:
                 log = await self.step(run)
                 if log is None:  # the budget stopped this step midway: it is redone on resume
@@ -340,7 +330,10 @@ class Trainer:
                     self.pos.step < self.total_steps
                 ):
                     self.save_checkpoint()
+                if self.pos.step < self.total_steps:
+                    await self._validate(run, s)  # after the checkpoint: see validation.py
             else:
+                await self._validate(run, s)
                 self._finish(s)
             self._check_ranks_agree()
         finally:
@@ -361,6 +354,10 @@ class Trainer:
         for callback in self.after_step:
             await callback(self, run, log)
 
+    async def _validate(self, run: PhaseRun | None, s: TrainSummary) -> None:
+        if self.validator is not None and run is not None:  # rank 0 holds the run
+            await self.validator.score_due(self, run, s)
+
     def _stop_for_budget(self, run: PhaseRun | None, s: TrainSummary, where: str) -> None:
         s.budget_stopped = True
         if run is not None:
@@ -379,8 +376,9 @@ class Trainer:
                 tmp = self.run_dir / ".final.tmp"
                 if tmp.exists():
                     shutil.rmtree(tmp)
-                # the last checkpoint's model, hard-linked: one copy on disk
-                checkpoints.link_model(ckpt / "model", tmp)
+                # the last checkpoint's model or the best on validation, hard-linked
+                best = self.validator.best_model() if self.validator else None
+                checkpoints.link_model(best or ckpt / "model", tmp)
                 checkpoints.swap_dir(tmp, final)
         s.final_model = final
 

@@ -71,6 +71,9 @@ def test_sentence_credit_with_kl_anchor_trains_every_parameter(
         ),
         ({"train.kl_coeff": -0.1}, "kl_coeff"),
         ({"train.credit": "token"}, "credit"),
+        ({"train.validation.split": "train"}, "is the split the run trains on"),
+        ({"train.validation.every": 0}, "train.validation.every"),
+        ({"train.validation.keep_best": "sometimes"}, "keep_best"),
     ],
 )
 def test_learning_settings_are_checked(overrides: dict, message: str) -> None:

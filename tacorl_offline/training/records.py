@@ -189,6 +189,11 @@ class TrainSummary:
     world_size: int = 1
     last: StepLog | None = None
     rewards: list[float] = field(default_factory=list)
+    # train.validation: every point so far (step 0 = the start model), their spend (also in
+    # ``spend``), and the step whose model is the final one (None: the last step's)
+    validation: list[Any] = field(default_factory=list)
+    spend_validation: Spend = field(default_factory=Spend)
+    best_step: int | None = None
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:

@@ -1,0 +1,145 @@
+"""Validation inside ``train`` (``train.validation``): the pure rules, and a tiny real run
+against the loopback teacher that scores a held-apart split and keeps its best point."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tacorl_offline.config import resolve
+from tacorl_offline.errors import UserError
+from tacorl_offline.fill import run_fill
+from tacorl_offline.training.validation import ValPoint, best_point, due, mean_score
+from tacorl_offline.warehouse import Warehouse
+from tests.helpers import ingest_file, prepare, q, train, train_killed_after, write_data
+
+
+def _p(step: int, score: float, scored: int = 5, prompts: int = 5) -> ValPoint:
+    return ValPoint(step, score, scored, prompts, paid=0, hits=0)
+
+
+def test_due_at_start_every_n_and_at_the_end() -> None:
+    assert [s for s in range(0, 26) if due(s, 10, 25)] == [0, 10, 20, 25]
+    assert [s for s in range(0, 5) if due(s, 1, 4)] == [0, 1, 2, 3, 4]
+
+
+def test_best_point_is_the_highest_complete_and_the_earliest_on_a_tie() -> None:
+    assert best_point([]) is None
+    pts = [_p(0, 0.5), _p(10, 0.7), _p(20, 0.7), _p(30, 0.6)]
+    assert best_point(pts).step == 10  # a tie: the earlier step
+    assert best_point(list(reversed(pts))).step == 10  # order of the list does not matter
+    # the start model wins when no step beats it
+    assert best_point([_p(0, 0.8), _p(10, 0.8), _p(20, 0.79)]).step == 0
+    # an incomplete point (a failed call) never competes, however high
+    assert best_point([_p(0, 0.5), _p(10, 0.9, scored=4)]).step == 0
+    assert best_point([_p(0, math.nan, scored=0)]) is None
+
+
+def test_mean_score_leaves_out_nan() -> None:
+    assert mean_score([0.5, math.nan, 1.0]) == (0.75, 2)
+    m, n = mean_score([math.nan])
+    assert math.isnan(m) and n == 0
+
+
+def test_validation_split_cannot_be_the_training_split() -> None:
+    with pytest.raises(UserError, match="'train' is the split the run trains on"):
+        resolve(None, environ={}, overrides={"train.validation.split": "train"})
+    with pytest.raises(UserError, match=r"train\.validation\.every"):
+        resolve(None, environ={}, overrides={"train.validation.every": 0})
+
+
+def _with_val(tmp_path, loopback_server, tiny_bert, **train_kw):
+    """Train split (12 prompts) and a filled val split (6 other prompts)."""
+    cfg = prepare(
+        tmp_path,
+        loopback_server,
+        tiny_bert,
+        **{"validation.split": "val", "validation.every": 2, **train_kw},
+    )
+    vcfg = cfg.model_copy(deep=True)
+    vcfg.data.split = "val"
+    ingest_file(vcfg, write_data(tmp_path / "v.json", n=6, seed=7))
+    asyncio.run(run_fill(vcfg, warehouse=Warehouse(cfg.warehouse)))
+    return cfg
+
+
+def test_run_scores_val_keeps_the_best_point_and_a_rerun_pays_nothing(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    cfg = _with_val(tmp_path, loopback_server, tiny_bert, max_steps=5, checkpoint_every=2)
+    loopback_server.reset()
+    s = train(cfg)
+    assert [p.step for p in s.validation] == [0, 2, 4, 5]
+    assert all(p.prompts == 6 and p.complete for p in s.validation)
+    # every validation answer was paid once, counted in the run's spend
+    val_paid = sum(p.paid for p in s.validation)
+    assert val_paid > 0 and s.spend_validation.calls == val_paid
+    assert loopback_server.calls == s.spend.calls
+    assert s.spend.calls == val_paid + sum(
+        r[0] for r in q(cfg, "SELECT calls FROM steps WHERE run_id = ?", [s.run_id])
+    )
+    # the final model is the best point's model
+    best = best_point(s.validation)
+    assert s.best_step == best.step
+    kept = json.loads((s.run_dir / "best" / "point.json").read_text())
+    assert kept["step"] == best.step
+    a = load_file(str(s.final_model / "model.safetensors"))
+    b = load_file(str(s.run_dir / "best" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(str(tiny_bert / "model.safetensors"))
+    same_as_start = all(torch.equal(a[k], start[k]) for k in start if k in a)
+    assert same_as_start == (best.step == 0)
+    stored = json.loads((s.run_dir / "validation.json").read_text())
+    assert stored["split"] == "val" and [p["step"] for p in stored["points"]] == [0, 2, 4, 5]
+
+    # the same run again: every validation answer is replayed, none paid
+    loopback_server.reset()
+    s2 = train(cfg)
+    assert loopback_server.calls == 0 and s2.spend_validation.calls == 0
+    assert [(p.step, p.score) for p in s2.validation] == [(p.step, p.score) for p in s.validation]
+
+
+def test_keep_best_off_ends_with_the_last_step(tmp_path, loopback_server, tiny_bert) -> None:
+    cfg = _with_val(tmp_path, loopback_server, tiny_bert, max_steps=2, checkpoint_every=2)
+    cfg.train.validation.keep_best = False
+    s = train(cfg)
+    assert [p.step for p in s.validation] == [0, 2] and s.best_step is None
+    assert not (s.run_dir / "best").exists()
+    last = load_file(
+        str(s.run_dir / "checkpoints" / "step-0000002" / "model" / "model.safetensors")
+    )
+    final = load_file(str(s.final_model / "model.safetensors"))
+    assert all(torch.equal(last[k], final[k]) for k in last)
+
+
+def test_killed_run_resumes_with_its_points(tmp_path, loopback_server, tiny_bert) -> None:
+    cfg = _with_val(tmp_path, loopback_server, tiny_bert, max_steps=4, checkpoint_every=2)
+    ref = train(cfg)
+    run_id = train_killed_after(cfg, 3)  # points 0 and 2 are scored; step 3 is lost
+    assert [
+        p["step"]
+        for p in json.loads((ref.run_dir.parent / run_id / "validation.json").read_text())["points"]
+    ] == [0, 2]
+    loopback_server.reset()
+    resumed = train(cfg, resume=run_id)
+    assert loopback_server.calls == 0  # warm warehouse: steps and points replay
+    assert [(p.step, p.score) for p in resumed.validation] == [
+        (p.step, p.score) for p in ref.validation
+    ]
+    assert resumed.best_step == ref.best_step
+    a = load_file(str(ref.final_model / "model.safetensors"))
+    b = load_file(str(resumed.final_model / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_unfilled_validation_split_is_one_clear_error(tmp_path, loopback_server, tiny_bert) -> None:
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, **{"validation.split": "val"})
+    with pytest.raises(UserError, match=r"train\.validation\.split 'val': no prompts") as e:
+        train(cfg)
+    assert "teacher-fill --split val" in str(e.value)
