@@ -351,8 +351,14 @@ class ValidationConfig(_Section):
     every: int = Field(10, ge=1, description="Validate every N steps (and at step 0 and the end).")
     keep_best: bool = Field(
         True,
-        description="The run's final model is the best-scoring validation point, step 0 (the "
-        "start model) included; the earliest wins a tie. False: the last step's model.",
+        description="The run's final model is the best validation point (see select), step 0 "
+        "(the start model) included; the earliest wins a tie. False: the last step's model.",
+    )
+    select: Literal["significant", "best"] = Field(
+        "significant",
+        description="significant: a later point is a candidate only if its paired 95% bootstrap "
+        "interval of gain over step 0 lies above 0, so the start stays unless a step beats it "
+        "clearly; best: the highest mean, however small the lead.",
     )
 
 

@@ -14,13 +14,19 @@ from safetensors.torch import load_file
 from tacorl_offline.config import resolve
 from tacorl_offline.errors import UserError
 from tacorl_offline.fill import run_fill
-from tacorl_offline.training.validation import ValPoint, best_point, due, mean_score
+from tacorl_offline.training.validation import (
+    ValPoint,
+    best_point,
+    due,
+    gain_interval,
+    mean_score,
+)
 from tacorl_offline.warehouse import Warehouse
 from tests.helpers import ingest_file, prepare, q, train, train_killed_after, write_data
 
 
-def _p(step: int, score: float, scored: int = 5, prompts: int = 5) -> ValPoint:
-    return ValPoint(step, score, scored, prompts, paid=0, hits=0)
+def _p(step: int, score: float, scored: int = 5, prompts: int = 5, low: float = 0.01) -> ValPoint:
+    return ValPoint(step, score, scored, prompts, paid=0, hits=0, gain_low=low)
 
 
 def test_due_at_start_every_n_and_at_the_end() -> None:
@@ -28,16 +34,42 @@ def test_due_at_start_every_n_and_at_the_end() -> None:
     assert [s for s in range(0, 5) if due(s, 1, 4)] == [0, 1, 2, 3, 4]
 
 
-def test_best_point_is_the_highest_complete_and_the_earliest_on_a_tie() -> None:
-    assert best_point([]) is None
+@pytest.mark.parametrize("select", ["best", "significant"])
+def test_best_point_is_the_highest_complete_and_the_earliest_on_a_tie(select: str) -> None:
+    assert best_point([], select) is None
     pts = [_p(0, 0.5), _p(10, 0.7), _p(20, 0.7), _p(30, 0.6)]
-    assert best_point(pts).step == 10  # a tie: the earlier step
-    assert best_point(list(reversed(pts))).step == 10  # order of the list does not matter
+    assert best_point(pts, select).step == 10  # a tie: the earlier step
+    assert best_point(list(reversed(pts)), select).step == 10  # list order does not matter
     # the start model wins when no step beats it
-    assert best_point([_p(0, 0.8), _p(10, 0.8), _p(20, 0.79)]).step == 0
+    assert best_point([_p(0, 0.8), _p(10, 0.8), _p(20, 0.79)], select).step == 0
     # an incomplete point (a failed call) never competes, however high
-    assert best_point([_p(0, 0.5), _p(10, 0.9, scored=4)]).step == 0
-    assert best_point([_p(0, math.nan, scored=0)]) is None
+    assert best_point([_p(0, 0.5), _p(10, 0.9, scored=4)], select).step == 0
+    assert best_point([_p(0, math.nan, scored=0)], select) is None
+
+
+def test_significant_keeps_the_start_unless_a_step_beats_it_clearly() -> None:
+    pts = [
+        _p(0, 0.842),
+        _p(10, 0.816, low=-0.04),
+        _p(20, 0.849, low=-0.012),
+        _p(30, 0.848, low=-0.01),
+    ]
+    assert best_point(pts, "best").step == 20
+    assert best_point(pts, "significant").step == 0
+    # a clear gain is taken, the highest of the clear ones
+    pts = [_p(0, 0.72), _p(10, 0.79, low=0.04), _p(20, 0.80, low=-0.001), _p(30, 0.78, low=0.03)]
+    assert best_point(pts, "significant").step == 10
+    # no interval (step 0 had no complete point): a later point cannot prove a gain
+    assert best_point([_p(10, 0.9, low=math.nan)], "significant") is None
+    assert best_point([_p(10, 0.9, low=math.nan)], "best").step == 10
+
+
+def test_gain_interval_is_the_paired_bootstrap_of_the_difference() -> None:
+    start = [0.0, 1.0] * 50
+    lo, hi = gain_interval([v + 0.1 for v in start], start)  # every prompt gains exactly 0.1
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    lo, hi = gain_interval([1.0 - v for v in start], start)  # half gain 1, half lose 1
+    assert lo < 0 < hi
 
 
 def test_mean_score_leaves_out_nan() -> None:
@@ -84,8 +116,10 @@ def test_run_scores_val_keeps_the_best_point_and_a_rerun_pays_nothing(
         r[0] for r in q(cfg, "SELECT calls FROM steps WHERE run_id = ?", [s.run_id])
     )
     # the final model is the best point's model
-    best = best_point(s.validation)
+    best = best_point(s.validation, "significant")
     assert s.best_step == best.step
+    assert s.validation[0].gain_low == 0.0 and len(s.validation[0].scores) == 6
+    assert all(p.gain_low <= p.score - s.validation[0].score <= p.gain_high for p in s.validation)
     kept = json.loads((s.run_dir / "best" / "point.json").read_text())
     assert kept["step"] == best.step
     a = load_file(str(s.final_model / "model.safetensors"))

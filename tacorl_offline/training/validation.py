@@ -16,6 +16,11 @@ Design decisions:
   start cannot make the result worse than the start on the validation split.
 - **Only complete points compete.** A point with an unscored prompt (a failed call, a budget
   stop) is reported and never chosen.
+- **A step must beat the start clearly** (``select: significant``, the default): a later point
+  competes only when its paired 95% bootstrap interval of gain over step 0, on the same
+  prompts, lies above 0. With a few hundred validation prompts the highest mean alone is
+  often a step that won by noise (bench/README.md: at 655 training questions the highest
+  point led step 0 by 0.007 on validation and trailed it by 0.005 on held-out).
 - **The earliest wins a tie**, the start model first.
 - **On disk:** ``<run>/validation.json`` holds every point; ``<run>/best/`` holds the best
   point's model (written new, then swapped in, before the point is written) and
@@ -35,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tacorl_offline import metrics
+from tacorl_offline import bootstrap, metrics
 from tacorl_offline.checkpoints import swap_dir
 from tacorl_offline.config import Config
 from tacorl_offline.distributed import Dist
@@ -62,6 +67,11 @@ class ValPoint:
     prompts: int
     paid: int  # teacher calls this point paid
     hits: int  # answers it replayed
+    # paired 95% bootstrap interval of score - step 0's score over the same prompts (0 at
+    # step 0; NaN when step 0 has no complete point)
+    gain_low: float = math.nan
+    gain_high: float = math.nan
+    scores: tuple[float, ...] = ()  # per prompt, in the split's order (NaN: unscored)
 
     @property
     def complete(self) -> bool:
@@ -73,13 +83,27 @@ def due(step: int, every: int, total_steps: int) -> bool:
     return step == 0 or step % every == 0 or step == total_steps
 
 
-def best_point(points: Sequence[ValPoint]) -> ValPoint | None:
-    """The highest-scoring complete point; the earliest step wins a tie; None if none."""
+def best_point(points: Sequence[ValPoint], select: str = "significant") -> ValPoint | None:
+    """The highest-scoring complete point, the earliest step winning a tie; None if none.
+
+    ``select: significant`` admits a later point only when its paired gain over step 0 has an
+    interval above 0 (``gain_low > 0``), so the start model stays unless a step beats it
+    clearly; ``best`` admits every complete point."""
     best: ValPoint | None = None
     for p in sorted(points, key=lambda p: p.step):
-        if p.complete and (best is None or p.score > best.score):
+        if not p.complete:
+            continue
+        if select == "significant" and p.step != 0 and not p.gain_low > 0:
+            continue
+        if best is None or p.score > best.score:
             best = p
     return best
+
+
+def gain_interval(scores: Sequence[float], start: Sequence[float]) -> tuple[float, float]:
+    """Paired 95% bootstrap interval of mean(scores - start) (:mod:`tacorl_offline.bootstrap`)."""
+    c = bootstrap.paired_compare({"point": list(scores), "start": list(start)}, "start")
+    return c["point"].diff.low, c["point"].diff.high
 
 
 def mean_score(values: Sequence[float]) -> tuple[float, int]:
@@ -94,7 +118,11 @@ def read_points(run_dir: Path, upto_step: int | None) -> list[ValPoint]:
     if upto_step is None or not path.is_file():
         return []
     rows = json.loads(path.read_text(encoding="utf-8"))["points"]
-    return [ValPoint(**r) for r in rows if int(r["step"]) <= upto_step]
+    return [
+        ValPoint(**{**r, "scores": tuple(r.get("scores", ()))})
+        for r in rows
+        if int(r["step"]) <= upto_step
+    ]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -149,7 +177,7 @@ class Validator:
 
     @property
     def best(self) -> ValPoint | None:
-        return best_point(self.points)
+        return best_point(self.points, self.vc.select)
 
     async def score_due(self, trainer: Trainer, run: PhaseRun, s: TrainSummary) -> None:
         """Score the point due at the trainer's step, once; the summary gets every point,
@@ -200,8 +228,23 @@ class Validator:
             bertscore_model=rc.bertscore_model,
             bertscore_layers=rc.bertscore_layers,
         )
-        score, scored = mean_score([r["metric"] for r in rows])
-        point = ValPoint(step, score, scored, len(wanted), st.spend.calls, st.spend.hits)
+        values = [float(r["metric"]) for r in rows]
+        score, scored = mean_score(values)
+        start = next((p for p in self.points if p.step == 0 and p.complete), None)
+        low, high = (0.0, 0.0) if step == 0 else (math.nan, math.nan)
+        if start is not None and step != 0 and scored:
+            low, high = gain_interval(values, start.scores)
+        point = ValPoint(
+            step,
+            score,
+            scored,
+            len(wanted),
+            st.spend.calls,
+            st.spend.hits,
+            low,
+            high,
+            tuple(values),
+        )
         self.points = [p for p in self.points if p.step != step] + [point]
         if self.vc.keep_best and self.best is point:
             self._keep(trainer, point)  # before the points: a kill in between redoes this one
