@@ -24,6 +24,7 @@ RECIPES: dict[str, Recipe] = {
         data="squad/train.jsonl",
         heldout="squad/heldout.jsonl",
         sft=True,
+        val_share=0.2,
         about="Real SQuAD 2.0 paragraphs, question-aware: SFT warm start, then RL; SQuAD F1 on held-out",
     ),
     "code": Recipe(

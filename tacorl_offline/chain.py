@@ -33,20 +33,28 @@ class Recipe:
     heldout: str | None = None  # held-out file under data/, evaluated instead of the train split
     sft: bool = False  # supervised warm start before RL
     heldout_share: float = 0.0  # share of `data`'s prompts held out (when `heldout` is None)
+    # share of the training texts carved as split 'val' (every prompt of a text together: a
+    # SQuAD paragraph's questions stay on one side), never trained on; train.validation
+    # scores it and keeps the best point (tacorl_offline/training/validation.py)
+    val_share: float = 0.0
 
 
 def split_by_prompt(
-    records: Sequence[Any], share: float, salt: str = "heldout"
+    records: Sequence[Any],
+    share: float,
+    salt: str = "heldout",
+    group: Callable[[Any], str] = lambda r: r.prompt_id,
 ) -> tuple[list[Any], list[Any]]:
-    """(kept, held out): the ``round(share * n)`` records whose ``sha256(salt:prompt_id)`` ranks
-    lowest are held out. Deterministic, independent of row order; a different ``salt`` carves
-    a different part (e.g. a validation part from the kept records)."""
-    k = round(share * len(records))
-    ranked = sorted(
-        records, key=lambda r: hashlib.sha256(f"{salt}:{r.prompt_id}".encode()).hexdigest()
+    """(kept, held out): of the records' distinct ``group`` keys (the prompt id unless said
+    otherwise), the ``round(share * n)`` whose ``sha256(salt:key)`` ranks lowest are held out,
+    with every record of theirs. Deterministic, independent of row order; a different
+    ``salt`` carves a different part (e.g. a validation part from the kept records)."""
+    keys = sorted(
+        {group(r) for r in records},
+        key=lambda g: hashlib.sha256(f"{salt}:{g}".encode()).hexdigest(),
     )
-    out = {id(r) for r in ranked[:k]}
-    return [r for r in records if id(r) not in out], [r for r in records if id(r) in out]
+    out = set(keys[: round(share * len(keys))])
+    return [r for r in records if group(r) not in out], [r for r in records if group(r) in out]
 
 
 def recipe_config(recipe: Recipe, overrides: dict[str, Any] | None = None) -> Config:
@@ -69,6 +77,9 @@ def run_chain(
     from tacorl_offline.reports import cost_report
 
     cfg = recipe_config(recipe, overrides)
+    if recipe.val_share > 0:  # the carve below is the run's validation split
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.validation.split = "val"
     wh = Warehouse(cfg.warehouse)
     show = show or (lambda stage, result: say(f"{stage}: {result}"))
     out: dict[str, Any] = {}
@@ -139,6 +150,12 @@ def _recipe_records(recipe: Recipe, cfg: Config) -> tuple[dict[str, Path], dict[
         kept, held = split_by_prompt(records_of[cfg.data.split], recipe.heldout_share)
         records_of = {cfg.data.split: kept, "heldout": held}
         files["heldout"] = files[cfg.data.split]
+    if recipe.val_share > 0:
+        kept, val = split_by_prompt(
+            records_of[cfg.data.split], recipe.val_share, salt="val", group=lambda r: r.text
+        )
+        records_of = {**records_of, cfg.data.split: kept, "val": val}
+        files["val"] = files[cfg.data.split]
     return files, records_of
 
 
@@ -167,6 +184,12 @@ def _ingest_and_fill(
         say(
             f"      {len(records_of['heldout'])} of the {sum(map(len, records_of.values()))} "
             "prompts held out (split 'heldout', by prompt hash): scored at the end, never trained on"
+        )
+    if "val" in records_of:
+        texts = len({r.text for r in records_of["val"]})
+        say(
+            f"      {len(records_of['val'])} prompts ({texts} texts) carved as split 'val' (by text "
+            "hash): never trained on; train scores it and keeps its best point"
         )
 
     say(f"{step()} teacher-fill with the {cfg.teacher.backend} teacher ({cfg.teacher.model})")

@@ -36,3 +36,24 @@ def test_split_by_prompt_is_deterministic_disjoint_and_order_free() -> None:
     _, other = split_by_prompt(records, quick.heldout_share, salt="validation")
     assert len(other) == 20 and set(ids(other)) != set(ids(held))
     assert split_by_prompt(records, 0.0) == (records, [])
+
+
+def test_qa_recipe_carves_validation_by_paragraph() -> None:
+    """The qa recipe's 'val' split: a fifth of the training paragraphs, every question of a
+    paragraph on one side, and the run validates on it."""
+    from tacorl_offline.chain import _recipe_records
+
+    qa = RECIPES["qa"]
+    cfg = recipe_config(qa)
+    files, records_of = _recipe_records(qa, cfg)
+    train, val = records_of[cfg.data.split], records_of["val"]
+    all_train = read_records(Path(resource_dir("data")) / qa.data, cfg.data)[0]
+    assert len(train) + len(val) == len(all_train)
+    texts = lambda rs: {r.text for r in rs}  # noqa: E731
+    assert not texts(train) & texts(val)
+    share = len(texts(val)) / len(texts(all_train))
+    assert abs(share - qa.val_share) < 0.01
+    assert files["val"] == files[cfg.data.split] and "heldout" in records_of
+    # by text: two records with the same text never straddle the carve
+    kept, out = split_by_prompt(all_train, 0.5, salt="val", group=lambda r: r.text)
+    assert not texts(kept) & texts(out)
