@@ -362,3 +362,23 @@ def resumed_config(cfg: Config, ckpt: Path) -> Config:
     saved.setdefault("train", {})["output_dir"] = cfg.train.output_dir
     saved["train"]["keep_checkpoints"] = cfg.train.keep_checkpoints
     return Config.model_validate(saved)
+
+
+def publish_model(src: Path, final: Path) -> None:
+    """``final``: the model directory ``src``, hard-linked (one copy on disk), swapped in."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    link_model(src, tmp)
+    swap_dir(tmp, final)
+
+
+def check_ranks_agree(dist: Any, model: torch.nn.Module, run_dir: Path) -> None:
+    """Every rank's weights digest in ``<run>/weights_digest.json``; raises if they differ."""
+    digests = dist.gather(weights_digest(model))
+    if dist.is_main:
+        (run_dir / "weights_digest.json").write_text(
+            json.dumps({"ranks": digests}), encoding="utf-8"
+        )
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"weights differ across ranks: {digests}")

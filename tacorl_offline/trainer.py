@@ -14,9 +14,10 @@ The :class:`Trainer` keeps the loop, the run's state and resume. One step
    (:mod:`~tacorl_offline.training.update`, or :mod:`tacorl_offline.offpolicy_update` with reuse);
 7. **record** (:mod:`~tacorl_offline.training.record`) the step and its samples.
 
-A step opens the warehouse once, in stage 7 (stage 3 decides its lookups in memory while
-that is exact; :mod:`~tacorl_offline.training.replay_stage` says how). Every answer paid for
-is journaled first, so a crash never loses one.
+A step opens the warehouse once, in stage 7, which in one process runs during the next
+step's teacher wait (stage 3 decides its lookups in memory while that is exact;
+:mod:`~tacorl_offline.training.replay_stage` and :mod:`~tacorl_offline.training.record` say
+how). Every answer paid for is journaled first, so a crash never loses one.
 
 Off-policy reuse (``train.reuse``, off by default): stage 1 may fill part of a prompt's group
 with stored samples of it, which skip stages 2-4; stage 6 then runs ``update_epochs``
@@ -41,9 +42,8 @@ killed-and-resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -67,7 +67,7 @@ from tacorl_offline.training.advantage_stage import advantages
 from tacorl_offline.training.data import epoch_order, read_items, read_store
 from tacorl_offline.training.optim import build_optimizer, lr_schedule
 from tacorl_offline.training.policy import build_policy
-from tacorl_offline.training.record import record, step_log
+from tacorl_offline.training.record import Deferred, record, step_log
 from tacorl_offline.training.records import Position, StageContext, StepData, StepLog, TrainSummary
 from tacorl_offline.training.replay_stage import length_gate, replay, sample_and_replay
 from tacorl_offline.training.rollout import rollout
@@ -102,6 +102,7 @@ class Trainer:
         self.overlap = True
         self.loss_terms: list[LossTerm] = []  # extra terms of the update's loss
         self.after_step: list[AfterStep] = []  # callbacks once a step is recorded
+        self.deferred = Deferred()  # a step's warehouse write, held for the next step's wait
         ckpt = checkpoints.find(Path(cfg.train.output_dir), resume, warehouse) if resume else None
         self.cfg = cfg = checkpoints.resumed_config(cfg, ckpt) if ckpt else cfg
         self.settings = RewardSettings.from_config(cfg)
@@ -202,11 +203,18 @@ class Trainer:
             assert run is not None
             run.caller.step = self.pos.step + 1  # the ledger rows of this step say so
             data.replay = await sample_and_replay(
-                self.ctx, data, mine, run, gen=self.gen, step=self.pos.step + 1
+                self.ctx,
+                data,
+                mine,
+                run,
+                gen=self.gen,
+                step=self.pos.step + 1,
+                before_wait=self.deferred.flush,
             )
             data.everyone = list(data.rollouts)
             unsent = run.caller.stats.budget_stopped
         else:
+            self.deferred.flush()
             rollout(self.ctx, data, mine, gen=self.gen, step=self.pos.step + 1)
             data.everyone = [r for part in self.dist.gather(data.rollouts) for r in part]
         if self.dist.is_main and not overlapped:
@@ -232,7 +240,9 @@ class Trainer:
             return StepLog(self.pos.step, data.epoch, data.loss, data.lr)
         seconds = time.perf_counter() - t_start
         log = step_log(data, self.pos.step, seconds, self.reuse.update_epochs)
-        record(self.ctx, log, data, run)
+        # Overlapped: the warehouse write waits for the next step's teacher wait (record.py)
+        defer = self.deferred if overlapped and not self.after_step else None
+        record(self.ctx, log, data, run, defer=defer)
         return log
 
     def _update(self, data: StepData) -> tuple[float, float]:
@@ -264,7 +274,9 @@ class Trainer:
         self.pos = Position(int(p["step"]), int(p["epoch"]), int(p["index"]), ema)
 
     def save_checkpoint(self) -> Path:
-        """Atomic (see :mod:`tacorl_offline.checkpoints`); every rank's sampler state is kept."""
+        """Atomic (see :mod:`tacorl_offline.checkpoints`); every rank's sampler state is kept.
+        The steps it covers are in the warehouse first."""
+        self.deferred.flush()
         states = self.dist.gather(self.gen.get_state())
         if not self.dist.is_main:
             return self.run_dir
@@ -335,7 +347,11 @@ class Trainer:
             else:
                 await self._validate(run, s)
                 self._finish(s)
-            self._check_ranks_agree()
+            checkpoints.check_ranks_agree(self.dist, self.model, self.run_dir)
+        except BaseException:
+            with contextlib.suppress(Exception):  # keep the last step's rows if the file can
+                self.deferred.flush()
+            raise
         finally:
             s.seconds = time.perf_counter() - t0
         return s
@@ -351,10 +367,13 @@ class Trainer:
             s.rewards.append(log.reward_mean)
             if self.on_step:
                 self.on_step(log, s)
+        if self.after_step:
+            self.deferred.flush()
         for callback in self.after_step:
             await callback(self, run, log)
 
     async def _validate(self, run: PhaseRun | None, s: TrainSummary) -> None:
+        self.deferred.flush()
         if self.validator is not None and run is not None:  # rank 0 holds the run
             await self.validator.score_due(self, run, s)
 
@@ -372,21 +391,7 @@ class Trainer:
         final = self.run_dir / "final"
         if s.steps or not final.is_dir():
             ckpt = self.save_checkpoint()
-            if self.dist.is_main:
-                tmp = self.run_dir / ".final.tmp"
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                # the last checkpoint's model or the best on validation, hard-linked
+            if self.dist.is_main:  # the last checkpoint's model or the best on validation
                 best = self.validator.best_model() if self.validator else None
-                checkpoints.link_model(best or ckpt / "model", tmp)
-                checkpoints.swap_dir(tmp, final)
+                checkpoints.publish_model(best or ckpt / "model", final)
         s.final_model = final
-
-    def _check_ranks_agree(self) -> None:
-        digests = self.dist.gather(checkpoints.weights_digest(self.model))
-        if self.dist.is_main:
-            (self.run_dir / "weights_digest.json").write_text(
-                json.dumps({"ranks": digests}), encoding="utf-8"
-            )
-            if len(set(digests)) != 1:
-                raise RuntimeError(f"weights differ across ranks: {digests}")

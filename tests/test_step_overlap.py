@@ -73,6 +73,42 @@ def test_overlapped_steps_draw_the_same_masks_and_pay_the_same_calls(
     assert q(ovl, "SELECT count(*) FROM calls_in_flight") == [(0,)]
 
 
+def test_a_steps_record_waits_for_the_next_steps_teacher_wait_and_survives_a_crash(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    """Overlapped, step k's rows are written during step k+1's wait: when step k is done only
+    steps before it are in the warehouse; a checkpoint, the end of the run and a crash each
+    write what is held."""
+    from tests.helpers import Crash
+
+    cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=4, checkpoint_every=3)
+    seen: list[tuple[int, list[int]]] = []
+
+    def watch(log, _s) -> None:
+        got = q(cfg, "SELECT step FROM steps WHERE run_id = ? ORDER BY step", [trainer.run_id])
+        seen.append((log.step, [r[0] for r in got]))
+        if log.step == 4:
+            raise Crash
+
+    trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse), on_step=watch)
+    with pytest.raises(Crash):
+        asyncio.run(trainer.run())
+    # step 3's rows went in with its checkpoint; step 4's were held when it crashed
+    assert seen == [(1, []), (2, [1]), (3, [1, 2]), (4, [1, 2, 3])]
+    # ... and written on the way out: every step's rows and samples are there
+    assert q(cfg, "SELECT count(*) FROM steps WHERE run_id = ?", [trainer.run_id]) == [(4,)]
+    assert q(
+        cfg, "SELECT count(DISTINCT step) FROM samples WHERE run_id = ?", [trainer.run_id]
+    ) == [(4,)]
+    # sequential steps write their own rows at once
+    seen.clear()
+    trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse), on_step=watch)
+    trainer.overlap = False
+    with pytest.raises(Crash):
+        asyncio.run(trainer.run())
+    assert seen == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (4, [1, 2, 3, 4])]
+
+
 def test_the_first_prompts_calls_are_made_while_the_last_prompt_is_sampled(
     tmp_path, loopback_server, tiny_bert
 ) -> None:

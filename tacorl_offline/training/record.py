@@ -1,11 +1,23 @@
 """Stage 7, record: the step's row, its samples and replays in the warehouse in one
 transaction; if a reader holds the lock past a second, they go to the journal instead (metric
 values, a cache, are then left out) and the next write open flushes them. This run's scored
-samples join the reuse store; ``train.csv_logs`` appends upstream's two CSV files."""
+samples join the reuse store; ``train.csv_logs`` appends upstream's two CSV files.
+
+Design decision (issue 19): in one process the warehouse write may wait in a
+:class:`Deferred` until the next step's teacher wait (the policy has sampled every prompt and
+the calls are out), where it costs no wall time; the reuse store and the CSV logs are updated
+at once. Nothing it holds was paid for: every answer was journaled when it arrived, and the
+masks are in the run's map. The trainer flushes it before a checkpoint (so a checkpoint's
+steps are all in the warehouse), a validation point, ``after_step`` callbacks and the end of
+the run; a crash in between loses the step's bookkeeping rows only, which the resumed run
+writes again when it redoes the step.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from tacorl_offline import csvlogs, reuse
@@ -46,8 +58,55 @@ def step_log(data: StepData, step: int, seconds: float, update_epochs: int) -> S
     )
 
 
-def record(ctx: StageContext, log: StepLog, data: StepData, run: PhaseRun | None) -> None:
-    """The step's rows (warehouse or journal), the reuse store, the CSV logs."""
+class Deferred:
+    """At most one step's warehouse write, held until :meth:`flush`."""
+
+    def __init__(self) -> None:
+        self._write: Callable[[], None] | None = None
+
+    def hold(self, write: Callable[[], None]) -> None:
+        self.flush()  # never two: the older one first
+        self._write = write
+
+    def flush(self) -> None:
+        write, self._write = self._write, None
+        if write is not None:
+            write()
+
+
+def record(
+    ctx: StageContext,
+    log: StepLog,
+    data: StepData,
+    run: PhaseRun | None,
+    *,
+    defer: Deferred | None = None,
+) -> None:
+    """The step's rows (warehouse or journal; held in ``defer`` when given), the reuse store,
+    the CSV logs."""
+    write = partial(_write_rows, ctx, log, data, run)
+    if defer is None:
+        write()
+    else:
+        defer.hold(write)
+    if ctx.cfg.train.reuse.stored_per_prompt:  # this run's samples may join later groups
+        _store(
+            ctx, log.step, [_sample_row(ctx.run_id, log.step, r) for r in data.everyone if r.fresh]
+        )
+    if ctx.cfg.train.csv_logs:
+        csvlogs.append_step(
+            ctx.run_dir,
+            epoch=log.epoch,
+            step=log.step,
+            loss=log.loss,
+            lr=log.lr,
+            reward=log.reward_mean,
+            kept=log.compression,
+        )
+
+
+def _write_rows(ctx: StageContext, log: StepLog, data: StepData, run: PhaseRun | None) -> None:
+    """The step's rows in the warehouse, or in the journal while a reader holds the lock."""
     sample_rows = [_sample_row(ctx.run_id, log.step, r) for r in data.everyone if r.fresh]
     replay_rows = [
         _replay_row(ctx.run_id, log.step, r) for r in data.everyone if r.stored is not None
@@ -67,18 +126,6 @@ def record(ctx: StageContext, log: StepLog, data: StepData, run: PhaseRun | None
                 hits=replay.hits_ledger, masks=replay.new_masks, step=log.step
             )
         ctx.warehouse.journal(entries)
-    if ctx.cfg.train.reuse.stored_per_prompt:  # this run's samples may join later groups
-        _store(ctx, log.step, sample_rows)
-    if ctx.cfg.train.csv_logs:
-        csvlogs.append_step(
-            ctx.run_dir,
-            epoch=log.epoch,
-            step=log.step,
-            loss=log.loss,
-            lr=log.lr,
-            reward=log.reward_mean,
-            kept=log.compression,
-        )
 
 
 def _sample_row(run_id: str, step: int, r: Rollout) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -248,12 +249,14 @@ async def sample_and_replay(
     *,
     gen: torch.Generator,
     step: int,
+    before_wait: Callable[[], None] | None = None,
 ) -> ReplayStats:
     """Stages 1-3 overlapped, in one process: the policy samples prompt by prompt in a worker
     thread (:func:`~.rollout.rollout` with ``chunk=1``), each prompt's misses are sent from
     the event loop as soon as they are drawn (:class:`Overlap`), and the step waits only for
     the answers still out once the last prompt is drawn. The masks, and so the step's result,
-    are those of the sequential stages."""
+    are those of the sequential stages. ``before_wait`` runs on the event loop once every
+    prompt is drawn and its misses sent, before the wait (the previous step's record)."""
     overlap = Overlap(ctx, run)
     loop = asyncio.get_running_loop()
     errors: list[BaseException] = []
@@ -285,6 +288,8 @@ async def sample_and_replay(
         await asyncio.to_thread(sample)
         if errors:
             raise errors[0]
+        if before_wait is not None:
+            before_wait()
         return await overlap.finish()
     except BaseException:
         overlap.stream.cancel()
