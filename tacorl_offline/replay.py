@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import numpy as np
 
 from tacorl_offline.batch_sql import chunks, placeholders
@@ -55,13 +56,15 @@ class Wanted:
 
 _WARM_BATCH = 8_192  # rows per Arrow batch while warming (bounds the transient arrays)
 
-# DuckDB settings while warming. Every warm-up query is a filtered scan, a count or a
-# primary-key IN list (no join, sort or hash table over the run), streamed in Arrow batches
-# on one thread, so DuckDB pins a few blocks per column at a time whatever the table's size:
-# the limit bounds its buffer pool and cannot fail a query (only a single value larger than
-# the limit could, an answer text of tens of MB). Without it, the blocks the scans read stay
-# cached until the connection closes (about 190 MB at 1M answers, bench/README.md).
-_WARM_SETTINGS = {"memory_limit": "64MB", "threads": "1"}
+# What DuckDB may hold while warming beyond what it holds already. Every warm-up query is a
+# filtered scan, a count or a primary-key IN list (no join, sort or hash table over the
+# run), streamed in Arrow batches on one thread, so DuckDB pins a few blocks per column at a
+# time whatever the table's size: the limit bounds its buffer pool, and no number of rows
+# can make a query fail under it. Only a single value larger than the limit cannot be read
+# under it (an answer of megabytes): then the warm-up starts over under DuckDB's default
+# limit (:meth:`MaskMap.warm`). Without the limit the blocks the scans read stay cached
+# until the connection closes (about 190 MB at 1M answers, bench/README.md).
+_WARM_MEMORY = 16 << 20
 
 _HEX = np.full(256, 255, dtype=np.uint8)  # ASCII byte -> its hex digit, 255: not one
 for _digits, _first in ((b"0123456789", 0), (b"abcdef", 10), (b"ABCDEF", 10)):
@@ -266,6 +269,14 @@ class _AnswerColumns:
         self.text_len.extend(text_len)
 
 
+def _warm_settings(con: Any) -> dict[str, str]:
+    """The warm-up's DuckDB settings: one thread, and a memory limit :data:`_WARM_MEMORY`
+    above what DuckDB holds now (rows a write connection has not checkpointed yet stay held,
+    and a limit below them could not be set)."""
+    held = _count(con, "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()", [])
+    return {"memory_limit": f"{(held + _WARM_MEMORY) >> 10}KiB", "threads": "1"}
+
+
 @contextlib.contextmanager
 def _settings(con: Any, settings: Mapping[str, str]) -> Iterator[None]:
     """DuckDB ``settings`` for the block, reset to DuckDB's defaults after it (the warehouse
@@ -328,7 +339,12 @@ class MaskMap:
         self._map: dict[bytes, str] = {}
         self._answers: dict[str, tuple[str | None, bool, float]] = {}
         self._metrics: dict[tuple[str, str], dict[str, float]] = {}
-        # Warmed: sorted arrays (see the class docstring).
+        self._unwarm()
+        self._prompts: set[str] = set()
+        self._exact_gen: int | None = None  # Warehouse.generation the map is exact for
+
+    def _unwarm(self) -> None:
+        """The warmed arrays, empty (see the class docstring)."""
         self._masks = _Sorted.empty(2)
         self._mask_at = np.zeros(0, dtype=np.int32)  # its answer's position in _resp
         self._resp = _Sorted.empty(4)
@@ -343,8 +359,6 @@ class MaskMap:
         self._mnames: list[str] = []
         # Sorted 64-bit digests (8 bytes each, however many other prompts' answers there are).
         self._elsewhere: np.ndarray = np.zeros(0, dtype=np.uint64)
-        self._prompts: set[str] = set()
-        self._exact_gen: int | None = None  # Warehouse.generation the map is exact for
 
     @staticmethod
     def _key(prompt_id: str, mask_hash: str) -> bytes:
@@ -494,20 +508,36 @@ class MaskMap:
 
         Memory: the peak of the warm-up is what ``train`` is sized by, so each query is a
         filtered scan streamed in Arrow batches under a small DuckDB memory limit
-        (:data:`_WARM_SETTINGS`), and what it keeps is picked out here, against the run's
+        (:func:`_warm_settings`), and what it keeps is picked out here, against the run's
         prompts (Arrow's ``is_in``) and the map's own sorted arrays (``searchsorted``), not
         by joins in DuckDB; each column fills a preallocated array and is sorted in place."""
         import pyarrow as pa
 
         self._prompts = set(prompt_ids)
         prompts = pa.array(sorted(self._prompts), type=pa.string())
-        with _settings(con, _WARM_SETTINGS):
-            self._warm_answers(con, prompts)
-            n = self._warm_masks(con, prompts)
-            self._warm_metrics(con, list(dict.fromkeys(metric_names)))
+        names = list(dict.fromkeys(metric_names))
+        try:
+            with _settings(con, _warm_settings(con)):
+                n = self._load(con, prompts, names)
+        except duckdb.OutOfMemoryException:
+            # A single value larger than the limit (an answer of megabytes): start over
+            # under DuckDB's default limit.
+            if self._texts is not None:
+                self._texts.close()
+            self._map.clear()
+            self._answers.clear()
+            self._unwarm()
+            with _settings(con, {"threads": "1"}):
+                n = self._load(con, prompts, names)
         if warehouse is not None:
             warehouse.add_listener(self.absorb)
             self._exact_gen = warehouse.generation
+        return n
+
+    def _load(self, con: Any, prompts: Any, names: list[str]) -> int:
+        self._warm_answers(con, prompts)
+        n = self._warm_masks(con, prompts)
+        self._warm_metrics(con, names)
         return n
 
     def _warm_answers(self, con: Any, prompts: Any) -> None:
