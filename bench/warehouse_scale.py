@@ -555,13 +555,18 @@ def _peak_rss_kib_of_this_process() -> int:
 
 def rss_child(path: str, warm: bool, built: int) -> None:
     """In a fresh process: import and load what ``train`` holds before its first step (the
-    trainer module, torch, the MiniLM compressor), warm the run's map as the trainer does,
-    decide one 64-key lookup in memory; print the peak RSS in KiB."""
+    trainer module, torch, the MiniLM compressor, pandas through its run row), warm the run's
+    map as the trainer does, decide one 64-key lookup in memory; print the peak RSS in KiB."""
+
+    import pyarrow as pa
 
     from tacorl_offline import trainer  # noqa: F401  (what train imports)
     from tacorl_offline.compressor import Compressor
 
     Compressor.from_pretrained("minilm")
+    # What train's run row loads before its first step, map or not: insert_rows builds an
+    # Arrow table from Python lists, and pyarrow imports pandas for it (about 48 MiB).
+    pa.table({"run_id": ["bench"]})
     w = Warehouse(Path(path))
     mm = MaskMap(TKEY)
     if not warm:  # the baseline opens the file too (DuckDB's own start-up memory)
