@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import struct
 import tempfile
 import threading
 import time
@@ -156,6 +157,7 @@ class _Sorted:
 
     def __init__(self, cols: Sequence[np.ndarray]) -> None:
         self.cols = list(cols)
+        self._pack = struct.Struct(f"<{len(self.cols)}Q").pack
         n = len(self.cols[0])
         self.order = np.lexsort(self.cols[::-1]) if n else np.zeros(0, dtype=np.int64)
         for c in self.cols:
@@ -173,18 +175,18 @@ class _Sorted:
         return sum(c.nbytes for c in self.cols)
 
     def key(self, i: int) -> bytes:
-        return np.array([c[i] for c in self.cols], dtype="<u8").tobytes()
+        return self._pack(*[c.item(i) for c in self.cols])
 
     def range(self, key: bytes) -> range:
         """Positions whose key equals ``key`` (at most one for unique keys)."""
         n = len(self)
         if not n:
             return range(0)
-        words = np.frombuffer(key, dtype="<u8")
         first = self.cols[0]
-        lo = int(first.searchsorted(words[0]))
+        w0 = int.from_bytes(key[:8], "little")
+        lo = int(first.searchsorted(np.uint64(w0)))  # a Python int would cast the array
         hi = lo
-        while hi < n and first[hi] == words[0]:
+        while hi < n and first.item(hi) == w0:
             hi += 1
         hits = [i for i in range(lo, hi) if self.key(i) == key]
         return range(hits[0], hits[-1] + 1) if hits else range(0)
@@ -243,6 +245,9 @@ class _TextStore:
         self._f.close()
 
 
+_STORED, _OK, _NONE = 1, 2, 4  # answer flags
+
+
 class _AnswerColumns:
     """The answer columns while warming, filled batch by batch (:class:`_Grow`)."""
 
@@ -252,6 +257,33 @@ class _AnswerColumns:
         self.cost = _Grow(capacity, np.float64)
         self.text_at = _Grow(capacity, np.int64)
         self.text_len = _Grow(capacity, np.int32)
+
+    def append(
+        self, batch: Any, texts: _TextStore, other_form: dict[str, tuple[str | None, bool, float]]
+    ) -> None:
+        """Response rows (request_hash, answer, ok, cost_usd, ...), their text into ``texts``;
+        a hash not of the ``v1:<hex>`` form goes to ``other_form`` (the map's dict)."""
+        import pyarrow as pa
+
+        words, v1 = raw_hashes(batch.column(0))
+        if not v1.all():
+            odd = batch.filter(pa.array(~v1))
+            for rh, answer, ok, cost in zip(
+                *(odd.column(i).to_pylist() for i in range(4)), strict=True
+            ):
+                other_form.setdefault(rh, (answer, bool(ok), float(cost or 0.0)))
+            batch, words = batch.filter(pa.array(v1)), words[v1]
+        answer = batch.column(1)
+        at, lens = texts.append(answer)
+        ok = batch.column(2).to_numpy(zero_copy_only=False).astype(bool)
+        none = answer.is_null().to_numpy(zero_copy_only=False)
+        self.extend(
+            words,
+            _STORED | np.where(ok, _OK, 0) | np.where(none, _NONE, 0),
+            batch.column(3).fill_null(0.0).to_numpy(zero_copy_only=False),
+            at,
+            lens,
+        )
 
     def extend(
         self,
@@ -331,8 +363,6 @@ class MaskMap:
     (bench/warehouse_scale.py measures it): see :meth:`warm`.
     """
 
-    _STORED, _OK, _NONE = 1, 2, 4  # answer flags
-
     def __init__(self, teacher_key: str) -> None:
         self.teacher_key = teacher_key
         # Learned after warm() (and hashes of another form): plain dicts.
@@ -381,7 +411,7 @@ class MaskMap:
 
     @property
     def answers(self) -> int:
-        return len(self._answers) + int(np.count_nonzero(self._flags & self._STORED))
+        return len(self._answers) + int(np.count_nonzero(self._flags & _STORED))
 
     def held_bytes(self) -> int:
         """Bytes of the warmed arrays (the dicts of later entries not counted)."""
@@ -420,7 +450,7 @@ class MaskMap:
         if raw is None:
             return -1
         i = self._resp.find(raw)
-        return i if i >= 0 and self._flags[i] & self._STORED else -1
+        return i if i >= 0 and self._flags[i] & _STORED else -1
 
     def answer(self, request_hash_: str) -> dict[str, Any] | None:
         """The stored answer as a response row (the fields :func:`pay` reads), if held."""
@@ -432,7 +462,7 @@ class MaskMap:
             assert self._texts is not None
             f = int(self._flags[i])
             text = self._texts.read(int(self._text_at[i]), int(self._text_len[i]))
-            a = (text, bool(f & self._OK), float(self._cost[i]))
+            a = (text, bool(f & _OK), float(self._cost[i]))
         return {"request_hash": request_hash_, "answer": a[0], "ok": a[1], "cost_usd": a[2]}
 
     def _holds_answer(self, request_hash_: str) -> bool:
@@ -545,7 +575,7 @@ class MaskMap:
         never recorded may reach one), the others' as 64-bit digests (left to DuckDB)."""
         import pyarrow.compute as pc
 
-        self._texts = self._texts or _TextStore()
+        texts = self._texts = self._texts or _TextStore()
         where = ("FROM responses WHERE teacher_key = ?", [self.teacher_key])
         cols = _AnswerColumns(_count(con, f"SELECT count(*) {where[0]}", where[1]))
         elsewhere = _Grow(0, np.uint64)
@@ -554,36 +584,10 @@ class MaskMap:
             mine = pc.is_in(batch.column(4), value_set=prompts)
             theirs = batch.column(0).filter(pc.invert(mine)).to_pylist()
             elsewhere.extend(np.array([self._digest(rh) for rh in theirs], dtype=np.uint64))
-            self._append_answers(cols, batch.filter(mine))
+            cols.append(batch.filter(mine), texts, self._answers)
         self._elsewhere = np.unique(elsewhere.array())
         del elsewhere
         self._set_answers(cols)
-
-    def _append_answers(self, cols: _AnswerColumns, batch: Any) -> None:
-        """Response rows (request_hash, answer, ok, cost_usd, ...) into ``cols``; a hash of
-        another form goes to the dict."""
-        import pyarrow as pa
-
-        words, v1 = raw_hashes(batch.column(0))
-        if not v1.all():
-            odd = batch.filter(pa.array(~v1))
-            for rh, answer, ok, cost in zip(
-                *(odd.column(i).to_pylist() for i in range(4)), strict=True
-            ):
-                self._answers.setdefault(rh, (answer, bool(ok), float(cost or 0.0)))
-            batch, words = batch.filter(pa.array(v1)), words[v1]
-        answer = batch.column(1)
-        assert self._texts is not None
-        at, lens = self._texts.append(answer)
-        ok = batch.column(2).to_numpy(zero_copy_only=False).astype(bool)
-        none = answer.is_null().to_numpy(zero_copy_only=False)
-        cols.extend(
-            words,
-            self._STORED | np.where(ok, self._OK, 0) | np.where(none, self._NONE, 0),
-            batch.column(3).fill_null(0.0).to_numpy(zero_copy_only=False),
-            at,
-            lens,
-        )
 
     def _set_answers(self, cols: _AnswerColumns) -> np.ndarray:
         """The answer arrays, sorted by request hash, from ``cols``; the order applied."""
@@ -653,6 +657,7 @@ class MaskMap:
         ``positions`` (of the masks' answers) moved to the new order."""
         import pyarrow.compute as pc
 
+        assert self._texts is not None  # answers are warmed first
         hexes = [f"{SCHEME}:{w.tobytes().hex()}" for w in np.unique(words, axis=0)]
         cols = _AnswerColumns(len(self._resp) + len(hexes))
         cols.extend(
@@ -668,9 +673,8 @@ class MaskMap:
                 f" WHERE request_hash IN ({placeholders(len(chunk))})"
             )
             for batch in _scan(con, sql, chunk):
-                self._append_answers(
-                    cols, batch.filter(pc.equal(batch.column(4), self.teacher_key))
-                )
+                ours = batch.filter(pc.equal(batch.column(4), self.teacher_key))
+                cols.append(ours, self._texts, self._answers)
         order = self._set_answers(cols)
         moved = np.empty_like(order)
         moved[order] = np.arange(len(order))
