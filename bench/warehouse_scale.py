@@ -820,7 +820,8 @@ def print_notes(
     print(
         f"\npeak RSS: a fresh process that imports the trainer and loads MiniLM, warms the run's"
         f" map (every prompt) and decides one 64-key lookup; {m.rss_base / 1024:.0f} MiB for the"
-        " same process that only opens the file. RSS per answer = (peak - that) / answers."
+        " same process that only opens the file (both build an Arrow table first, as train's"
+        " run row does: pandas). RSS per answer = (peak - that) / answers."
     )
     if len(m.names) > 1:
         slope = (m.rss[hi] - m.rss[lo]) * 1024 / (SIZES[hi] - SIZES[lo])
