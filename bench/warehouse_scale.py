@@ -555,13 +555,18 @@ def _peak_rss_kib_of_this_process() -> int:
 
 def rss_child(path: str, warm: bool, built: int) -> None:
     """In a fresh process: import and load what ``train`` holds before its first step (the
-    trainer module, torch, the MiniLM compressor), warm the run's map as the trainer does,
-    decide one 64-key lookup in memory; print the peak RSS in KiB."""
+    trainer module, torch, the MiniLM compressor, pandas through its run row), warm the run's
+    map as the trainer does, decide one 64-key lookup in memory; print the peak RSS in KiB."""
+
+    import pyarrow as pa
 
     from tacorl_offline import trainer  # noqa: F401  (what train imports)
     from tacorl_offline.compressor import Compressor
 
     Compressor.from_pretrained("minilm")
+    # What train's run row loads before its first step, map or not: insert_rows builds an
+    # Arrow table from Python lists, and pyarrow imports pandas for it (about 48 MiB).
+    pa.table({"run_id": ["bench"]})
     w = Warehouse(Path(path))
     mm = MaskMap(TKEY)
     if not warm:  # the baseline opens the file too (DuckDB's own start-up memory)
@@ -815,7 +820,8 @@ def print_notes(
     print(
         f"\npeak RSS: a fresh process that imports the trainer and loads MiniLM, warms the run's"
         f" map (every prompt) and decides one 64-key lookup; {m.rss_base / 1024:.0f} MiB for the"
-        " same process that only opens the file. RSS per answer = (peak - that) / answers."
+        " same process that only opens the file (both build an Arrow table first, as train's"
+        " run row does: pandas). RSS per answer = (peak - that) / answers."
     )
     if len(m.names) > 1:
         slope = (m.rss[hi] - m.rss[lo]) * 1024 / (SIZES[hi] - SIZES[lo])

@@ -19,16 +19,20 @@ journals every answer before it is returned.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import numpy as np
 
+from tacorl_offline.batch_sql import chunks, placeholders
 from tacorl_offline.calls import Caller, Job
 from tacorl_offline.hashing import SCHEME, request_hash
 from tacorl_offline.runs import Spend
@@ -51,61 +55,157 @@ class Wanted:
     paid: bool = False
 
 
-_WARM_BATCH = 20_000  # rows per fetch while warming (bounds the transient Python tuples)
+_WARM_BATCH = 8_192  # rows per Arrow batch while warming (bounds the transient arrays)
+
+# What DuckDB may hold while warming beyond what it holds already. Every warm-up query is a
+# filtered scan, a count or a primary-key IN list (no join, sort or hash table over the
+# run), streamed in Arrow batches on one thread, so DuckDB pins a few blocks per column at a
+# time whatever the table's size: the limit bounds its buffer pool, and no number of rows
+# can make a query fail under it. Only a single value larger than the limit cannot be read
+# under it (an answer of megabytes): then the warm-up starts over under DuckDB's default
+# limit (:meth:`MaskMap.warm`). Without the limit the blocks the scans read stay cached
+# until the connection closes (about 190 MB at 1M answers, bench/README.md).
+_WARM_MEMORY = 16 << 20
+
+_HEX = np.full(256, 255, dtype=np.uint8)  # ASCII byte -> its hex digit, 255: not one
+for _digits, _first in ((b"0123456789", 0), (b"abcdef", 10), (b"ABCDEF", 10)):
+    _HEX[np.frombuffer(_digits, dtype=np.uint8)] = np.arange(_first, _first + len(_digits))
+_PREFIX = np.frombuffer(f"{SCHEME}:".encode(), dtype=np.uint8)
+_HASH_LEN = len(_PREFIX) + 64
 
 
 def _raw_hash(h: str) -> bytes | None:
     """The 32 bytes of a ``v1:<64 hex>`` hash (:func:`~tacorl_offline.hashing.hash_obj`), or
     None for any other form (kept as a string instead)."""
-    if len(h) != 67 or not h.startswith(f"{SCHEME}:"):
+    if len(h) != _HASH_LEN or not h.startswith(f"{SCHEME}:"):
         return None
     try:
-        return bytes.fromhex(h[3:])
+        raw = bytes.fromhex(h[3:])
     except ValueError:
         return None
+    return raw if len(raw) == 32 else None  # fromhex skips spaces
+
+
+def _utf8(strings: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow string array's offsets (len + 1) and UTF-8 bytes, as numpy views."""
+    import pyarrow as pa
+
+    if not (pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type)):
+        strings = strings.cast(pa.large_string())
+    wide = pa.types.is_large_string(strings.type)
+    dtype = np.dtype(np.int64 if wide else np.int32)
+    _, offs, data = strings.buffers()
+    offsets = np.frombuffer(
+        offs, dtype=dtype, count=len(strings) + 1, offset=strings.offset * dtype.itemsize
+    )
+    return offsets, np.frombuffer(data, dtype=np.uint8) if data else np.zeros(0, np.uint8)
+
+
+def raw_hashes(strings: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_raw_hash` over an Arrow string array, vectorised: the 32 bytes of each
+    ``v1:<64 hex>`` hash as four little-endian uint64 words (n, 4) (zeros for a string of
+    another form or a null), and whether each string has that form."""
+    n = len(strings)
+    words = np.zeros((n, 4), dtype="<u8")
+    offsets, data = _utf8(strings)
+    ok = np.diff(offsets) == _HASH_LEN
+    if strings.null_count:
+        ok &= strings.is_valid().to_numpy(zero_copy_only=False)
+    at = np.flatnonzero(ok)
+    if not len(at):
+        return words, ok
+    if len(at) == n:  # all of the form's length: the bytes are one block
+        rows = data[offsets[0] : offsets[0] + n * _HASH_LEN].reshape(n, _HASH_LEN)
+    else:
+        rows = data[offsets[at][:, None] + np.arange(_HASH_LEN)]
+    digits = _HEX[rows[:, len(_PREFIX) :]]
+    good = (rows[:, : len(_PREFIX)] == _PREFIX).all(axis=1) & (digits != 255).all(axis=1)
+    raw = (digits[good, 0::2] << 4) | digits[good, 1::2]
+    words[at[good]] = np.ascontiguousarray(raw).view("<u8")
+    ok[at[~good]] = False
+    return words, ok
+
+
+class _Grow:
+    """A 1-D array filled batch by batch. Allocated at ``capacity`` (an upper bound when
+    known): pages past what is written are never touched, so an over-estimate costs address
+    space, not memory; when full it doubles."""
+
+    def __init__(self, capacity: int, dtype: Any) -> None:
+        self._a = np.empty(capacity, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.n + len(values)
+        if end > len(self._a):
+            bigger = np.empty(max(end, 2 * len(self._a)), dtype=self._a.dtype)
+            bigger[: self.n] = self._a[: self.n]
+            self._a = bigger
+        self._a[self.n : end] = values
+        self.n = end
+
+    def array(self) -> np.ndarray:
+        return self._a[: self.n]
 
 
 class _Sorted:
-    """Fixed-width binary keys (``width`` little-endian uint64 words each) in sorted order,
-    found by binary search on the first word; ``order`` is the permutation applied, for the
-    caller's parallel columns. A few bytes a key, no Python object per key."""
+    """Fixed-width binary keys in sorted order, held as ``width`` arrays of little-endian
+    uint64 words (array ``j`` holds word ``j`` of every key): the first word's array is
+    binary-searched as it is, and the sort permutes one word array at a time in place (no
+    second copy of the keys). ``order`` is the permutation applied, for the caller's parallel
+    columns. A few bytes a key, no Python object per key."""
 
-    def __init__(self, keys: np.ndarray) -> None:
-        order = np.lexsort(keys.T[::-1]) if len(keys) else np.zeros(0, dtype=np.int64)
-        self.keys = keys[order]
-        self.first = np.ascontiguousarray(self.keys[:, 0]) if len(keys) else np.zeros(0, "<u8")
-        self.order = order
+    def __init__(self, cols: Sequence[np.ndarray]) -> None:
+        self.cols = list(cols)
+        self._pack = struct.Struct(f"<{len(self.cols)}Q").pack
+        n = len(self.cols[0])
+        self.order = np.lexsort(self.cols[::-1]) if n else np.zeros(0, dtype=np.int64)
+        for c in self.cols:
+            c[:] = c[self.order]
+
+    @classmethod
+    def empty(cls, width: int) -> _Sorted:
+        return cls([np.zeros(0, dtype="<u8") for _ in range(width)])
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.cols[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.cols)
+
+    def key(self, i: int) -> bytes:
+        return self._pack(*[c.item(i) for c in self.cols])
 
     def range(self, key: bytes) -> range:
         """Positions whose key equals ``key`` (at most one for unique keys)."""
-        n = len(self.first)
+        n = len(self)
         if not n:
             return range(0)
-        w0 = np.frombuffer(key, dtype="<u8", count=1)[0]
-        lo = int(self.first.searchsorted(w0))
+        first = self.cols[0]
+        w0 = int.from_bytes(key[:8], "little")
+        lo = int(first.searchsorted(np.uint64(w0)))  # a Python int would cast the array
         hi = lo
-        while hi < n and self.first[hi] == w0:
+        while hi < n and first.item(hi) == w0:
             hi += 1
-        hits = [i for i in range(lo, hi) if self.keys[i].tobytes() == key]
+        hits = [i for i in range(lo, hi) if self.key(i) == key]
         return range(hits[0], hits[-1] + 1) if hits else range(0)
 
     def find(self, key: bytes) -> int:
         r = self.range(key)
         return r.start if r else -1
 
-    def contains_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Per row of ``rows`` (n, width), whether it is held (vectorised)."""
-        if not len(self.keys) or not len(rows):
-            return np.zeros(len(rows), dtype=bool)
-        idx = np.searchsorted(self.first, rows[:, 0], "left").clip(0, len(self.keys) - 1)
-        return (self.keys[idx] == rows).all(axis=1)
-
-
-def _words(chunks: list[bytes], width: int) -> np.ndarray:
-    return np.frombuffer(b"".join(chunks), dtype="<u8").reshape(-1, width).copy()
+    def find_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Per row of ``rows`` (n, width) words, the position of that key or -1 (vectorised;
+        a key sharing its first word with another may read as absent: 2^-64 odds a pair, and
+        every caller treats absent as "not in memory", never as "not stored")."""
+        if not len(self) or not len(rows):
+            return np.full(len(rows), -1, dtype=np.int64)
+        at = np.searchsorted(self.cols[0], rows[:, 0]).clip(0, len(self) - 1)
+        hit = np.ones(len(rows), dtype=bool)
+        for j, c in enumerate(self.cols):
+            hit &= c[at] == rows[:, j]
+        return np.where(hit, at, -1)
 
 
 class _TextStore:
@@ -118,23 +218,21 @@ class _TextStore:
         self._size = 0
         self._lock = threading.Lock()
 
-    def append(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Offsets and lengths (-1: None) of ``texts``, written at the end of the file."""
-        offs = np.zeros(len(texts), dtype=np.int64)
-        lens = np.full(len(texts), -1, dtype=np.int32)
-        buf = bytearray()
-        for i, t in enumerate(texts):
-            offs[i] = self._size + len(buf)
-            if t is not None:
-                b = t.encode("utf-8")
-                lens[i] = len(b)
-                buf += b
+    def append(self, texts: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and lengths (-1: null) of an Arrow string array's values, written at the
+        end of the file as one block of the UTF-8 bytes Arrow holds."""
+        offsets, data = _utf8(texts)
+        lens = np.diff(offsets).astype(np.int32)
+        if texts.null_count:
+            lens[~texts.is_valid().to_numpy(zero_copy_only=False)] = -1
         with self._lock:
+            at = self._size + (offsets[:-1] - offsets[0]).astype(np.int64)
+            block = data[offsets[0] : offsets[-1]] if len(texts) else data[:0]
             self._f.seek(self._size)
-            self._f.write(buf)
+            self._f.write(memoryview(block))
             self._f.flush()
-            self._size += len(buf)
-        return offs, lens
+            self._size += len(block)
+        return at, lens
 
     def read(self, offset: int, length: int) -> str | None:
         if length < 0:
@@ -145,6 +243,92 @@ class _TextStore:
 
     def close(self) -> None:
         self._f.close()
+
+
+_STORED, _OK, _NONE = 1, 2, 4  # answer flags
+
+
+class _AnswerColumns:
+    """The answer columns while warming, filled batch by batch (:class:`_Grow`)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.keys = [_Grow(capacity, "<u8") for _ in range(4)]
+        self.flags = _Grow(capacity, np.uint8)
+        self.cost = _Grow(capacity, np.float64)
+        self.text_at = _Grow(capacity, np.int64)
+        self.text_len = _Grow(capacity, np.int32)
+
+    def append(
+        self, batch: Any, texts: _TextStore, other_form: dict[str, tuple[str | None, bool, float]]
+    ) -> None:
+        """Response rows (request_hash, answer, ok, cost_usd, ...), their text into ``texts``;
+        a hash not of the ``v1:<hex>`` form goes to ``other_form`` (the map's dict)."""
+        import pyarrow as pa
+
+        words, v1 = raw_hashes(batch.column(0))
+        if not v1.all():
+            odd = batch.filter(pa.array(~v1))
+            for rh, answer, ok, cost in zip(
+                *(odd.column(i).to_pylist() for i in range(4)), strict=True
+            ):
+                other_form.setdefault(rh, (answer, bool(ok), float(cost or 0.0)))
+            batch, words = batch.filter(pa.array(v1)), words[v1]
+        answer = batch.column(1)
+        at, lens = texts.append(answer)
+        ok = batch.column(2).to_numpy(zero_copy_only=False).astype(bool)
+        none = answer.is_null().to_numpy(zero_copy_only=False)
+        self.extend(
+            words,
+            _STORED | np.where(ok, _OK, 0) | np.where(none, _NONE, 0),
+            batch.column(3).fill_null(0.0).to_numpy(zero_copy_only=False),
+            at,
+            lens,
+        )
+
+    def extend(
+        self,
+        words: np.ndarray,
+        flags: np.ndarray,
+        cost: np.ndarray,
+        text_at: np.ndarray,
+        text_len: np.ndarray,
+    ) -> None:
+        for j, k in enumerate(self.keys):
+            k.extend(words[:, j])
+        self.flags.extend(flags)
+        self.cost.extend(cost)
+        self.text_at.extend(text_at)
+        self.text_len.extend(text_len)
+
+
+def _warm_settings(con: Any) -> dict[str, str]:
+    """The warm-up's DuckDB settings: one thread, and a memory limit :data:`_WARM_MEMORY`
+    above what DuckDB holds now (rows a write connection has not checkpointed yet stay held,
+    and a limit below them could not be set)."""
+    held = _count(con, "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()", [])
+    return {"memory_limit": f"{(held + _WARM_MEMORY) >> 10}KiB", "threads": "1"}
+
+
+@contextlib.contextmanager
+def _settings(con: Any, settings: Mapping[str, str]) -> Iterator[None]:
+    """DuckDB ``settings`` for the block, reset to DuckDB's defaults after it (the warehouse
+    opens its connections with the defaults for these: :meth:`Warehouse.connect`)."""
+    try:
+        for k, v in settings.items():
+            con.execute(f"SET {k} = '{v}'")
+        yield
+    finally:
+        for k in settings:
+            con.execute(f"RESET {k}")
+
+
+def _scan(con: Any, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+    """The rows of ``sql`` as Arrow record batches, streamed (never materialized whole)."""
+    yield from con.sql(sql, params=list(params)).to_arrow_reader(_WARM_BATCH)
+
+
+def _count(con: Any, sql: str, params: Sequence[Any]) -> int:
+    return int(con.execute(sql, list(params)).fetchall()[0][0])
 
 
 class MaskMap:
@@ -167,17 +351,17 @@ class MaskMap:
     exact: lookups go to DuckDB as before (:func:`lookup`), the map serving masks only.
 
     Design decision (memory, issue 19): what :meth:`warm` loads is held in sorted numpy arrays,
-    no Python object per entry: a mask is a 16-byte digest of the pair and the 32 bytes of its
-    request hash; an answer is its 32-byte request hash, a flag byte, its cost, and the offset
-    and length of its text in an unlinked temporary file (:class:`_TextStore`), read back when
-    a lookup replays it (a 64-key lookup reads at most 64 short texts from the page cache); a
-    metric value is a 16-byte digest of (request hash, reference hash), a name index and the
-    value. About 100 bytes an answer in all (bench/warehouse_scale.py measures the peak RSS).
-    What is learned later (a step's new masks and answers, metric values) goes into small
-    dicts beside them, as does any hash not of the ``v1:<hex>`` form.
+    no Python object per entry: a mask is a 16-byte digest of the pair and the position of its
+    answer in the answer arrays (4 bytes); an answer is its 32-byte request hash, a flag byte,
+    its cost, and the offset and length of its text in an unlinked temporary file
+    (:class:`_TextStore`), read back when a lookup replays it (a 64-key lookup reads at most 64
+    short texts from the page cache); a metric value is a 16-byte digest of (request hash,
+    reference hash), a name index and the value. About 75 bytes an answer, plus 26 a metric
+    value. What is learned later (a step's new masks and answers, metric values) goes into
+    small dicts beside them, as does any hash not of the ``v1:<hex>`` form and a mask whose
+    answer is not stored. The warm-up's peak is what bounds ``train``'s memory
+    (bench/warehouse_scale.py measures it): see :meth:`warm`.
     """
-
-    _STORED, _OK, _NONE = 1, 2, 4  # answer flags
 
     def __init__(self, teacher_key: str) -> None:
         self.teacher_key = teacher_key
@@ -185,23 +369,26 @@ class MaskMap:
         self._map: dict[bytes, str] = {}
         self._answers: dict[str, tuple[str | None, bool, float]] = {}
         self._metrics: dict[tuple[str, str], dict[str, float]] = {}
-        # Warmed: sorted arrays (see the class docstring).
-        self._masks = _Sorted(np.zeros((0, 2), dtype="<u8"))
-        self._mask_rh = np.zeros((0, 4), dtype="<u8")
-        self._resp = _Sorted(np.zeros((0, 4), dtype="<u8"))
+        self._unwarm()
+        self._prompts: set[str] = set()
+        self._exact_gen: int | None = None  # Warehouse.generation the map is exact for
+
+    def _unwarm(self) -> None:
+        """The warmed arrays, empty (see the class docstring)."""
+        self._masks = _Sorted.empty(2)
+        self._mask_at = np.zeros(0, dtype=np.int32)  # its answer's position in _resp
+        self._resp = _Sorted.empty(4)
         self._flags = np.zeros(0, dtype=np.uint8)
         self._cost = np.zeros(0, dtype=np.float64)
         self._text_at = np.zeros(0, dtype=np.int64)
         self._text_len = np.zeros(0, dtype=np.int32)
         self._texts: _TextStore | None = None
-        self._mvals = _Sorted(np.zeros((0, 2), dtype="<u8"))
+        self._mvals = _Sorted.empty(2)
         self._mname = np.zeros(0, dtype=np.uint16)
         self._mvalue = np.zeros(0, dtype=np.float64)
         self._mnames: list[str] = []
         # Sorted 64-bit digests (8 bytes each, however many other prompts' answers there are).
         self._elsewhere: np.ndarray = np.zeros(0, dtype=np.uint64)
-        self._prompts: set[str] = set()
-        self._exact_gen: int | None = None  # Warehouse.generation the map is exact for
 
     @staticmethod
     def _key(prompt_id: str, mask_hash: str) -> bytes:
@@ -224,27 +411,22 @@ class MaskMap:
 
     @property
     def answers(self) -> int:
-        return len(self._answers) + int(np.count_nonzero(self._flags & self._STORED))
+        return len(self._answers) + int(np.count_nonzero(self._flags & _STORED))
 
     def held_bytes(self) -> int:
         """Bytes of the warmed arrays (the dicts of later entries not counted)."""
         arrays = (
-            self._masks.keys,
-            self._masks.first,
-            self._mask_rh,
-            self._resp.keys,
-            self._resp.first,
+            self._mask_at,
             self._flags,
             self._cost,
             self._text_at,
             self._text_len,
-            self._mvals.keys,
-            self._mvals.first,
             self._mname,
             self._mvalue,
             self._elsewhere,
         )
-        return sum(a.nbytes for a in arrays)
+        keys = self._masks.nbytes + self._resp.nbytes + self._mvals.nbytes
+        return keys + sum(a.nbytes for a in arrays)
 
     def get(self, prompt_id: str, mask_hash: str) -> str | None:
         key = self._key(prompt_id, mask_hash)
@@ -252,14 +434,14 @@ class MaskMap:
         if rh is not None:
             return rh
         i = self._masks.find(key)
-        return f"{SCHEME}:{self._mask_rh[i].tobytes().hex()}" if i >= 0 else None
+        return f"{SCHEME}:{self._resp.key(int(self._mask_at[i])).hex()}" if i >= 0 else None
 
     def add(self, prompt_id: str, mask_hash: str, request_hash: str) -> None:
         key = self._key(prompt_id, mask_hash)
         if key not in self._map:
             i = self._masks.find(key)
             raw = _raw_hash(request_hash)
-            if i >= 0 and raw is not None and self._mask_rh[i].tobytes() == raw:
+            if i >= 0 and raw is not None and self._resp.key(int(self._mask_at[i])) == raw:
                 return  # already held as it is
         self._map[key] = request_hash
 
@@ -268,7 +450,7 @@ class MaskMap:
         if raw is None:
             return -1
         i = self._resp.find(raw)
-        return i if i >= 0 and self._flags[i] & self._STORED else -1
+        return i if i >= 0 and self._flags[i] & _STORED else -1
 
     def answer(self, request_hash_: str) -> dict[str, Any] | None:
         """The stored answer as a response row (the fields :func:`pay` reads), if held."""
@@ -280,7 +462,7 @@ class MaskMap:
             assert self._texts is not None
             f = int(self._flags[i])
             text = self._texts.read(int(self._text_at[i]), int(self._text_len[i]))
-            a = (text, bool(f & self._OK), float(self._cost[i]))
+            a = (text, bool(f & _OK), float(self._cost[i]))
         return {"request_hash": request_hash_, "answer": a[0], "ok": a[1], "cost_usd": a[2]}
 
     def _holds_answer(self, request_hash_: str) -> bool:
@@ -352,160 +534,190 @@ class MaskMap:
         """Load the run's masks, the answers stored for its prompts (and those its masks lead
         to), their metric values, and the request hashes answered for other prompts. With
         ``warehouse`` (whose connection ``con`` is) the map becomes exact and listens to the
-        warehouse's entries. Each query streams (no join holds the answers' text)."""
+        warehouse's entries.
+
+        Memory: the peak of the warm-up is what ``train`` is sized by, so each query is a
+        filtered scan streamed in Arrow batches under a small DuckDB memory limit
+        (:func:`_warm_settings`), and what it keeps is picked out here, against the run's
+        prompts (Arrow's ``is_in``) and the map's own sorted arrays (``searchsorted``), not
+        by joins in DuckDB; each column fills a preallocated array and is sorted in place."""
         import pyarrow as pa
 
         self._prompts = set(prompt_ids)
-        con.register("_mask_map_prompts", pa.table({"prompt_id": list(self._prompts)}))
+        prompts = pa.array(sorted(self._prompts), type=pa.string())
+        names = list(dict.fromkeys(metric_names))
         try:
-            n = self._warm_masks(con)
-            self._warm_answers(con)
-            self._warm_metrics(con, list(dict.fromkeys(metric_names)))
-        finally:
-            con.unregister("_mask_map_prompts")
+            with _settings(con, _warm_settings(con)):
+                n = self._load(con, prompts, names)
+        except duckdb.OutOfMemoryException:
+            # A single value larger than the limit (an answer of megabytes): start over
+            # under DuckDB's default limit.
+            if self._texts is not None:
+                self._texts.close()
+            self._map.clear()
+            self._answers.clear()
+            self._unwarm()
+            with _settings(con, {"threads": "1"}):
+                n = self._load(con, prompts, names)
         if warehouse is not None:
             warehouse.add_listener(self.absorb)
             self._exact_gen = warehouse.generation
         return n
 
-    def _warm_masks(self, con: Any) -> int:
-        cur = con.execute(
-            "SELECT m.prompt_id, m.mask_hash, m.request_hash"
-            " FROM masks m SEMI JOIN _mask_map_prompts p USING (prompt_id)"
-            " WHERE m.teacher_key = ?",
-            [self.teacher_key],
-        )
-        keys: list[bytes] = []
-        hashes: list[bytes] = []
+    def _load(self, con: Any, prompts: Any, names: list[str]) -> int:
+        self._warm_answers(con, prompts)
+        n = self._warm_masks(con, prompts)
+        self._warm_metrics(con, names)
+        return n
+
+    def _warm_answers(self, con: Any, prompts: Any) -> None:
+        """Every answer under the key, in one scan: the run's prompts' into the arrays (a mask
+        never recorded may reach one), the others' as 64-bit digests (left to DuckDB)."""
+        import pyarrow.compute as pc
+
+        texts = self._texts = self._texts or _TextStore()
+        where = ("FROM responses WHERE teacher_key = ?", [self.teacher_key])
+        cols = _AnswerColumns(_count(con, f"SELECT count(*) {where[0]}", where[1]))
+        elsewhere = _Grow(0, np.uint64)
+        sql = f"SELECT request_hash, answer, ok, cost_usd, prompt_id {where[0]}"
+        for batch in _scan(con, sql, where[1]):
+            mine = pc.is_in(batch.column(4), value_set=prompts)
+            theirs = batch.column(0).filter(pc.invert(mine)).to_pylist()
+            elsewhere.extend(np.array([self._digest(rh) for rh in theirs], dtype=np.uint64))
+            cols.append(batch.filter(mine), texts, self._answers)
+        self._elsewhere = np.unique(elsewhere.array())
+        del elsewhere
+        self._set_answers(cols)
+
+    def _set_answers(self, cols: _AnswerColumns) -> np.ndarray:
+        """The answer arrays, sorted by request hash, from ``cols``; the order applied."""
+        self._resp = _Sorted([k.array() for k in cols.keys])
+        order = self._resp.order
+        self._resp.order = np.zeros(0, dtype=np.int64)
+        self._flags = cols.flags.array()[order]
+        self._cost = cols.cost.array()[order]
+        self._text_at = cols.text_at.array()[order]
+        self._text_len = cols.text_len.array()[order]
+        return order
+
+    def _warm_masks(self, con: Any, prompts: Any) -> int:
+        """The run's masks, each pointing at its answer's position; the few whose answer
+        belongs to another prompt have it loaded too (by primary key); a mask whose answer
+        is not stored at all stays in the dict."""
+        import pyarrow.compute as pc
+
+        where = ("FROM masks WHERE teacher_key = ?", [self.teacher_key])
+        cap = _count(con, f"SELECT count(*) {where[0]}", where[1])
+        keys = [_Grow(cap, "<u8") for _ in range(2)]
+        at = _Grow(cap, np.int64)
+        lost = [_Grow(0, "<u8") for _ in range(4)]  # request hashes not among the answers
         n = 0
-        while batch := cur.fetchmany(_WARM_BATCH):
-            kb, hb = [], []
-            for pid, mh, rh in batch:
-                raw = _raw_hash(rh)
-                if raw is None:
-                    self._map[self._key(pid, mh)] = rh
-                else:
-                    kb.append(self._key(pid, mh))
-                    hb.append(raw)
-            keys.append(b"".join(kb))
-            hashes.append(b"".join(hb))
-            n += len(batch)
-        self._masks = _Sorted(_words(keys, 2))
-        del keys
-        self._mask_rh = _words(hashes, 4)[self._masks.order]
+        sql = f"SELECT prompt_id, mask_hash, request_hash {where[0]}"
+        for batch in _scan(con, sql, where[1]):
+            batch = batch.filter(pc.is_in(batch.column(0), value_set=prompts))
+            n += batch.num_rows
+            pids, mhs = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            digests = b"".join(self._key(p, m) for p, m in zip(pids, mhs, strict=True))
+            kw = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+            words, v1 = raw_hashes(batch.column(2))
+            if not v1.all():
+                for i in np.flatnonzero(~v1):
+                    self._map[kw[i].tobytes()] = batch.column(2)[int(i)].as_py()
+                kw, words = kw[v1], words[v1]
+            pos = self._resp.find_rows(words)
+            for j in range(2):
+                keys[j].extend(kw[:, j])
+            at.extend(pos)
+            for j in range(4):
+                lost[j].extend(words[pos < 0, j])
+        positions = at.array()
+        lost_at = np.flatnonzero(positions < 0)
+        kcols = [k.array() for k in keys]
+        if len(lost_at):
+            lost_words = np.stack([w.array() for w in lost], axis=1)
+            del lost
+            self._load_answers(con, lost_words, positions)
+            positions[lost_at] = self._resp.find_rows(lost_words)
+            gone = positions[lost_at] < 0
+            if gone.any():  # a mask whose answer is not stored (never expected): in the dict
+                for i, w in zip(lost_at[gone], lost_words[gone], strict=True):
+                    key = np.array([c[i] for c in kcols], dtype="<u8").tobytes()
+                    self._map[key] = f"{SCHEME}:{w.tobytes().hex()}"
+                keep = positions >= 0
+                kcols, positions = [c[keep] for c in kcols], positions[keep]
+        self._masks = _Sorted(kcols)
+        index = np.int32 if len(self._resp) < 2**31 else np.int64
+        self._mask_at = positions[self._masks.order].astype(index)
         self._masks.order = np.zeros(0, dtype=np.int64)
         return n
 
-    def _warm_answers(self, con: Any) -> None:
-        """Every answer under the key: the run's prompts' in memory (a mask never recorded
-        may reach one), the others' as digests (left to DuckDB); then the few answers of other
-        prompts that the run's masks lead to."""
-        import pyarrow as pa
+    def _load_answers(self, con: Any, words: np.ndarray, positions: np.ndarray) -> None:
+        """The answers of other prompts that the run's masks lead to (``words``: their request
+        hashes), by primary key, added to the answer arrays (a copy of them: a rare path);
+        ``positions`` (of the masks' answers) moved to the new order."""
+        import pyarrow.compute as pc
 
-        self._texts = self._texts or _TextStore()
-        cur = con.execute(
-            "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, p.prompt_id IS NOT NULL"
-            " FROM responses r LEFT JOIN _mask_map_prompts p USING (prompt_id)"
-            " WHERE r.teacher_key = ?",
-            [self.teacher_key],
+        assert self._texts is not None  # answers are warmed first
+        hexes = [f"{SCHEME}:{w.tobytes().hex()}" for w in np.unique(words, axis=0)]
+        cols = _AnswerColumns(len(self._resp) + len(hexes))
+        cols.extend(
+            np.stack(self._resp.cols, axis=1),
+            self._flags,
+            self._cost,
+            self._text_at,
+            self._text_len,
         )
-        parts: list[tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        elsewhere: list[int] = []
-        theirs: list[bytes] = []  # raw hashes of other prompts' answers, to match the masks
-        while batch := cur.fetchmany(_WARM_BATCH):
-            mine = [row for row in batch if row[4]]
-            for rh, _, _, _, ours in batch:
-                if not ours:
-                    elsewhere.append(self._digest(rh))
-                    raw = _raw_hash(rh)
-                    if raw is not None:
-                        theirs.append(raw)
-            parts.append(self._answer_part(mine))
-        if theirs and len(self._mask_rh):
-            # Masks of the run that lead to another prompt's answer: load those answers too.
-            other = _Sorted(_words(theirs, 4))
-            wanted = self._mask_rh[other.contains_rows(self._mask_rh)]
-            if len(wanted):
-                hexes = [f"{SCHEME}:{row.tobytes().hex()}" for row in np.unique(wanted, axis=0)]
-                con.register("_mask_map_wanted", pa.table({"request_hash": hexes}))
-                try:
-                    rows = con.execute(
-                        "SELECT r.request_hash, r.answer, r.ok, r.cost_usd, true FROM responses r"
-                        " SEMI JOIN _mask_map_wanted w USING (request_hash)"
-                        " WHERE r.teacher_key = ?",
-                        [self.teacher_key],
-                    ).fetchall()
-                finally:
-                    con.unregister("_mask_map_wanted")
-                parts.append(self._answer_part(rows))
-        del theirs
-        self._elsewhere = np.unique(np.array(elsewhere, dtype=np.uint64))
-        del elsewhere
-        raws = [p[0] for p in parts]
-        self._resp = _Sorted(_words(raws, 4))
-        del raws
-        order = self._resp.order
-        self._resp.order = np.zeros(0, dtype=np.int64)
-        self._flags = np.concatenate([p[1] for p in parts] or [np.zeros(0, np.uint8)])[order]
-        self._cost = np.concatenate([p[2] for p in parts] or [np.zeros(0)])[order]
-        self._text_at = np.concatenate([p[3] for p in parts] or [np.zeros(0, np.int64)])[order]
-        self._text_len = np.concatenate([p[4] for p in parts] or [np.zeros(0, np.int32)])[order]
-
-    def _answer_part(
-        self, rows: Sequence[tuple[Any, ...]]
-    ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One batch of response rows: raw hashes, flags, costs, text offsets and lengths;
-        a hash of another form goes to the dict."""
-        assert self._texts is not None
-        raws, flags, costs, texts = [], [], [], []
-        for rh, answer, ok, cost, _ in rows:
-            raw = _raw_hash(rh)
-            if raw is None:
-                self._answers.setdefault(rh, (answer, bool(ok), float(cost or 0.0)))
-                continue
-            raws.append(raw)
-            flags.append(
-                self._STORED | (self._OK if ok else 0) | (self._NONE if answer is None else 0)
+        for chunk in chunks(hexes):
+            sql = (
+                "SELECT request_hash, answer, ok, cost_usd, teacher_key FROM responses"
+                f" WHERE request_hash IN ({placeholders(len(chunk))})"
             )
-            costs.append(float(cost or 0.0))
-            texts.append(answer)
-        at, lens = self._texts.append(texts)
-        return (
-            b"".join(raws),
-            np.array(flags, dtype=np.uint8),
-            np.array(costs, dtype=np.float64),
-            at,
-            lens,
-        )
+            for batch in _scan(con, sql, chunk):
+                ours = batch.filter(pc.equal(batch.column(4), self.teacher_key))
+                cols.append(ours, self._texts, self._answers)
+        order = self._set_answers(cols)
+        moved = np.empty_like(order)
+        moved[order] = np.arange(len(order))
+        held = positions >= 0
+        positions[held] = moved[positions[held]]
 
     def _warm_metrics(self, con: Any, names: list[str]) -> None:
         """Cached metric values of the answers the map holds (those of the run's prompts and
-        those its masks lead to), by a digest of (request hash, reference hash)."""
-        if not names or not (len(self._resp) or self._answers or len(self._mask_rh)):
+        those its masks lead to), by a digest of (request hash, reference hash): one scan of
+        the metrics' rows, kept where the request hash is among the map's answers."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not names or not (len(self._resp) or self._answers or self._map):
             return
-        cur = con.execute(
-            "SELECT v.request_hash, v.reference_hash, v.metric, v.value FROM metric_values v"
-            f" WHERE v.metric IN ({', '.join(['?'] * len(names))}) AND v.request_hash IN ("
-            " SELECT r.request_hash FROM responses r SEMI JOIN _mask_map_prompts USING (prompt_id)"
-            " WHERE r.teacher_key = ? UNION"
-            " SELECT m.request_hash FROM masks m SEMI JOIN _mask_map_prompts USING (prompt_id)"
-            " WHERE m.teacher_key = ?)",
-            [*names, self.teacher_key, self.teacher_key],
-        )
         self._mnames = names
-        index = {n: i for i, n in enumerate(names)}
-        keys: list[bytes] = []
-        name_ix: list[np.ndarray] = []
-        values: list[np.ndarray] = []
-        while batch := cur.fetchmany(_WARM_BATCH):
-            keys.append(b"".join(self._metric_key(a, b) for a, b, _, _ in batch))
-            name_ix.append(np.array([index[c] for _, _, c, _ in batch], dtype=np.uint16))
-            values.append(np.array([float(d) for _, _, _, d in batch], dtype=np.float64))
-        self._mvals = _Sorted(_words(keys, 2))
+        elsewhere = set(self._answers) | set(self._map.values())  # hashes beside the arrays
+        where = (f"FROM metric_values WHERE metric IN ({placeholders(len(names))})", names)
+        cap = _count(con, f"SELECT count(*) {where[0]}", where[1])
+        keys = [_Grow(cap, "<u8") for _ in range(2)]
+        name_ix, values = _Grow(cap, np.uint16), _Grow(cap, np.float64)
+        value_set = pa.array(names, type=pa.string())
+        sql = f"SELECT request_hash, reference_hash, metric, value {where[0]}"
+        for batch in _scan(con, sql, where[1]):
+            words, v1 = raw_hashes(batch.column(0))
+            keep = v1 & (self._resp.find_rows(words) >= 0)
+            if elsewhere and not keep.all():
+                rest = batch.column(0).filter(pa.array(~keep)).to_pylist()
+                keep[~keep] = [rh in elsewhere for rh in rest]
+            batch = batch.filter(pa.array(keep))
+            rhs, refs = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            digests = b"".join(self._metric_key(a, b) for a, b in zip(rhs, refs, strict=True))
+            kw = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+            for j in range(2):
+                keys[j].extend(kw[:, j])
+            ix = pc.index_in(batch.column(2), value_set=value_set)
+            name_ix.extend(ix.to_numpy(zero_copy_only=False))
+            values.extend(batch.column(3).to_numpy(zero_copy_only=False))
+        self._mvals = _Sorted([k.array() for k in keys])
         order = self._mvals.order
         self._mvals.order = np.zeros(0, dtype=np.int64)
-        self._mname = np.concatenate(name_ix or [np.zeros(0, np.uint16)])[order]
-        self._mvalue = np.concatenate(values or [np.zeros(0)])[order]
+        self._mname = name_ix.array()[order]
+        self._mvalue = values.array()[order]
 
 
 @dataclass
