@@ -55,8 +55,10 @@ from tacorl_offline.warehouse import Warehouse  # noqa: E402
 METRICS = ("teacher.squad_f1", "gold.squad_f1")
 
 
-def train_rl(work: Path, start: str, steps: int | None, validate: bool) -> Any:
+def train_rl(work: Path, start: str, steps: int | None, validate: bool, seed: int | None) -> Any:
     extra: dict[str, Any] = {"compressor.model": start}
+    if seed is not None:
+        extra["train.seed"] = seed
     if steps:
         extra["train.max_steps"] = steps
     if validate:  # score the val carve at step 0 and every 10 steps; keep the best point
@@ -137,6 +139,7 @@ def main() -> None:
         help="use this agnostic+RL model (a val-chosen bench/rl_lab.py run) instead of training",
     )
     ap.add_argument("--agnostic-rl-calls", type=int, default=None, help="the calls it paid")
+    ap.add_argument("--rl-seed", type=int, default=None, help="train.seed (default: the recipe's)")
     ap.add_argument(
         "--validate",
         action="store_true",
@@ -194,7 +197,7 @@ def main() -> None:
         stages.append(("rl only", "base"))
     for label, start in stages:
         t0 = time.perf_counter()
-        s = train_rl(work, models[start], steps, args.validate)
+        s = train_rl(work, models[start], steps, args.validate, args.rl_seed)
         times[label] = time.perf_counter() - t0
         calls[label] = s.spend.calls
         models[label] = str(s.final_model)
