@@ -32,6 +32,7 @@ import collections
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -159,6 +160,9 @@ class CallStats:
         return f"{n} of {self.requests} requests failed ({kinds})"
 
 
+_LEDGER_LOCK = threading.Lock()  # Caller.pending_ledger / pending_done, across threads
+
+
 @dataclass
 class Caller:
     warehouse: Warehouse
@@ -176,7 +180,8 @@ class Caller:
     journal_error: str | None = None
     # The training step the calls belong to (written on their ledger rows); None outside train.
     step: int | None = None
-    # Write-ahead rows of transient failures, removed with their ledger rows at the phase end.
+    # Write-ahead rows of transient failures, removed with their ledger rows at the phase end;
+    # both lists are guarded by _LEDGER_LOCK (a step's record may write them from a thread).
     pending_done: list[str] = field(default_factory=list)
     # Set when a response was billed over its reservation under a dollar cap: the run stops.
     overrun: str | None = None
@@ -386,9 +391,10 @@ class Caller:
             else:
                 st.permanent_failures += 1
             return saved
-        self.pending_ledger.extend(ledger)
-        if call_id is not None:
-            self.pending_done.append(call_id)
+        with _LEDGER_LOCK:
+            self.pending_ledger.extend(ledger)
+            if call_id is not None:
+                self.pending_done.append(call_id)
         st.transient_failures += 1
         return True
 
@@ -539,17 +545,25 @@ class Caller:
             model=self.teacher.model,
         )
 
+    def take_pending_ledger(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The buffered failure ledger rows and write-ahead ids, taken whole."""
+        with _LEDGER_LOCK:
+            rows, self.pending_ledger = self.pending_ledger, []
+            done, self.pending_done = self.pending_done, []
+        return rows, done
+
     def write_pending_ledger(self, con: Any) -> None:
         """Write the buffered transient-failure ledger rows (call inside a write connection)."""
-        from tacorl_offline.warehouse import insert_rows
+        from tacorl_offline.warehouse import delete_done, insert_rows
 
-        insert_rows(con, "api_calls", self.pending_ledger, on_conflict="ignore")
-        self.pending_ledger.clear()
-        if self.pending_done:
-            from tacorl_offline.warehouse import delete_done
-
-            delete_done(con, [{"call_id": c} for c in self.pending_done])
-            self.pending_done.clear()
+        rows, done = self.take_pending_ledger()  # rows added meanwhile wait for the next write
+        try:
+            insert_rows(con, "api_calls", rows, on_conflict="ignore")
+            delete_done(con, [{"call_id": c} for c in done])
+        except BaseException:  # kept for the next write
+            with _LEDGER_LOCK:
+                self.pending_ledger[:0], self.pending_done[:0] = rows, done
+            raise
 
 
 class _GroupJournal:

@@ -162,10 +162,9 @@ class PhaseRun:
             step=step,
         )
         entries = [("masks", dict(m)) for m in masks]
-        entries += [("api_calls", r) for r in rows + self.caller.pending_ledger]
-        entries += [("calls_done", {"call_id": c}) for c in self.caller.pending_done]
-        self.caller.pending_ledger = []
-        self.caller.pending_done = []
+        ledger, done = self.caller.take_pending_ledger()
+        entries += [("api_calls", r) for r in rows + ledger]
+        entries += [("calls_done", {"call_id": c}) for c in done]
         return entries
 
     def stop_for_budget(self, message: str) -> None:

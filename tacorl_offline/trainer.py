@@ -373,7 +373,6 @@ class Trainer:
             await callback(self, run, log)
 
     async def _validate(self, run: PhaseRun | None, s: TrainSummary) -> None:
-        self.deferred.flush()
         if self.validator is not None and run is not None:  # rank 0 holds the run
             await self.validator.score_due(self, run, s)
 

@@ -255,8 +255,8 @@ async def sample_and_replay(
     thread (:func:`~.rollout.rollout` with ``chunk=1``), each prompt's misses are sent from
     the event loop as soon as they are drawn (:class:`Overlap`), and the step waits only for
     the answers still out once the last prompt is drawn. The masks, and so the step's result,
-    are those of the sequential stages. ``before_wait`` runs on the event loop once every
-    prompt is drawn and its misses sent, before the wait (the previous step's record)."""
+    are those of the sequential stages. ``before_wait`` (the previous step's record) runs in a
+    worker thread once every prompt is drawn, during the wait for the answers."""
     overlap = Overlap(ctx, run)
     loop = asyncio.get_running_loop()
     errors: list[BaseException] = []
@@ -288,9 +288,19 @@ async def sample_and_replay(
         await asyncio.to_thread(sample)
         if errors:
             raise errors[0]
-        if before_wait is not None:
-            before_wait()
-        return await overlap.finish()
+        if before_wait is None:
+            return await overlap.finish()
+        # In a worker thread: the event loop stays free to send the last prompts' calls and
+        # take the answers. A step whose lookups go to DuckDB (overlap.later) waits for it
+        # first: one write connection at a time in this process.
+        side = asyncio.ensure_future(asyncio.to_thread(before_wait))
+        try:
+            if overlap.later:
+                await side
+            stats = await overlap.finish()
+        finally:
+            await side
+        return stats
     except BaseException:
         overlap.stream.cancel()
         raise

@@ -186,6 +186,7 @@ class Validator:
         if due(step, self.vc.every, trainer.total_steps) and all(
             p.step != step for p in self.points
         ):
+            trainer.deferred.flush()  # the steps before this point are in the warehouse
             _, spend = await self.validate(trainer, run, step)
             s.spend.add(spend)
             s.spend_validation.add(spend)
