@@ -337,8 +337,9 @@ def test_one_warehouse_open_per_step_and_each_step_writes_its_own_rows(
     included, are decided in memory (the run's map is exact: no other process wrote). After
     another process writes the file, lookups go to DuckDB again: two opens a step. Scale's
     "rows written late, with the next step's open" was dropped: issue 10 journals a step's
-    rows when a reader holds the lock, and a step's rows are in the warehouse (or the
-    journal) when the step ends."""
+    rows when a reader holds the lock. Issue 19 moved a step's write (its one open) into the
+    next step's teacher wait: when step k ends the warehouse holds the steps before it, and
+    the end of the run writes the last."""
     from tacorl_offline.trainer import Trainer
     from tests.helpers import prepare, q
 
@@ -371,7 +372,7 @@ def test_one_warehouse_open_per_step_and_each_step_writes_its_own_rows(
     per_step = [b[1] - a[1] for a, b in itertools.pairwise(seen)]
     # steps 2-3 decide their lookups in memory; steps 4-5 follow the foreign write.
     assert per_step == [1, 1, 2, 2]
-    assert [x[2] for x in seen] == [1, 2, 3, 4, 5]  # each step's rows land with that step
+    assert [x[2] for x in seen] == [0, 1, 2, 3, 4]  # each step's rows land in the next one
     assert q(cfg, "SELECT count(*) FROM steps WHERE run_id = ?", [s.run_id])[0][0] == 5
     paid = q(cfg, "SELECT count(*) FROM responses WHERE run_id = ?", [s.run_id])[0][0]
     assert paid == loopback_server.calls
