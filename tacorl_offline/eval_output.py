@@ -139,6 +139,7 @@ def to_csv(report: EvalReport) -> str:
 def fmt_num(x: float, signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return "-"
+    x += 0.0  # -0.0 (a negated exact tie) prints as +0.000
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 

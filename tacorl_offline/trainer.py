@@ -14,24 +14,22 @@ The :class:`Trainer` keeps the loop, the run's state and resume. One step
    (:mod:`~tacorl_offline.training.update`, or :mod:`tacorl_offline.offpolicy_update` with reuse);
 7. **record** (:mod:`~tacorl_offline.training.record`) the step and its samples.
 
-A step opens the warehouse once, in stage 7, which in one process runs during the next
-step's teacher wait (stage 3 decides its lookups in memory while that is exact;
-:mod:`~tacorl_offline.training.replay_stage` and :mod:`~tacorl_offline.training.record` say
-how). Every answer paid for is journaled first, so a crash never loses one.
+A step opens the warehouse once, in stage 7, which in one process runs (with a periodic
+checkpoint) during the next step's teacher wait; stage 3 decides its lookups in memory while
+that is exact (:mod:`~tacorl_offline.training.record`, :mod:`~.training.replay_stage`). Every
+answer paid for is journaled first, so a crash never loses one.
 
 Off-policy reuse (``train.reuse``, off by default): stage 1 may fill part of a prompt's group
 with stored samples of it, which skip stages 2-4; stage 6 then runs ``update_epochs``
 importance-weighted passes (:mod:`tacorl_offline.offpolicy_update`).
 
-Stages 2-5 run on rank 0, which owns the warehouse and the teacher; the advantages are
-broadcast, and every rank updates its shard (DDP averages the gradients).
+Stages 2-5 run on rank 0 (warehouse, teacher); every rank updates its shard (DDP).
 
 Two places take additions: ``Trainer.loss_terms`` (:data:`~tacorl_offline.training.update.LossTerm`;
 the KL anchor of ``train.kl_coeff`` is one) join the update's loss; ``Trainer.after_step``
 callbacks (:data:`AfterStep`) run once a step is recorded, before the budget check and
-checkpoint. Validation (``train.validation``, off by default) scores the start model and
-every N steps on a held-apart split, after that step's checkpoint; the final model is then
-the best point (:mod:`~tacorl_offline.training.validation`).
+checkpoint. ``train.validation`` scores the start and every N steps on a held-apart split;
+the final model is the best point (:mod:`~tacorl_offline.training.validation`).
 
 Determinism is what makes ``--resume`` exact: the data order is a seeded permutation per
 epoch, mask sampling uses its own ``torch.Generator``, and every checkpoint
@@ -48,6 +46,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ from tacorl_offline.warehouse import Warehouse
 __all__ = ["AfterStep", "StepLog", "TrainSummary", "Trainer", "build_optimizer", "epoch_order"]
 
 # Runs on every rank after step k is recorded (``log.step == k``), before the budget check
-# and the checkpoint; teacher calls it makes count against the run's budget.
+# and the checkpoint; its teacher calls count against the run's budget.
 AfterStep = Callable[["Trainer", PhaseRun | None, StepLog], Awaitable[None]]
 
 
@@ -273,14 +272,14 @@ class Trainer:
         ema = None if ema is None or math.isnan(ema) else float(ema)
         self.pos = Position(int(p["step"]), int(p["epoch"]), int(p["index"]), ema)
 
-    def save_checkpoint(self) -> Path:
-        """Atomic (see :mod:`tacorl_offline.checkpoints`); every rank's sampler state is kept.
-        The steps it covers are in the warehouse first."""
-        self.deferred.flush()
+    def save_checkpoint(self, *, defer: bool = False) -> Path:
+        """Atomic (:mod:`tacorl_offline.checkpoints`), every rank's sampler state kept, once its
+        steps are in the warehouse; ``defer``: held behind them (training/record.py)."""
         states = self.dist.gather(self.gen.get_state())
         if not self.dist.is_main:
             return self.run_dir
-        return checkpoints.save(
+        write = partial(
+            checkpoints.save,
             self.run_dir,
             self.pos.step,
             run_id=self.run_id,
@@ -300,6 +299,11 @@ class Trainer:
             config=self.cfg.stored(),
             keep=self.cfg.train.keep_checkpoints,
         )
+        if defer:
+            self.deferred.hold(write)
+            return self.run_dir
+        self.deferred.flush()
+        return write()
 
     # ------------------------------------------------------------------ the loop
 
@@ -341,7 +345,7 @@ class Trainer:
                 if self.pos.step % self.cfg.train.checkpoint_every == 0 and (
                     self.pos.step < self.total_steps
                 ):
-                    self.save_checkpoint()
+                    self.save_checkpoint(defer=self.overlap and not self.dist.enabled)
                 if self.pos.step < self.total_steps:
                     await self._validate(run, s)  # after the checkpoint: see validation.py
             else:

@@ -326,3 +326,12 @@ def test_a_budget_stop_is_never_exceeded_and_a_rerun_resumes(
     again = asyncio.run(run_evaluation(cfg, models=[str(tiny_bert)], baselines=["lead"]))
     assert not again.budget_stopped and again.calls == 16 - 5 and again.hits == 5
     assert all(s.unscorable == 0 for s in again.systems)
+
+
+def test_an_exact_tie_prints_as_plus_zero() -> None:
+    """A model kept identical to its start (train.validation kept step 0) ties it exactly; the
+    negated difference is -0.0, which must not print as '-0.000'."""
+    from tacorl_offline.eval_output import fmt_num
+
+    assert fmt_num(-0.0, True) == "+0.000" and fmt_num(-0.0) == "0.000"
+    assert fmt_num(-0.0004, True) == "-0.000" and fmt_num(0.0123, True) == "+0.012"

@@ -5,12 +5,14 @@ samples join the reuse store; ``train.csv_logs`` appends upstream's two CSV file
 
 Design decision (issue 19): in one process the warehouse write may wait in a
 :class:`Deferred` until the next step's teacher wait (the policy has sampled every prompt and
-the calls are out), where it costs no wall time; the reuse store and the CSV logs are updated
-at once. Nothing it holds was paid for: every answer was journaled when it arrived, and the
-masks are in the run's map. The trainer flushes it before a checkpoint (so a checkpoint's
-steps are all in the warehouse), a validation point, ``after_step`` callbacks and the end of
-the run; a crash in between loses the step's bookkeeping rows only, which the resumed run
-writes again when it redoes the step.
+the calls are out; a worker thread writes it), where it costs no wall time; the reuse store
+and the CSV logs are updated at once. A periodic checkpoint waits behind it the same way: its
+small state (position, RNG states) is taken when it is held, and the model and optimizer,
+which only the next update changes, are written before that update starts. Nothing held was
+paid for: every answer was journaled when it arrived, and the masks are in the run's map. The
+trainer flushes before a validation point, ``after_step`` callbacks, a budget stop and the end
+of the run (a crash included, where it can); a kill in between loses the step's bookkeeping
+rows and that checkpoint only: the run resumes from the one before and redoes the steps.
 """
 
 from __future__ import annotations
@@ -59,19 +61,18 @@ def step_log(data: StepData, step: int, seconds: float, update_epochs: int) -> S
 
 
 class Deferred:
-    """At most one step's warehouse write, held until :meth:`flush`."""
+    """Writes held until :meth:`flush`, which runs them in the order they were held: a step's
+    warehouse rows, then its checkpoint (the trainer holds one every ``checkpoint_every``)."""
 
     def __init__(self) -> None:
-        self._write: Callable[[], None] | None = None
+        self._writes: list[Callable[[], Any]] = []
 
-    def hold(self, write: Callable[[], None]) -> None:
-        self.flush()  # never two: the older one first
-        self._write = write
+    def hold(self, write: Callable[[], Any]) -> None:
+        self._writes.append(write)
 
     def flush(self) -> None:
-        write, self._write = self._write, None
-        if write is not None:
-            write()
+        while self._writes:
+            self._writes.pop(0)()
 
 
 def record(
