@@ -110,51 +110,55 @@ def test_a_steps_record_waits_for_the_next_steps_teacher_wait_and_survives_a_cra
 
 
 def test_the_first_prompts_calls_are_made_while_the_last_prompt_is_sampled(
-    tmp_path, loopback_server, tiny_bert
+    tmp_path, loopback_server, tiny_bert, monkeypatch
 ) -> None:
+    import tacorl_offline.training.rollout as rollout_mod
+
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=1, sampler="bernoulli")
     asked = threading.Event()
     loopback_server.reset()
     loopback_server.responder = lambda messages: (asked.set(), "an answer")[1]
     trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
-    decisions = trainer.comp.decisions
+    draw = rollout_mod._group
     seen: list[bool] = []
 
-    def slow_last_prompt(texts, **kw):
-        # Sampled prompt by prompt: the last prompt's forward waits (up to 30 s) for the
-        # server to see a request, which only an overlapped step can have sent by then.
+    def slow_last_prompt(*a, **kw):
+        # Drawn prompt by prompt: the last prompt's masks wait (up to 30 s) for the server to
+        # see a request, which only an overlapped step can have sent by then.
         if len(seen) == cfg.train.batch_size - 1:
             seen.append(asked.wait(30))
         else:
             seen.append(asked.is_set())
-        return decisions(texts, **kw)
+        return draw(*a, **kw)
 
-    trainer.comp.decisions = slow_last_prompt  # type: ignore[method-assign]
+    monkeypatch.setattr(rollout_mod, "_group", slow_last_prompt)
     s = asyncio.run(trainer.run())
     assert s.steps == 1 and s.spend.calls == loopback_server.calls > 0
-    assert len(seen) == cfg.train.batch_size  # one forward per prompt
+    assert len(seen) == cfg.train.batch_size  # one draw per prompt
     assert seen[-1] is True
 
 
 def test_an_error_while_sampling_stops_the_step_and_its_calls(
-    tmp_path, loopback_server, tiny_bert
+    tmp_path, loopback_server, tiny_bert, monkeypatch
 ) -> None:
+    import tacorl_offline.training.rollout as rollout_mod
+
     cfg = prepare(tmp_path, loopback_server, tiny_bert, max_steps=1)
     loopback_server.reset()
     asked = threading.Event()
     loopback_server.responder = lambda messages: (asked.set(), "an answer")[1]
     trainer = Trainer(cfg, warehouse=Warehouse(cfg.warehouse))
-    decisions = trainer.comp.decisions
+    draw = rollout_mod._group
     n = [0]
 
-    def failing(texts, **kw):
+    def failing(*a, **kw):
         n[0] += 1
         if n[0] == 3:  # once the first prompts' calls are out (up to 30 s), the policy fails
             asked.wait(30)
             raise RuntimeError("the policy broke mid-step")
-        return decisions(texts, **kw)
+        return draw(*a, **kw)
 
-    trainer.comp.decisions = failing  # type: ignore[method-assign]
+    monkeypatch.setattr(rollout_mod, "_group", failing)
     with pytest.raises(RuntimeError, match="broke mid-step"):
         asyncio.run(trainer.run())
     assert q(cfg, "SELECT count(*) FROM steps") == [(0,)]
