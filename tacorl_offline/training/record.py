@@ -85,15 +85,15 @@ def record(
 ) -> None:
     """The step's rows (warehouse or journal; held in ``defer`` when given), the reuse store,
     the CSV logs."""
-    write = partial(_write_rows, ctx, log, data, run)
+    # Built here only when the reuse store needs them now; else by the (maybe held) write.
+    rows = _sample_rows(ctx, log, data) if ctx.cfg.train.reuse.stored_per_prompt else None
+    write = partial(_write_rows, ctx, log, data, run, rows)
     if defer is None:
         write()
     else:
         defer.hold(write)
-    if ctx.cfg.train.reuse.stored_per_prompt:  # this run's samples may join later groups
-        _store(
-            ctx, log.step, [_sample_row(ctx.run_id, log.step, r) for r in data.everyone if r.fresh]
-        )
+    if rows is not None:  # this run's samples may join later groups
+        _store(ctx, log.step, rows)
     if ctx.cfg.train.csv_logs:
         csvlogs.append_step(
             ctx.run_dir,
@@ -106,9 +106,20 @@ def record(
         )
 
 
-def _write_rows(ctx: StageContext, log: StepLog, data: StepData, run: PhaseRun | None) -> None:
+def _sample_rows(ctx: StageContext, log: StepLog, data: StepData) -> list[dict[str, Any]]:
+    return [_sample_row(ctx.run_id, log.step, r) for r in data.everyone if r.fresh]
+
+
+def _write_rows(
+    ctx: StageContext,
+    log: StepLog,
+    data: StepData,
+    run: PhaseRun | None,
+    sample_rows: list[dict[str, Any]] | None,
+) -> None:
     """The step's rows in the warehouse, or in the journal while a reader holds the lock."""
-    sample_rows = [_sample_row(ctx.run_id, log.step, r) for r in data.everyone if r.fresh]
+    if sample_rows is None:
+        sample_rows = _sample_rows(ctx, log, data)
     replay_rows = [
         _replay_row(ctx.run_id, log.step, r) for r in data.everyone if r.stored is not None
     ]
