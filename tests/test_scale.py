@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -208,11 +207,9 @@ def test_journal_group_commit_shares_fsyncs_and_each_answer_is_durable_before_us
         durable_at_use = []
 
         def on_result(job, res) -> None:
-            on_disk = {
-                json.loads(line)["r"]["request_hash"]
-                for line in w.journal_path.read_text(encoding="utf-8").splitlines()
-                if json.loads(line)["t"] == "responses"
-            }
+            # Read under the journal's lock: a raw read can meet the half-written line of
+            # another group's append, still in flight in a worker thread.
+            on_disk = {r["request_hash"] for t, r in w.pending_journal() if t == "responses"}
             durable_at_use.append(job.request.request_hash in on_disk)
 
         async def go():
