@@ -106,7 +106,7 @@ def run_chain(
             cfg,
             warehouse=wh,
             on_epoch=lambda log: say(
-                f"      epoch {log.epoch}: loss {log.loss:.4f}, held-out label F1 {log.label_f1:.3f}"
+                f"      epoch {log.epoch}: loss {log.loss:.4f}, {log.label_text}"
             ),
         )
         start = cfg.model_copy(deep=True)

@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -150,8 +151,7 @@ def sft_with_progress(cfg: Config, *, warehouse: Any, progress: bool) -> Any:
 
     def epoch(log: Any) -> None:
         out.print(
-            f"epoch {log.epoch}: loss {log.loss:.4f}, held-out label F1 {log.label_f1:.3f} "
-            f"(precision {log.label_precision:.3f}, recall {log.label_recall:.3f}), {log.seconds:.0f}s",
+            f"epoch {log.epoch}: loss {log.loss:.4f}, {log.label_text}, {log.seconds:.0f}s",
             markup=False,
         )
 
@@ -187,7 +187,10 @@ def print_sft_summary(s: Any, config: Any = None) -> None:
         ("train / held-out", f"{s.result.n_train} / {s.result.n_eval}"),
         ("labelled keep share", f"{s.result.keep_share:.3f}"),
         ("final loss", f"{last.loss:.4f}" if last else "-"),
-        ("held-out label F1", f"{last.label_f1:.3f}" if last else "-"),
+        (
+            "held-out label F1",
+            f"{last.label_f1:.3f}" if last and not math.isnan(last.label_f1) else "-",
+        ),
         ("seconds", f"{s.seconds:.0f}"),
         ("model", str(s.output)),
     ]:

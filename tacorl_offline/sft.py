@@ -188,6 +188,16 @@ class EpochLog:
     label_recall: float
     seconds: float
 
+    @property
+    def label_text(self) -> str:
+        """``held-out label F1 ...`` for a log line; ``none held out`` when sft.eval_share is 0."""
+        if math.isnan(self.label_f1):
+            return "held-out label F1 - (sft.eval_share 0: none held out)"
+        return (
+            f"held-out label F1 {self.label_f1:.3f} "
+            f"(precision {self.label_precision:.3f}, recall {self.label_recall:.3f})"
+        )
+
 
 @dataclass
 class SftResult:
@@ -693,7 +703,7 @@ def run_sft(
         final, result = _train_and_save(cfg, comp, train, evals, out_dir, on_epoch, on_batch)
         last = result.epochs[-1] if result.epochs else None
         status = "finished"
-        message = f"label F1 {last.label_f1:.3f}" if last else None
+        message = last.label_text if last else None
     except BaseException as e:
         status, message = exit_status(e)
         raise

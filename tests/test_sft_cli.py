@@ -107,3 +107,20 @@ def test_sft_from_a_label_file_and_bad_inputs(tmp_path, tiny_bert) -> None:
     finally:
         con.close()
     assert src == "file" and n == 12
+
+
+def test_sft_with_nothing_held_out_says_so_instead_of_nan(tmp_path, tiny_bert) -> None:
+    cfg, wh = _setup(tmp_path, tiny_bert, eval_share=0.0)
+    r = invoke("sft", "-c", str(cfg), "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "nan" not in r.output
+    assert "held-out label F1 - (sft.eval_share 0: none held out)" in r.output
+    con = duckdb.connect(str(wh), read_only=True)
+    try:
+        message, heldout = con.execute(
+            "SELECT r.message, (SELECT count(*) FILTER (WHERE heldout) FROM sft_labels) "
+            "FROM runs r WHERE kind = 'sft'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert heldout == 0 and "nan" not in message
