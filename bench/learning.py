@@ -100,6 +100,11 @@ def print_table(report: EvalReport, name: dict[str, str], ref: str) -> None:
         print(line)
 
 
+def flip(x: float) -> float:
+    """-x, with a tie printed as +0.000 (0.0 - 0.0 is 0.0; -0.0 is not)."""
+    return 0.0 - x
+
+
 def verdicts(report: EvalReport, name: dict[str, str], ref: str, against: list[str]) -> None:
     for m in METRICS:
         for s in report.systems:
@@ -110,7 +115,7 @@ def verdicts(report: EvalReport, name: dict[str, str], ref: str, against: list[s
             verdict = "BEATS" if r.diff < 0 and r.diff_ci_high < 0 else "does NOT beat"
             print(
                 f"{m}: {ref} {verdict} {label}: "
-                f"{-r.diff:+.3f} [{-r.diff_ci_high:+.3f}, {-r.diff_ci_low:+.3f}]"
+                f"{flip(r.diff):+.3f} [{flip(r.diff_ci_high):+.3f}, {flip(r.diff_ci_low):+.3f}]"
             )
 
 
@@ -128,6 +133,12 @@ def main() -> None:
         "--no-agnostic", action="store_true", help="skip the task-agnostic start and its RL"
     )
     ap.add_argument(
+        "--sft-model",
+        default=None,
+        help="use this SFT model (e.g. the val-chosen bench/rl_lab.py sft run) instead of the "
+        "prepared one; RL then starts from it",
+    )
+    ap.add_argument(
         "--sft-rl-model",
         default=None,
         help="use this SFT+RL model (e.g. the val-chosen bench/rl_lab.py run) instead of training",
@@ -139,6 +150,13 @@ def main() -> None:
         help="use this agnostic+RL model (a val-chosen bench/rl_lab.py run) instead of training",
     )
     ap.add_argument("--agnostic-rl-calls", type=int, default=None, help="the calls it paid")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="score this model too, side by side (e.g. an earlier recipe's SFT or SFT+RL)",
+    )
     ap.add_argument("--rl-seed", type=int, default=None, help="train.seed (default: the recipe's)")
     ap.add_argument(
         "--validate",
@@ -162,8 +180,14 @@ def main() -> None:
     if (
         args.reuse
         and prepared.exists()
-        and json.loads(prepared.read_text())["train_questions"] == n
+        and json.loads(prepared.read_text())["train_questions"] != n
     ):
+        sys.exit(
+            f"{work} was prepared for --train-questions "
+            f"{json.loads(prepared.read_text())['train_questions']}, not {n}; pass that, or "
+            "drop --reuse to prepare it again (which deletes it)"
+        )
+    if args.reuse and prepared.exists():
         info = json.loads(prepared.read_text())
         print(f"reusing {work}: splits, fill and both warm starts")
     else:
@@ -178,7 +202,9 @@ def main() -> None:
         f"val {info['val_questions']}, held-out {info['heldout_questions']}"
     )
 
-    models = {"sft": info["sft_model"], "base": "minilm"}
+    models = {"sft": args.sft_model or info["sft_model"], "base": "minilm"}
+    if args.sft_model:
+        print(f"sft: {args.sft_model} (chosen on val by bench/rl_lab.py sft)")
     stages: list[tuple[str, str]] = [("sft+rl", "sft")]
     if args.sft_rl_model:
         models["sft+rl"] = args.sft_rl_model
@@ -195,6 +221,9 @@ def main() -> None:
             stages.append(("agnostic+rl", "agnostic"))
     if args.rl_only:
         stages.append(("rl only", "base"))
+    for spec in args.also:
+        label, _, path = spec.partition("=")
+        models[label] = path
     for label, start in stages:
         t0 = time.perf_counter()
         s = train_rl(work, models[start], steps, args.validate, args.rl_seed)
@@ -224,7 +253,10 @@ def main() -> None:
     )
     print_table(report, name, "sft+rl")
     print()
-    verdicts(report, name, "sft+rl", ["sft", "base", "random", "stopword", "lead", "agnostic"])
+    also = [spec.partition("=")[0] for spec in args.also]
+    verdicts(
+        report, name, "sft+rl", ["sft", "base", "random", "stopword", "lead", "agnostic", *also]
+    )
     if "agnostic+rl" in models:
         print()
         agn = evaluate(work, models, "agnostic+rl")

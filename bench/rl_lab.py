@@ -229,6 +229,57 @@ def rl(args: argparse.Namespace) -> None:
         shutil.rmtree(summary.run_dir / "checkpoints", ignore_errors=True)
 
 
+def sft(args: argparse.Namespace) -> None:
+    """One SFT run on the prepared train split with ``--set`` overrides, scored on **val**
+    against the prepared SFT model (the SFT settings sweep; SFT pays no teacher calls)."""
+    work = Path(args.workdir)
+    out_dir = work / "sft-sweep" / args.name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    extra = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra["sft.output_dir"] = str(out_dir)
+    cfg = base_config(work, extra)
+    wh = Warehouse(cfg.warehouse)
+    t0 = time.perf_counter()
+    tkey = key_of(cfg.teacher)
+    with wh.connect() as con:
+        items = load_items(con, cfg, tkey)
+    warm = run_sft(cfg, warehouse=wh, items=items, teacher_key=tkey)
+    sft_s = time.perf_counter() - t0
+    ref = start_model(work, "sft")
+    report = asyncio.run(
+        run_evaluation(
+            with_split(cfg, "val"),
+            models=[ref, str(warm.output)],
+            baselines=[],
+            reference=ref,
+            warehouse=wh,
+        )
+    )
+    r, r0 = report.row(str(warm.output), METRIC), report.row(ref, METRIC)
+    out = {
+        "name": args.name,
+        "kind": "sft",
+        "set": extra,
+        "model": str(warm.output),
+        "label_f1": [round(e.label_f1, 4) for e in warm.result.epochs],
+        "val": round(r.mean, 4),
+        "val_prepared_sft": round(r0.mean, 4),
+        "diff": round(r.diff, 4),
+        "ci": [round(r.diff_ci_low, 4), round(r.diff_ci_high, 4)],
+        "sft_s": round(sft_s, 1),
+        "load": load_average(),
+    }
+    with (work / "sweep.jsonl").open("a") as f:
+        f.write(json.dumps(out) + "\n")
+    print(
+        f"{args.name}: val {r.mean:.3f} (prepared sft {r0.mean:.3f}), diff {r.diff:+.3f} "
+        f"[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] | label F1 by epoch "
+        + ", ".join(f"{e.label_f1:.3f}" for e in warm.result.epochs)
+        + f" | {sft_s:.0f}s, load {load_average()} | model {warm.output}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -246,6 +297,11 @@ def main() -> None:
     r.add_argument("--every", type=int, default=10)
     r.add_argument("--keep", action="store_true", help="keep the run's checkpoints")
     r.set_defaults(fn=rl)
+    f = sub.add_parser("sft")
+    f.add_argument("--workdir", required=True)
+    f.add_argument("--name", required=True)
+    f.add_argument("--set", action="append", default=[], help="section.field=value (JSON value)")
+    f.set_defaults(fn=sft)
     args = ap.parse_args()
     args.fn(args)
 
