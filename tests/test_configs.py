@@ -82,6 +82,8 @@ def test_qa_and_code_settings() -> None:
     # the shipped QA recipe: question-aware, warm-started, rate-consistent (bench/learning.py)
     assert qa.compressor.condition_on == ["question"] and qa.train.sampler == "rate"
     assert qa.sft.source == "teacher" and qa.compressor.force_tokens == ["."]
+    # chosen on the validation carve (bench/README.md "SFT tuned on validation")
+    assert (qa.sft.epochs, qa.sft.eval_share, qa.sft.lr) == (10, 0.0, 2e-4)
     assert "{question}" in qa.teacher.template and qa.teacher.extractive_mode == "qa"
     assert "squad_f1" in parse_metric_spec(qa.train.reward.metric)
     code = _resolve(CONFIGS / "code.yaml")
