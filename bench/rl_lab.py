@@ -1,6 +1,6 @@
 """RL settings lab: choose RL settings on a validation split carved from train (never held-out).
 
-Two subcommands, sharing a work directory:
+Three subcommands, sharing a work directory:
 
 - ``prepare``: carve ``val`` from the train paragraphs and take ``--train-questions N`` from
   the rest (:mod:`squad_splits`), ingest train / val / held-out, teacher-fill all three with
@@ -12,9 +12,13 @@ Two subcommands, sharing a work directory:
   ``evaluate`` (greedy compression at the recipe's rate, F1 against the teacher's answer to
   the original, paired bootstrap against the start). One JSON line per run is appended to
   ``<workdir>/sweep.jsonl``.
+- ``sft``: one SFT run on train with ``--set sft.field=value`` overrides (epochs, eval_share
+  ...), scored on **val** against the prepared SFT model, appended to the same file (SFT pays
+  no teacher calls). ``rl --start <its model directory>`` then runs RL from it.
 
     python bench/rl_lab.py prepare --workdir bench/.cache/lab200 --train-questions 200
     python bench/rl_lab.py rl --workdir bench/.cache/lab200 --name lr4e-5 --set train.lr=4e-5
+    python bench/rl_lab.py sft --workdir bench/.cache/lab200 --name ep30 --set sft.epochs=30
 
 Held-out is ingested and filled here (so ``bench/learning.py`` can reuse the work directory)
 but never scored by this script.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import shutil
 import sys
@@ -282,7 +287,9 @@ def sft(args: argparse.Namespace) -> None:
     print(
         f"{args.name}: val {r.mean:.3f} (prepared sft {r0.mean:.3f}), diff {r.diff:+.3f} "
         f"[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] | label F1 by epoch "
-        + ", ".join(f"{e.label_f1:.3f}" for e in warm.result.epochs)
+        + ", ".join(
+            "-" if math.isnan(e.label_f1) else f"{e.label_f1:.3f}" for e in warm.result.epochs
+        )
         + f" | {sft_s:.0f}s, load {load_average()} | model {warm.output}"
     )
 
