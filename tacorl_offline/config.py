@@ -389,6 +389,14 @@ class TrainConfig(_Section):
         "summed over a prompt's deciding words (like the log-prob term) and averaged over prompts. "
         "0 disables it (no reference model is loaded).",
     )
+    freeze_layers: int = Field(
+        0,
+        ge=0,
+        description="Freeze the embeddings and the first N encoder layers during RL, as "
+        "sft.freeze_layers does for SFT (0: train everything). AdamW moves every trainable "
+        "weight by about lr a step however small its gradient, so fewer trainable weights "
+        "means less drift from a noisy gradient.",
+    )
     credit: Literal["mask", "sentence"] = Field(
         "mask",
         description="mask: REINFORCE credits each mask's advantage to all its words. sentence: "

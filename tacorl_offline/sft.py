@@ -53,6 +53,7 @@ from tacorl_offline.alignment import align_text, labels_for_spans, trim_to_rate
 from tacorl_offline.errors import UserError
 from tacorl_offline.heuristics import is_droppable
 from tacorl_offline.runs import exit_status, finish_run_surely
+from tacorl_offline.training.optim import freeze_lower_layers
 
 # ----------------------------------------------------------------------------- labels (pure)
 
@@ -467,25 +468,6 @@ def train_sft(
             on_epoch(log)
     comp.model.eval()
     return res
-
-
-def freeze_lower_layers(model: torch.nn.Module, n: int) -> int:
-    """Freeze the embeddings and the first ``n`` encoder layers of a BERT/XLM-R-style token
-    classifier; returns how many parameter tensors were frozen."""
-    if n <= 0:
-        return 0
-    base = getattr(model, "base_model", model)
-    parts = [getattr(base, "embeddings", None)]
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None:
-        raise UserError("sft.freeze_layers needs an encoder with .encoder.layer (BERT, XLM-R)")
-    parts += list(layers[:n])
-    frozen = 0
-    for part in parts:
-        for p in part.parameters() if part is not None else []:
-            p.requires_grad_(False)
-            frozen += 1
-    return frozen
 
 
 def evaluate_labels(comp: Any, examples: Sequence[SftExample], batch_size: int = 32) -> LabelScores:

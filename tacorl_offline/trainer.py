@@ -64,7 +64,7 @@ from tacorl_offline.runs import PhaseRun, key_of, phase_run
 from tacorl_offline.tokens import make_token_counter
 from tacorl_offline.training.advantage_stage import advantages
 from tacorl_offline.training.data import epoch_order, read_items, read_store
-from tacorl_offline.training.optim import build_optimizer, lr_schedule
+from tacorl_offline.training.optim import build_optimizer, lr_schedule, rl_optimizer
 from tacorl_offline.training.policy import build_policy
 from tacorl_offline.training.record import Deferred, record, step_log
 from tacorl_offline.training.records import Position, StageContext, StepData, StepLog, TrainSummary
@@ -166,7 +166,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.items) / tc.batch_size)
         self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
         total_updates = max(1, math.ceil(self.total_steps / tc.grad_accum))
-        self.opt = build_optimizer(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.opt = rl_optimizer(self.model, tc)
         self.sched = lr_schedule(self.opt, warmup=tc.warmup_steps, total_updates=total_updates)
         self.gen = torch.Generator(device="cpu").manual_seed(tc.seed * 7919 + self.dist.rank)
 

@@ -1,5 +1,5 @@
 """Issue 16's learning settings end to end on a tiny real BERT and the loopback teacher:
-sentence-level credit groups, the KL anchor, and their config checks."""
+sentence-level credit groups, the KL anchor, frozen lower layers, and their config checks."""
 
 from __future__ import annotations
 
@@ -53,6 +53,20 @@ def test_sentence_credit_with_kl_anchor_trains_every_parameter(
     assert changed_any
 
 
+def test_freeze_layers_keeps_the_embeddings_and_lower_layers_fixed(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    cfg = prepare(
+        tmp_path, loopback_server, tiny_bert, rate=0.5, samples_per_prompt=2, freeze_layers=1
+    )
+    before = load_file(str(tiny_bert / "model.safetensors"))
+    s = train(cfg)
+    after = load_file(str(s.final_model / "model.safetensors"))
+    same = {k for k in before if torch.equal(before[k], after[k])}
+    frozen = {k for k in before if ".embeddings." in k or ".encoder.layer.0." in k}
+    assert frozen and same == frozen  # the rest all moved: layer 1 and the head
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -70,6 +84,7 @@ def test_sentence_credit_with_kl_anchor_trains_every_parameter(
             "baseline: none",
         ),
         ({"train.kl_coeff": -0.1}, "kl_coeff"),
+        ({"train.freeze_layers": -1}, "freeze_layers"),
         ({"train.credit": "token"}, "credit"),
         ({"train.validation.split": "train"}, "is the split the run trains on"),
         ({"train.validation.every": 0}, "train.validation.every"),

@@ -7,6 +7,35 @@ from typing import Any
 
 import torch
 
+from tacorl_offline.errors import UserError
+
+
+def freeze_lower_layers(model: torch.nn.Module, n: int) -> int:
+    """Freeze the embeddings and the first ``n`` encoder layers of a BERT/XLM-R-style token
+    classifier; returns how many parameter tensors were frozen."""
+    if n <= 0:
+        return 0
+    base = getattr(model, "base_model", model)
+    parts = [getattr(base, "embeddings", None)]
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None:
+        raise UserError("sft.freeze_layers needs an encoder with .encoder.layer (BERT, XLM-R)")
+    parts += list(layers[:n])
+    frozen = 0
+    for part in parts:
+        for p in part.parameters() if part is not None else []:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def rl_optimizer(model: torch.nn.Module, train: Any) -> torch.optim.AdamW:
+    """The RL run's AdamW (``train``: the config's train section) over the parameters that
+    ``train.freeze_layers`` leaves trainable (the embeddings and the first N layers frozen)."""
+    freeze_lower_layers(model, train.freeze_layers)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return build_optimizer(params, lr=train.lr, weight_decay=train.weight_decay)
+
 
 def build_optimizer(params: Any, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with the fused kernel where the parameters' device has one (CPU and CUDA in
