@@ -16,11 +16,18 @@ from tests.helpers import prepare, q
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("freeze_layers", [0, 1])  # 1: frozen before DDP wraps the model
 def test_two_process_ddp_keeps_ranks_identical_and_logs_every_sample(
-    tmp_path, loopback_server, tiny_bert
+    tmp_path, loopback_server, tiny_bert, freeze_layers
 ) -> None:
     cfg = prepare(
-        tmp_path, loopback_server, tiny_bert, max_steps=3, batch_size=4, samples_per_prompt=2
+        tmp_path,
+        loopback_server,
+        tiny_bert,
+        max_steps=3,
+        batch_size=4,
+        samples_per_prompt=2,
+        freeze_layers=freeze_layers,
     )
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")), encoding="utf-8")

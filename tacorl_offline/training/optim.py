@@ -10,16 +10,17 @@ import torch
 from tacorl_offline.errors import UserError
 
 
-def freeze_lower_layers(model: torch.nn.Module, n: int) -> int:
+def freeze_lower_layers(model: torch.nn.Module, n: int, setting: str = "sft.freeze_layers") -> int:
     """Freeze the embeddings and the first ``n`` encoder layers of a BERT/XLM-R-style token
-    classifier; returns how many parameter tensors were frozen."""
+    classifier; returns how many parameter tensors were frozen. ``setting`` names the config
+    field in the error for a model without ``.encoder.layer``."""
     if n <= 0:
         return 0
     base = getattr(model, "base_model", model)
     parts = [getattr(base, "embeddings", None)]
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if layers is None:
-        raise UserError("sft.freeze_layers needs an encoder with .encoder.layer (BERT, XLM-R)")
+        raise UserError(f"{setting} needs an encoder with .encoder.layer (BERT, XLM-R)")
     parts += list(layers[:n])
     frozen = 0
     for part in parts:
@@ -31,8 +32,7 @@ def freeze_lower_layers(model: torch.nn.Module, n: int) -> int:
 
 def rl_optimizer(model: torch.nn.Module, train: Any) -> torch.optim.AdamW:
     """The RL run's AdamW (``train``: the config's train section) over the parameters that
-    ``train.freeze_layers`` leaves trainable (the embeddings and the first N layers frozen)."""
-    freeze_lower_layers(model, train.freeze_layers)
+    need a gradient: ``build_policy`` froze the lower layers ``train.freeze_layers`` names."""
     params = [p for p in model.parameters() if p.requires_grad]
     return build_optimizer(params, lr=train.lr, weight_decay=train.weight_decay)
 

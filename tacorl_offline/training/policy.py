@@ -1,5 +1,6 @@
-"""The policy a run trains: the compressor (from its checkpoint when resuming), its DDP wrapper,
-and for the KL anchor (``train.kl_coeff``) a frozen copy of the start policy."""
+"""The policy a run trains: the compressor (from its checkpoint when resuming; its lower layers
+frozen as ``train.freeze_layers`` says), its DDP wrapper, and for the KL anchor
+(``train.kl_coeff``) a frozen copy of the start policy."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from tacorl_offline.config import Config
 from tacorl_offline.distributed import Dist
+from tacorl_offline.training.optim import freeze_lower_layers
 
 
 def build_policy(
@@ -34,6 +36,8 @@ def build_policy(
         options=CompressOptions.from_config(cc),
         condition_on=cc.condition_on,
     )
+    # train.freeze_layers: before DDP wraps the model, so its reducer sees only trainable weights
+    freeze_lower_layers(comp.model, tc.freeze_layers, setting="train.freeze_layers")
     policy: torch.nn.Module = comp.model
     if dist.enabled:
         policy = torch.nn.parallel.DistributedDataParallel(
