@@ -85,7 +85,13 @@ def with_split(cfg: Config, split: str) -> Config:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    prepare_workdir(Path(args.workdir), args.train_questions, args.sft_epochs, args.agnostic)
+    prepare_workdir(
+        Path(args.workdir),
+        args.train_questions,
+        args.sft_epochs,
+        args.agnostic,
+        rl_questions=args.rl_questions,
+    )
 
 
 def prepare_workdir(
@@ -94,6 +100,7 @@ def prepare_workdir(
     sft_epochs: int | None,
     agnostic: bool,
     sft: bool = True,
+    rl_questions: int = 0,
 ) -> dict[str, Any]:
     """Splits, ingest, fill, SFT (and the task-agnostic warm start): ``prepared.json``.
 
@@ -102,7 +109,7 @@ def prepare_workdir(
         shutil.rmtree(work)
     (work / "data").mkdir(parents=True)
     rows = read_jsonl(ROOT / "data/squad/train.jsonl")
-    splits = split_train(rows, train_questions)
+    splits = split_train(rows, train_questions, rl_questions)
     splits["heldout"] = read_jsonl(ROOT / "data/squad/heldout.jsonl")
     cfg = base_config(work, {"sft.epochs": sft_epochs})
     wh = Warehouse(cfg.warehouse)
@@ -301,6 +308,13 @@ def main() -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--train-questions", type=int, default=None)
     p.add_argument("--sft-epochs", type=int, default=None)
+    p.add_argument(
+        "--rl-questions",
+        type=int,
+        default=0,
+        help="also split 'rl': the next M pool questions, for RL on prompts SFT never saw "
+        "(then: rl --set data.split=rl)",
+    )
     p.add_argument("--agnostic", action="store_true", help="also the task-agnostic warm start")
     p.set_defaults(fn=prepare)
     r = sub.add_parser("rl")

@@ -27,8 +27,11 @@ def _unit(tag: str, title: str, paragraph: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def split_train(rows: list[dict[str, Any]], n_train: int | None) -> dict[str, list[dict]]:
-    """{"train": the first ``n_train`` pool questions (all when None), "val": the carve}."""
+def split_train(
+    rows: list[dict[str, Any]], n_train: int | None, n_rl: int = 0
+) -> dict[str, list[dict]]:
+    """{"train": the first ``n_train`` pool questions (all when None), "val": the carve}, and
+    with ``n_rl``, "rl": the next ``n_rl`` pool questions (RL on prompts SFT never saw)."""
     val = [r for r in rows if _unit("val", r["title"], r["paragraph"]) < VAL_SHARE]
     pool = [r for r in rows if _unit("val", r["title"], r["paragraph"]) >= VAL_SHARE]
     pool.sort(key=lambda r: (_unit("order", r["title"], r["paragraph"]), r["id"]))
@@ -38,7 +41,12 @@ def split_train(rows: list[dict[str, Any]], n_train: int | None) -> dict[str, li
             f"--train-questions {n_train}: the train pool holds {len(pool)} questions "
             f"({len(val)} more are the validation carve); ask for at most {len(pool)}"
         )
-    return {"train": train, "val": val}
+    out = {"train": train, "val": val}
+    if n_rl:
+        if n_train is None or len(pool) < n_train + n_rl:
+            raise SystemExit(f"--rl-questions {n_rl}: the pool holds {len(pool)} questions")
+        out["rl"] = pool[n_train : n_train + n_rl]
+    return out
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
