@@ -42,6 +42,28 @@ if TYPE_CHECKING:
 KEY_ENV = "TACORL_BENCH_KEY"  # unset is fine: a loopback base_url gets a dummy key
 
 
+def parse_json_or_text(v: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers like 1e-5, true, null, "quoted"), else
+    the text itself."""
+    import json
+
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def parse_sets(sets: Iterable[str], value: Any = parse_json_or_text) -> dict[str, Any]:
+    """``--set section.field=VALUE`` flags as config overrides (``value`` parses VALUE)."""
+    out: dict[str, Any] = {}
+    for s in sets:
+        key, sep, raw = s.partition("=")
+        if not sep:
+            raise SystemExit(f"--set wants KEY=VALUE, not '{s}'")
+        out[key] = value(raw)
+    return out
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, e.g. ``"1.85 1.40 1.20"``."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())

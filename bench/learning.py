@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import load_average  # noqa: E402
 from rl_lab import base_config, prepare_workdir, with_split  # noqa: E402
 
+from tacorl_offline.eval_output import fmt_num  # noqa: E402
 from tacorl_offline.evaluate import EvalReport, run_evaluation  # noqa: E402
 from tacorl_offline.trainer import Trainer  # noqa: E402
 from tacorl_offline.warehouse import Warehouse  # noqa: E402
@@ -100,11 +101,6 @@ def print_table(report: EvalReport, name: dict[str, str], ref: str) -> None:
         print(line)
 
 
-def flip(x: float) -> float:
-    """-x, with a tie printed as +0.000 (0.0 - 0.0 is 0.0; -0.0 is not)."""
-    return 0.0 - x
-
-
 def verdicts(report: EvalReport, name: dict[str, str], ref: str, against: list[str]) -> None:
     for m in METRICS:
         for s in report.systems:
@@ -115,7 +111,8 @@ def verdicts(report: EvalReport, name: dict[str, str], ref: str, against: list[s
             verdict = "BEATS" if r.diff < 0 and r.diff_ci_high < 0 else "does NOT beat"
             print(
                 f"{m}: {ref} {verdict} {label}: "
-                f"{flip(r.diff):+.3f} [{flip(r.diff_ci_high):+.3f}, {flip(r.diff_ci_low):+.3f}]"
+                f"{fmt_num(-r.diff, True)} [{fmt_num(-r.diff_ci_high, True)}, "
+                f"{fmt_num(-r.diff_ci_low, True)}]"
             )
 
 
@@ -184,18 +181,13 @@ def main() -> None:
     calls: dict[str, int] = {}
     t0 = time.perf_counter()
     prepared = work / "prepared.json"
-    if (
-        args.reuse
-        and prepared.exists()
-        and json.loads(prepared.read_text())["train_questions"] != n
-    ):
+    info = json.loads(prepared.read_text()) if args.reuse and prepared.exists() else None
+    if info is not None and info["train_questions"] != n:
         sys.exit(
-            f"{work} was prepared for --train-questions "
-            f"{json.loads(prepared.read_text())['train_questions']}, not {n}; pass that, or "
-            "drop --reuse to prepare it again (which deletes it)"
+            f"{work} was prepared for --train-questions {info['train_questions']}, not {n}; "
+            "pass that, or drop --reuse to prepare it again (which deletes it)"
         )
-    if args.reuse and prepared.exists():
-        info = json.loads(prepared.read_text())
+    if info is not None:
         print(f"reusing {work}: splits, fill and both warm starts")
     else:
         info = prepare_workdir(work, n, 1 if args.quick else args.sft_epochs, agnostic=True)

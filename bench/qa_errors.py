@@ -33,12 +33,11 @@ from tacorl_offline.teachers.extractive import best_overlap_sentence, split_sent
 def classify(context: str, question: str, compressed: str, rate: float) -> tuple[str, float]:
     """(kind, F1 lost): ok, wrong sentence, partial (fits), partial (over budget)."""
     orig = best_overlap_sentence(context, question)
-    f = squad_f1(best_overlap_sentence(compressed, question), orig)
+    ans = best_overlap_sentence(compressed, question)
+    f = squad_f1(ans, orig)
     if f >= 0.999:
         return "ok", 0.0
-    sents = split_sentences(context)
-    ans = best_overlap_sentence(compressed, question)
-    source = max(sents, key=lambda s: squad_f1(ans, s))
+    source = max(split_sentences(context), key=lambda s: squad_f1(ans, s))
     if source != orig:
         return "wrong sentence", 1 - f
     if len(orig.split()) > rate * len(context.split()):

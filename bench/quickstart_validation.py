@@ -26,14 +26,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from common import parse_sets  # noqa: E402
 
 from pipelines import RECIPES  # noqa: E402
 from tacorl_offline.chain import Recipe, recipe_config, run_chain, split_by_prompt  # noqa: E402
@@ -47,21 +49,11 @@ def load() -> str:
     return f"{la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
 
 
-def parse_sets(sets: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for s in sets:
-        key, sep, value = s.partition("=")
-        if not sep:
-            raise SystemExit(f"--set wants KEY=VALUE, not '{s}'")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     args = ap.parse_args()
-    overrides = parse_sets(args.set)
+    overrides = parse_sets(args.set, value=yaml.safe_load)
 
     quick = RECIPES["summarization"]
     cfg = recipe_config(quick)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load_average
+from common import ROOT, load_average, parse_sets
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -58,13 +58,6 @@ from tacorl_offline.warehouse import Warehouse
 
 DATASET = "squad-lab"
 METRIC = "teacher.squad_f1"
-
-
-def parse_value(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
 
 
 def base_config(work: Path, extra: dict[str, Any] | None = None) -> Config:
@@ -166,13 +159,7 @@ def start_model(work: Path, start: str) -> str:
     if start not in ("sft", "agnostic"):
         return start
     info = json.loads((work / "prepared.json").read_text())
-    if start == "sft":
-        return info["sft_model"]
-    if start == "agnostic":
-        return info["agnostic_model"]
-    if start == "base":
-        return "minilm"
-    return start
+    return info["sft_model"] if start == "sft" else info["agnostic_model"]
 
 
 def rl(args: argparse.Namespace) -> None:
@@ -182,7 +169,7 @@ def rl(args: argparse.Namespace) -> None:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     shutil.copy(work / "tacorl.duckdb", run_dir / "tacorl.duckdb")  # every run pays its own
-    extra = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra = parse_sets(args.set)
     start = start_model(work, args.start)
     extra.update(
         {
@@ -255,7 +242,7 @@ def sft(args: argparse.Namespace) -> None:
     out_dir = work / "sft-sweep" / args.name
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    extra = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra = parse_sets(args.set)
     extra["sft.output_dir"] = str(out_dir)
     cfg = base_config(work, extra)
     wh = Warehouse(cfg.warehouse)
