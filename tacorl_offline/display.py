@@ -11,7 +11,6 @@ import asyncio
 import csv
 import io
 import json
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -189,7 +188,7 @@ def print_sft_summary(s: Any, config: Any = None) -> None:
         ("final loss", f"{last.loss:.4f}" if last else "-"),
         (
             "held-out label F1",
-            f"{last.label_f1:.3f}" if last and not math.isnan(last.label_f1) else "-",
+            f"{last.label_f1:.3f}" if last and last.held_out else "-",
         ),
         ("seconds", f"{s.seconds:.0f}"),
         ("model", str(s.output)),

@@ -190,9 +190,14 @@ class EpochLog:
     seconds: float
 
     @property
+    def held_out(self) -> bool:
+        """Whether a label F1 was measured (sft.eval_share > 0 held some prompts out)."""
+        return not math.isnan(self.label_f1)
+
+    @property
     def label_text(self) -> str:
         """``held-out label F1 ...`` for a log line; ``none held out`` when sft.eval_share is 0."""
-        if math.isnan(self.label_f1):
+        if not self.held_out:
             return "held-out label F1 - (sft.eval_share 0: none held out)"
         return (
             f"held-out label F1 {self.label_f1:.3f} "
