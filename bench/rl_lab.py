@@ -15,10 +15,14 @@ Three subcommands, sharing a work directory:
 - ``sft``: one SFT run on train with ``--set sft.field=value`` overrides (epochs, eval_share
   ...), scored on **val** against the prepared SFT model, appended to the same file (SFT pays
   no teacher calls). ``rl --start <its model directory>`` then runs RL from it.
+- ``heuristics``: the heuristics (lead, stopword, random) on **val**, paired against
+  ``--model`` (a run's final model), in a throwaway copy of the warehouse: is a run ahead of
+  lead before held-out is ever scored?
 
     python bench/rl_lab.py prepare --workdir bench/.cache/lab200 --train-questions 200
     python bench/rl_lab.py rl --workdir bench/.cache/lab200 --name lr4e-5 --set train.lr=4e-5
     python bench/rl_lab.py sft --workdir bench/.cache/lab200 --name ep30 --set sft.epochs=30
+    python bench/rl_lab.py heuristics --workdir bench/.cache/lab200 --model <run>/final
 
 Held-out is ingested and filled here (so ``bench/learning.py`` can reuse the work directory)
 but never scored by this script.
@@ -33,6 +37,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,7 @@ from tacorl_offline.warehouse import Warehouse
 
 DATASET = "squad-lab"
 METRIC = "teacher.squad_f1"
+HEURISTICS = ["lead", "stopword", "random"]
 
 
 def base_config(work: Path, extra: dict[str, Any] | None = None) -> Config:
@@ -288,6 +294,35 @@ def sft(args: argparse.Namespace) -> None:
     )
 
 
+def heuristics(args: argparse.Namespace) -> None:
+    """Lead, stopword and random on **val**, each paired against ``--model``. The compressed
+    prompts' answers go to a temporary copy of the warehouse, so the work directory's (which
+    every ``rl`` run copies) stays as prepared."""
+    work = Path(args.workdir)
+    model = start_model(work, args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(work / "tacorl.duckdb", Path(tmp) / "tacorl.duckdb")
+        cfg = base_config(work, {"warehouse": str(Path(tmp) / "tacorl.duckdb")})
+        report = asyncio.run(
+            run_evaluation(
+                with_split(cfg, "val"),
+                models=[model],
+                baselines=HEURISTICS,
+                reference=model,
+                warehouse=Warehouse(cfg.warehouse),
+            )
+        )
+    print(f"val, {report.prompts} questions, {METRIC}, paired against {model}")
+    for name in [model, *HEURISTICS]:
+        r = report.row(name, METRIC)
+        line = f"  {name if name in HEURISTICS else 'model':<9} {r.mean:.3f}"
+        if name in HEURISTICS:
+            line += (
+                f"  model minus it {-r.diff:+.3f} [{-r.diff_ci_high:+.3f}, {-r.diff_ci_low:+.3f}]"
+            )
+        print(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -317,6 +352,10 @@ def main() -> None:
     f.add_argument("--name", required=True)
     f.add_argument("--set", action="append", default=[], help="section.field=value (JSON value)")
     f.set_defaults(fn=sft)
+    h = sub.add_parser("heuristics")
+    h.add_argument("--workdir", required=True)
+    h.add_argument("--model", default="sft", help="sft, agnostic or a model directory")
+    h.set_defaults(fn=heuristics)
     args = ap.parse_args()
     args.fn(args)
 
