@@ -159,7 +159,8 @@ def main() -> None:
         type=int,
         default=None,
         help="RL steps from the task-agnostic start (default: --rl-steps; the start is far "
-        "from the task, and on val it kept climbing to 900, bench/README.md)",
+        "from the task: on val 450 steps reached 0.856 where 150 stopped near 0.77, "
+        "bench/README.md)",
     )
     ap.add_argument(
         "--also",

@@ -1,6 +1,6 @@
 """RL settings lab: choose RL settings on a validation split carved from train (never held-out).
 
-Three subcommands, sharing a work directory:
+Four subcommands, sharing a work directory:
 
 - ``prepare``: carve ``val`` from the train paragraphs and take ``--train-questions N`` from
   the rest (:mod:`squad_splits`), ingest train / val / held-out, teacher-fill all three with
