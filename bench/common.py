@@ -53,13 +53,16 @@ def parse_json_or_text(v: str) -> Any:
         return v
 
 
-def parse_sets(sets: Iterable[str], value: Any = parse_json_or_text) -> dict[str, Any]:
-    """``--set section.field=VALUE`` flags as config overrides (``value`` parses VALUE)."""
+def parse_sets(
+    sets: Iterable[str], value: Any = parse_json_or_text, flag: str = "--set"
+) -> dict[str, Any]:
+    """``--set section.field=VALUE`` flags as config overrides (``value`` parses VALUE);
+    ``flag`` names the option in the one-line error for a flag without ``=``."""
     out: dict[str, Any] = {}
     for s in sets:
         key, sep, raw = s.partition("=")
         if not sep:
-            raise SystemExit(f"--set wants KEY=VALUE, not '{s}'")
+            raise SystemExit(f"{flag} wants KEY=VALUE, not '{s}'")
         out[key] = value(raw)
     return out
 

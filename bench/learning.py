@@ -45,10 +45,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import load_average  # noqa: E402
-from rl_lab import base_config, prepare_workdir, with_split  # noqa: E402
+from common import load_average, parse_sets  # noqa: E402
+from rl_lab import base_config, prepare_workdir, reference_minus, with_split  # noqa: E402
 
-from tacorl_offline.eval_output import fmt_num  # noqa: E402
 from tacorl_offline.evaluate import EvalReport, run_evaluation  # noqa: E402
 from tacorl_offline.trainer import Trainer  # noqa: E402
 from tacorl_offline.warehouse import Warehouse  # noqa: E402
@@ -109,11 +108,7 @@ def verdicts(report: EvalReport, name: dict[str, str], ref: str, against: list[s
                 continue
             r = report.row(s.name, m)
             verdict = "BEATS" if r.diff < 0 and r.diff_ci_high < 0 else "does NOT beat"
-            print(
-                f"{m}: {ref} {verdict} {label}: "
-                f"{fmt_num(-r.diff, True)} [{fmt_num(-r.diff_ci_high, True)}, "
-                f"{fmt_num(-r.diff_ci_low, True)}]"
-            )
+            print(f"{m}: {ref} {verdict} {label}: {reference_minus(r)}")
 
 
 def main() -> None:
@@ -177,6 +172,7 @@ def main() -> None:
         "point, the start included; those calls count in the stage's calls",
     )
     args = ap.parse_args()
+    also = parse_sets(args.also, value=str, flag="--also")  # a bad flag fails before any work
     n = args.train_questions
     work = Path(args.workdir or ROOT / f"bench/.cache/learning-{n or 'all'}")
     steps = args.rl_steps or (4 if args.quick else None)
@@ -228,9 +224,7 @@ def main() -> None:
             stages.append(("agnostic+rl", "agnostic"))
     if args.rl_only:
         stages.append(("rl only", "base"))
-    for spec in args.also:
-        label, _, path = spec.partition("=")
-        models[label] = path
+    models.update(also)
     for label, start in stages:
         t0 = time.perf_counter()
         n_steps = (args.agnostic_rl_steps or steps) if label == "agnostic+rl" else steps
@@ -261,7 +255,6 @@ def main() -> None:
     )
     print_table(report, name, "sft+rl")
     print()
-    also = [spec.partition("=")[0] for spec in args.also]
     verdicts(
         report, name, "sft+rl", ["sft", "base", "random", "stopword", "lead", "agnostic", *also]
     )

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shutil
 import sys
@@ -51,6 +50,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from squad_splits import read_jsonl, split_train, write_jsonl
 
 from tacorl_offline.config import Config, resolve
+from tacorl_offline.eval_output import fmt_num
 from tacorl_offline.evaluate import run_evaluation
 from tacorl_offline.fill import run_fill
 from tacorl_offline.ingest import read_records
@@ -287,9 +287,7 @@ def sft(args: argparse.Namespace) -> None:
     print(
         f"{args.name}: val {r.mean:.3f} (prepared sft {r0.mean:.3f}), diff {r.diff:+.3f} "
         f"[{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] | label F1 by epoch "
-        + ", ".join(
-            "-" if math.isnan(e.label_f1) else f"{e.label_f1:.3f}" for e in warm.result.epochs
-        )
+        + ", ".join(f"{e.label_f1:.3f}" if e.held_out else "-" for e in warm.result.epochs)
         + f" | {sft_s:.0f}s, load {load_average()} | model {warm.output}"
     )
 
@@ -313,14 +311,19 @@ def heuristics(args: argparse.Namespace) -> None:
             )
         )
     print(f"val, {report.prompts} questions, {METRIC}, paired against {model}")
-    for name in [model, *HEURISTICS]:
+    print(f"  {'model':<9} {report.row(model, METRIC).mean:.3f}")
+    for name in HEURISTICS:
         r = report.row(name, METRIC)
-        line = f"  {name if name in HEURISTICS else 'model':<9} {r.mean:.3f}"
-        if name in HEURISTICS:
-            line += (
-                f"  model minus it {-r.diff:+.3f} [{-r.diff_ci_high:+.3f}, {-r.diff_ci_low:+.3f}]"
-            )
-        print(line)
+        print(f"  {name:<9} {r.mean:.3f}  model minus it {reference_minus(r)}")
+
+
+def reference_minus(r: Any) -> str:
+    """A report row's paired difference turned round: the reference minus this system,
+    ``+0.056 [+0.025, +0.088]`` (``evaluate``'s rows hold this system minus the reference)."""
+    return (
+        f"{fmt_num(-r.diff, True)} [{fmt_num(-r.diff_ci_high, True)}, "
+        f"{fmt_num(-r.diff_ci_low, True)}]"
+    )
 
 
 def main() -> None:
