@@ -55,7 +55,11 @@ from tacorl_offline.warehouse import Warehouse  # noqa: E402
 METRICS = ("teacher.squad_f1", "gold.squad_f1")
 
 
-def train_rl(work: Path, start: str, steps: int | None, validate: bool, seed: int | None) -> Any:
+def train_rl(
+    work: Path, start: str, steps: int | None, validate: bool, seed: int | None, climb: bool
+) -> Any:
+    """RL from ``start``; ``climb``: a start RL has to climb from (the task-agnostic one), so
+    no validation patience (configs/qa.yaml: its first points often trail the start)."""
     extra: dict[str, Any] = {"compressor.model": start}
     if seed is not None:
         extra["train.seed"] = seed
@@ -63,6 +67,8 @@ def train_rl(work: Path, start: str, steps: int | None, validate: bool, seed: in
         extra["train.max_steps"] = steps
     if validate:  # score the val carve at step 0 and every 10 steps; keep the best point
         extra["train.validation.split"] = "val"
+        if climb:
+            extra["train.validation.patience"] = None
     cfg = base_config(work, extra)
     return asyncio.run(Trainer(cfg, warehouse=Warehouse(cfg.warehouse)).run())
 
@@ -228,7 +234,9 @@ def main() -> None:
     for label, start in stages:
         t0 = time.perf_counter()
         n_steps = (args.agnostic_rl_steps or steps) if label == "agnostic+rl" else steps
-        s = train_rl(work, models[start], n_steps, args.validate, args.rl_seed)
+        s = train_rl(
+            work, models[start], n_steps, args.validate, args.rl_seed, climb=start == "agnostic"
+        )
         times[label] = time.perf_counter() - t0
         calls[label] = s.spend.calls
         models[label] = str(s.final_model)
@@ -238,7 +246,12 @@ def main() -> None:
         if s.validation:
             print(
                 f"    val F1 by step: {', '.join(f'{p.step}: {p.score:.3f}' for p in s.validation)};"
-                f" final model = step {s.best_step}; val calls {s.spend_validation.calls}",
+                f" final model = step {s.best_step}; val calls {s.spend_validation.calls}"
+                + (
+                    f"; stopped at step {s.stopped_early} (train.validation.patience)"
+                    if s.stopped_early is not None
+                    else ""
+                ),
                 flush=True,
             )
 

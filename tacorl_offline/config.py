@@ -360,6 +360,13 @@ class ValidationConfig(_Section):
         "interval of gain over step 0 lies above 0, so the start stays unless a step beats it "
         "clearly; best: the highest mean, however small the lead.",
     )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop the run once this many validation points after the best one have "
+        "not replaced it; the final model is then the best point (with keep_best). null: run "
+        "every step.",
+    )
 
 
 class TrainConfig(_Section):

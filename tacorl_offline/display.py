@@ -239,6 +239,14 @@ def print_train_summary(s: Any, backend: str | None = None) -> None:
             ),
             ("final model is step", "-" if s.best_step is None else s.best_step),
         ]
+        if s.stopped_early is not None:
+            rows[-1:-1] = [
+                (
+                    "stopped early",
+                    f"at step {s.stopped_early}: no new best validation point "
+                    "(train.validation.patience)",
+                )
+            ]
     for k, v in rows:
         t.add_row(k, str(v))
     out.print(t)

@@ -329,7 +329,7 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             await self._validate(run, s)  # the start model (or a point a kill left unscored)
-            while self.pos.step < self.total_steps:
+            while self.pos.step < self.total_steps and s.stopped_early is None:
                 log = await self.step(run)
                 if log is None:  # the budget stopped this step midway: it is redone on resume
                     self._stop_for_budget(

@@ -63,6 +63,8 @@ def test_task_configs_default_offline(task: str) -> None:
     if task == "qa":
         assert cfg.train.entropy_coeff == 0.0 and cfg.train.kl_coeff == 0.0
         assert cfg.train.baseline == "group_std" and cfg.train.samples_per_prompt == 4
+        # validation (off until a val split exists) stops at the first point not a new best
+        assert cfg.train.validation.split is None and cfg.train.validation.patience == 1
     if task == "summarization":
         assert cfg.train.samples_per_prompt == 1 and cfg.train.baseline == "none"
         assert cfg.train.reward.family == "taco"

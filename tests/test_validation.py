@@ -20,6 +20,7 @@ from tacorl_offline.training.validation import (
     due,
     gain_interval,
     mean_score,
+    stale,
 )
 from tacorl_offline.warehouse import Warehouse
 from tests.helpers import ingest_file, prepare, q, train, train_killed_after, write_data
@@ -64,6 +65,24 @@ def test_significant_keeps_the_start_unless_a_step_beats_it_clearly() -> None:
     assert best_point([_p(10, 0.9, low=math.nan)], "best").step == 10
 
 
+def test_stale_counts_complete_points_after_the_best() -> None:
+    # the tuned-SFT runs of bench/README.md: no step beats the start clearly
+    pts = [_p(0, 0.914), _p(10, 0.884, low=-0.06), _p(20, 0.895, low=-0.045)]
+    assert not stale(pts[:1], "significant", 1)
+    assert stale(pts[:2], "significant", 1)  # step 10 did not replace step 0: stop there
+    assert not stale(pts[:2], "significant", 2) and stale(pts, "significant", 2)
+    assert not stale(pts, "significant", None)  # no patience: never
+    # a new best resets the count; a failed point (incomplete) is no evidence either way
+    pts = [_p(0, 0.72), _p(10, 0.79, low=0.04), _p(20, 0.78, scored=4), _p(30, 0.80, low=0.05)]
+    assert not stale(pts, "significant", 1)
+    assert not stale(pts[:3], "significant", 1)
+    assert stale([*pts, _p(40, 0.79, low=0.04)], "significant", 1)
+    # "best" counts a higher mean as a new best however small; "significant" does not
+    pts = [_p(0, 0.80), _p(10, 0.81, low=-0.01)]
+    assert not stale(pts, "best", 1) and stale(pts, "significant", 1)
+    assert not stale([_p(0, math.nan, scored=0), _p(10, 0.5, low=math.nan)], "significant", 1)
+
+
 def test_gain_interval_is_the_paired_bootstrap_of_the_difference() -> None:
     start = [0.0, 1.0] * 50
     lo, hi = gain_interval([v + 0.1 for v in start], start)  # every prompt gains exactly 0.1
@@ -83,6 +102,8 @@ def test_validation_split_cannot_be_the_training_split() -> None:
         resolve(None, environ={}, overrides={"train.validation.split": "train"})
     with pytest.raises(UserError, match=r"train\.validation\.every"):
         resolve(None, environ={}, overrides={"train.validation.every": 0})
+    with pytest.raises(UserError, match=r"train\.validation\.patience"):
+        resolve(None, environ={}, overrides={"train.validation.patience": 0})
 
 
 def _with_val(tmp_path, loopback_server, tiny_bert, **train_kw):
@@ -170,6 +191,52 @@ def test_killed_run_resumes_with_its_points(tmp_path, loopback_server, tiny_bert
     b = load_file(str(resumed.final_model / "model.safetensors"))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_patience_stops_where_the_full_run_went_stale_and_pays_nothing_more(
+    tmp_path, loopback_server, tiny_bert
+) -> None:
+    cfg = _with_val(tmp_path, loopback_server, tiny_bert, max_steps=6, checkpoint_every=1)
+    cfg.train.validation.every = 1
+    full = train(cfg)  # every step, every point
+    assert full.stopped_early is None and [p.step for p in full.validation] == list(range(7))
+    stop = next(k for k in range(7) if stale(full.validation[: k + 1], "significant", 2))
+    assert stop < 6, "the tiny run never went stale: the test would not test patience"
+
+    cfg.train.validation.patience = 2
+    loopback_server.reset()
+    s = train(cfg)  # the same seed: the same steps, replayed
+    assert loopback_server.calls == 0
+    assert s.stopped_early == stop and s.steps == stop
+    assert [(p.step, p.score) for p in s.validation] == [
+        (p.step, p.score) for p in full.validation[: stop + 1]
+    ]
+    best = best_point(s.validation, "significant")
+    assert s.best_step == best.step
+    assert json.loads((s.run_dir / "best" / "point.json").read_text())["step"] == best.step
+    assert (s.run_dir / "checkpoints" / f"step-{stop:07d}").is_dir()
+    final = load_file(str(s.final_model / "model.safetensors"))
+    kept = load_file(str(s.run_dir / "best" / "model" / "model.safetensors"))
+    assert all(torch.equal(final[k], kept[k]) for k in final)
+
+    # a run that ends at that step did not stop early (its schedule differs: some new answers)
+    cfg.train.max_steps = stop
+    last = train(cfg)
+    assert last.steps == stop and last.stopped_early is None
+    cfg.train.max_steps = 6
+    loopback_server.reset()
+
+    # killed at that step before its point was scored (patience 2: stop >= 2, so a checkpoint
+    # is on disk): the resumed run stops where it would have
+    run_id = train_killed_after(cfg, stop)
+    resumed = train(cfg, resume=run_id)
+    assert resumed.stopped_early == stop and loopback_server.calls == 0
+    assert [p.step for p in resumed.validation] == [p.step for p in s.validation]
+    assert resumed.best_step == s.best_step
+    assert all(
+        torch.allclose(final[k], v, atol=1e-6)
+        for k, v in load_file(str(resumed.final_model / "model.safetensors")).items()
+    )
 
 
 def test_unfilled_validation_split_is_one_clear_error(tmp_path, loopback_server, tiny_bert) -> None:

@@ -194,6 +194,7 @@ class TrainSummary:
     validation: list[Any] = field(default_factory=list)
     spend_validation: Spend = field(default_factory=Spend)
     best_step: int | None = None
+    stopped_early: int | None = None  # the step at which train.validation.patience ran out
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:

@@ -22,6 +22,11 @@ Design decisions:
   often a step that won by noise (bench/README.md: at 655 training questions the highest
   point led step 0 by 0.007 on validation and trailed it by 0.005 on held-out).
 - **The earliest wins a tie**, the start model first.
+- **Patience stops a run that is not helping** (``patience: N``): once N complete points after
+  the best one have not replaced it, the run ends there, its final model the best point, and
+  pays for no more steps. From the SFT tuned on validation no step ever beat the start
+  (bench/README.md), so RL's calls past the first point bought nothing; a resumed run that
+  had stopped this way finishes without another step.
 - **On disk:** ``<run>/validation.json`` holds every point; ``<run>/best/`` holds the best
   point's model (written new, then swapped in, before the point is written) and
   ``<run>/best/point.json`` its step. A point is scored after the step's checkpoint, so a
@@ -98,6 +103,15 @@ def best_point(points: Sequence[ValPoint], select: str = "significant") -> ValPo
         if best is None or p.score > best.score:
             best = p
     return best
+
+
+def stale(points: Sequence[ValPoint], select: str, patience: int | None) -> bool:
+    """Whether ``patience`` complete points after the best one have not replaced it (never
+    with ``patience`` None or no best point yet)."""
+    b = best_point(points, select)
+    if patience is None or b is None:
+        return False
+    return sum(1 for p in points if p.complete and p.step > b.step) >= patience
 
 
 def gain_interval(scores: Sequence[float], start: Sequence[float]) -> tuple[float, float]:
@@ -179,9 +193,15 @@ class Validator:
     def best(self) -> ValPoint | None:
         return best_point(self.points, self.vc.select)
 
+    @property
+    def stale(self) -> bool:
+        """Patience ran out: the run should stop at this point (see :func:`stale`)."""
+        return stale(self.points, self.vc.select, self.vc.patience)
+
     async def score_due(self, trainer: Trainer, run: PhaseRun, s: TrainSummary) -> None:
         """Score the point due at the trainer's step, once; the summary gets every point,
-        their spend (added to the run's) and the step of the final model."""
+        their spend (added to the run's), the step of the final model, and the step at which
+        patience ran out (the trainer ends the run there)."""
         step = trainer.pos.step
         if due(step, self.vc.every, trainer.total_steps) and all(
             p.step != step for p in self.points
@@ -193,6 +213,7 @@ class Validator:
         s.validation = list(self.points)
         b = self.best
         s.best_step = b.step if b is not None and self.vc.keep_best else None
+        s.stopped_early = step if self.stale and step < trainer.total_steps else None
 
     async def validate(self, trainer: Trainer, run: PhaseRun, step: int) -> tuple[ValPoint, Spend]:
         """Score the policy as it is after ``step`` steps; keep its model if it is the best.
