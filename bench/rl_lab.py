@@ -187,6 +187,9 @@ def rl(args: argparse.Namespace) -> None:
         }
     )
     cfg = base_config(work, extra)
+    scored = with_split(cfg, "val")  # at the recipe's rate, whatever rate RL trained at
+    if args.train_rate is not None:
+        cfg.compressor.rate = args.train_rate
     wh = Warehouse(cfg.warehouse)
     t0 = time.perf_counter()
     summary = asyncio.run(Trainer(cfg, warehouse=wh).run())
@@ -199,7 +202,7 @@ def rl(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     report = asyncio.run(
         run_evaluation(
-            with_split(cfg, "val"),
+            scored,
             models=list(dict.fromkeys(models.values())),
             baselines=[],
             reference=start,
@@ -219,6 +222,7 @@ def rl(args: argparse.Namespace) -> None:
         "name": args.name,
         "start": args.start,
         "set": extra | {"compressor.model": args.start},
+        "train_rate": args.train_rate,
         "rl_calls": summary.spend.calls,
         "final_model": str(summary.final_model),
         "steps": summary.steps,
@@ -349,6 +353,13 @@ def main() -> None:
     r.add_argument("--set", action="append", default=[], help="section.field=value (JSON value)")
     r.add_argument("--every", type=int, default=10)
     r.add_argument("--keep", action="store_true", help="keep the run's checkpoints")
+    r.add_argument(
+        "--train-rate",
+        type=float,
+        default=None,
+        help="compression rate RL samples and is rewarded at (default: the recipe's); val is "
+        "scored at the recipe's rate either way",
+    )
     r.set_defaults(fn=rl)
     f = sub.add_parser("sft")
     f.add_argument("--workdir", required=True)
