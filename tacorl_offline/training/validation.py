@@ -25,8 +25,8 @@ Design decisions:
 - **Patience stops a run that is not helping** (``patience: N``): once N complete points after
   the best one have not replaced it, the run ends there, its final model the best point, and
   pays for no more steps. From the SFT tuned on validation no step ever beat the start
-  (bench/README.md), so RL's calls past the first point bought nothing; a resumed run that
-  had stopped this way finishes without another step.
+  (bench/README.md), so RL's calls past the first point bought nothing. A killed run resumes
+  with its points and stops at the same step.
 - **On disk:** ``<run>/validation.json`` holds every point; ``<run>/best/`` holds the best
   point's model (written new, then swapped in, before the point is written) and
   ``<run>/best/point.json`` its step. A point is scored after the step's checkpoint, so a
