@@ -15,17 +15,18 @@ Four subcommands, sharing a work directory:
 - ``sft``: one SFT run on train with ``--set sft.field=value`` overrides (epochs, eval_share
   ...), scored on **val** against the prepared SFT model, appended to the same file (SFT pays
   no teacher calls). ``rl --start <its model directory>`` then runs RL from it.
-- ``heuristics``: the heuristics (lead, stopword, random) on **val**, paired against
-  ``--model`` (a run's final model), in a throwaway copy of the warehouse: is a run ahead of
-  lead before held-out is ever scored?
+- ``heuristics``: the heuristics (lead, stopword, random) and any ``--against NAME=DIR``
+  models on **val**, paired against ``--model`` (a run's final model), in a throwaway copy of
+  the warehouse: is a run ahead of lead, or of another run, before held-out is ever scored?
+  ``--split heldout`` reports a model already chosen the same way.
 
     python bench/rl_lab.py prepare --workdir bench/.cache/lab200 --train-questions 200
     python bench/rl_lab.py rl --workdir bench/.cache/lab200 --name lr4e-5 --set train.lr=4e-5
     python bench/rl_lab.py sft --workdir bench/.cache/lab200 --name ep30 --set sft.epochs=30
     python bench/rl_lab.py heuristics --workdir bench/.cache/lab200 --model <run>/final
 
-Held-out is ingested and filled here (so ``bench/learning.py`` can reuse the work directory)
-but never scored by this script.
+Held-out is ingested and filled here (so ``bench/learning.py`` can reuse the work directory);
+this script scores it only when asked (``heuristics --split heldout``), never while choosing.
 """
 
 from __future__ import annotations
@@ -297,28 +298,33 @@ def sft(args: argparse.Namespace) -> None:
 
 
 def heuristics(args: argparse.Namespace) -> None:
-    """Lead, stopword and random on **val**, each paired against ``--model``. The compressed
-    prompts' answers go to a temporary copy of the warehouse, so the work directory's (which
-    every ``rl`` run copies) stays as prepared."""
+    """Lead, stopword and random (and any ``--against`` models) on ``--split`` (val unless
+    said), each paired against ``--model``. The compressed prompts' answers go to a temporary
+    copy of the warehouse, so the work directory's (which every ``rl`` run copies) stays as
+    prepared."""
     work = Path(args.workdir)
     model = start_model(work, args.model)
+    against = {
+        name: start_model(work, d)
+        for name, d in parse_sets(args.against, value=str, flag="--against").items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(work / "tacorl.duckdb", Path(tmp) / "tacorl.duckdb")
         cfg = base_config(work, {"warehouse": str(Path(tmp) / "tacorl.duckdb")})
         report = asyncio.run(
             run_evaluation(
-                with_split(cfg, "val"),
-                models=[model],
+                with_split(cfg, args.split),
+                models=[model, *against.values()],
                 baselines=HEURISTICS,
                 reference=model,
                 warehouse=Warehouse(cfg.warehouse),
             )
         )
-    print(f"val, {report.prompts} questions, {METRIC}, paired against {model}")
+    print(f"{args.split}, {report.prompts} questions, {METRIC}, paired against {model}")
     print(f"  {'model':<9} {report.row(model, METRIC).mean:.3f}")
-    for name in HEURISTICS:
+    for label, name in [*((k, v) for k, v in against.items()), *((h, h) for h in HEURISTICS)]:
         r = report.row(name, METRIC)
-        print(f"  {name:<9} {r.mean:.3f}  model minus it {reference_minus(r)}")
+        print(f"  {label:<9} {r.mean:.3f}  model minus it {reference_minus(r)}")
 
 
 def reference_minus(r: Any) -> str:
@@ -369,6 +375,19 @@ def main() -> None:
     h = sub.add_parser("heuristics")
     h.add_argument("--workdir", required=True)
     h.add_argument("--model", default="sft", help="sft, agnostic or a model directory")
+    h.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another model (sft, agnostic or a directory) paired against --model",
+    )
+    h.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "heldout"],
+        help="val (choosing); heldout only to report a model already chosen",
+    )
     h.set_defaults(fn=heuristics)
     args = ap.parse_args()
     args.fn(args)
