@@ -244,14 +244,12 @@ def main() -> None:
             f"  {label}: {s.steps} steps, {s.spend.calls} calls, {times[label]:.0f} s", flush=True
         )
         if s.validation:
+            stopped = (
+                "" if s.stopped_early is None else f"; stopped at step {s.stopped_early} (patience)"
+            )
             print(
                 f"    val F1 by step: {', '.join(f'{p.step}: {p.score:.3f}' for p in s.validation)};"
-                f" final model = step {s.best_step}; val calls {s.spend_validation.calls}"
-                + (
-                    f"; stopped at step {s.stopped_early} (train.validation.patience)"
-                    if s.stopped_early is not None
-                    else ""
-                ),
+                f" final model = step {s.best_step}; val calls {s.spend_validation.calls}{stopped}",
                 flush=True,
             )
 

@@ -322,7 +322,7 @@ def heuristics(args: argparse.Namespace) -> None:
         )
     print(f"{args.split}, {report.prompts} questions, {METRIC}, paired against {model}")
     print(f"  {'model':<9} {report.row(model, METRIC).mean:.3f}")
-    for label, name in [*((k, v) for k, v in against.items()), *((h, h) for h in HEURISTICS)]:
+    for label, name in [*against.items(), *((h, h) for h in HEURISTICS)]:
         r = report.row(name, METRIC)
         print(f"  {label:<9} {r.mean:.3f}  model minus it {reference_minus(r)}")
 
